@@ -1,0 +1,124 @@
+//! Every setting of the server in one struct: a `--flag`, the `PULSEMAP_FLAG` environment variable, or the
+//! documented default, in that order. Printed once at start.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use app::validate::Limits;
+use clap::Parser;
+
+/// pulsemap: live driver tracking and demand heatmaps.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "pulsemap", version, about)]
+pub struct Config {
+    /// Address to listen on.
+    #[arg(long, env = "PULSEMAP_ADDR", default_value = env!("PULSEMAP_ADDR_DEFAULT"))]
+    pub addr: SocketAddr,
+
+    /// Start the built-in demo fleet (drivers and orders moving around Lagos).
+    #[arg(long, env = "PULSEMAP_DEMO", default_value_t = false)]
+    pub demo: bool,
+
+    /// Drivers in the demo fleet.
+    #[arg(long, env = "PULSEMAP_DEMO_DRIVERS", default_value_t = 300)]
+    pub demo_drivers: usize,
+
+    /// Orders per minute the demo fleet places.
+    #[arg(long, env = "PULSEMAP_DEMO_ORDERS_PER_MIN", default_value_t = 240.0)]
+    pub demo_orders_per_min: f64,
+
+    /// Seconds between two pings of one demo driver.
+    #[arg(long, env = "PULSEMAP_DEMO_PING_SECS", default_value_t = 2.0)]
+    pub demo_ping_secs: f64,
+
+    /// How often the engine publishes changed cells to viewers, in milliseconds.
+    #[arg(long, env = "PULSEMAP_TICK_MS", default_value_t = 250)]
+    pub tick_ms: u64,
+
+    /// A driver not heard from for this many seconds goes offline.
+    #[arg(long, env = "PULSEMAP_STALE_AFTER_SECS", default_value_t = 30.0)]
+    pub stale_after_secs: f64,
+
+    /// An offline driver's last fix is forgotten after this many seconds.
+    #[arg(long, env = "PULSEMAP_FORGET_AFTER_SECS", default_value_t = 3600.0)]
+    pub forget_after_secs: f64,
+
+    /// Pings and orders the ingest queue holds before it answers 503 / slow_down.
+    #[arg(long, env = "PULSEMAP_QUEUE_CAPACITY", default_value_t = 262_144)]
+    pub queue_capacity: usize,
+
+    /// Largest HTTP body accepted, in bytes (413 above).
+    #[arg(long, env = "PULSEMAP_MAX_BODY_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// Most items in one batch (HTTP or WebSocket; 413 above).
+    #[arg(long, env = "PULSEMAP_MAX_BATCH", default_value_t = 10_000)]
+    pub max_batch: usize,
+
+    /// Largest WebSocket message accepted, in bytes (the socket closes with 1009 above).
+    #[arg(long, env = "PULSEMAP_MAX_WS_MESSAGE_BYTES", default_value_t = 1024 * 1024)]
+    pub max_ws_message_bytes: usize,
+
+    /// Sustained pings per second allowed per driver.
+    #[arg(long, env = "PULSEMAP_RATE_PER_SEC", default_value_t = 10.0)]
+    pub rate_per_sec: f64,
+
+    /// Pings a driver may send at once above the sustained rate (a phone flushing its offline queue).
+    #[arg(long, env = "PULSEMAP_RATE_BURST", default_value_t = 120)]
+    pub rate_burst: u32,
+
+    /// How far ahead of the server clock a timestamp may be, in seconds.
+    #[arg(long, env = "PULSEMAP_MAX_FUTURE_SECS", default_value_t = 300)]
+    pub max_future_secs: u64,
+
+    /// Most cells a heat subscription's box may span at its precision (a bigger box is refused: zoom in).
+    #[arg(long, env = "PULSEMAP_MAX_BBOX_CELLS", default_value_t = 262_144)]
+    pub max_bbox_cells: u64,
+
+    /// Frames a heat viewer may fall behind before its deltas are dropped and it gets a fresh snapshot.
+    #[arg(long, env = "PULSEMAP_VIEWER_BUFFER", default_value_t = 64)]
+    pub viewer_buffer: usize,
+
+    /// How long a driver socket waits for queue room before refusing a ping with `queue_full`, in ms.
+    #[arg(long, env = "PULSEMAP_QUEUE_WAIT_MS", default_value_t = 2_000)]
+    pub queue_wait_ms: u64,
+
+    /// Folder of the built site (wasm, js, css, static files). LEPTOS_SITE_ROOT is read too.
+    #[arg(long, env = "LEPTOS_SITE_ROOT", default_value = env!("PULSEMAP_SITE_ROOT_DEFAULT"))]
+    pub site_root: PathBuf,
+
+    /// Log format: `text` for people, `json` for log pipelines. The filter is RUST_LOG (default `info`).
+    #[arg(long, env = "PULSEMAP_LOG_FORMAT", default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Config {
+    /// The defaults, listening on a free loopback port: what tests and embedders start from.
+    pub fn for_tests() -> Config {
+        Config::parse_from(["pulsemap", "--addr", "127.0.0.1:0"])
+    }
+
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_future_ms: self.max_future_secs as i64 * 1000,
+            max_age_ms: i64::from(*app::protocol::WINDOWS_MIN.iter().max().expect("windows")) * 60_000,
+        }
+    }
+
+    pub fn tick(&self) -> Duration {
+        Duration::from_millis(self.tick_ms.max(10))
+    }
+
+    pub fn stale_after_ms(&self) -> i64 {
+        (self.stale_after_secs * 1000.0) as i64
+    }
+
+    pub fn forget_after_ms(&self) -> i64 {
+        (self.forget_after_secs * 1000.0) as i64
+    }
+}

@@ -1,0 +1,320 @@
+//! The aggregator: one task that owns presence, the heat and the trackers, fed by the bounded ingest queue.
+//!
+//! One owner means no locks on the hot path. Pings are applied the moment they arrive (so a tracker sees a fix
+//! within microseconds of ingest); heat changes accumulate and go out once per tick as frames serialised once
+//! per key and region. Sockets talk to the engine through [`EngineHandle`]: snapshots and tracking joins are
+//! commands answered between two items, so a snapshot and the deltas after it are always in order.
+
+use std::{collections::HashMap, sync::Arc, time::Instant};
+
+use app::protocol::{
+    BBox, DriverFix, HeatDelta, HeatServerMsg, HeatSnapshot, Layer, OrderEvent, Ping, TrackMsg, WINDOWS_MIN,
+};
+use axum::extract::ws::Utf8Bytes;
+use tokio::{
+    sync::{broadcast, mpsc, oneshot},
+    task::JoinHandle,
+    time::MissedTickBehavior,
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    cell::{tile_len, Cell},
+    config::Config,
+    heat::{HeatKey, HeatState, Increment},
+    hub::{Hub, TickFrames, TileFrame},
+    ingest::{IngestItem, QueueReceiver},
+    metrics::Metrics,
+    now_ms,
+    presence::PresenceMap,
+    store::Store,
+    window::slot_of,
+};
+
+/// Frames a tracker may fall behind before it skips to the newest fix.
+const TRACK_BUFFER: usize = 32;
+
+/// A question for the engine, answered on `reply`.
+pub enum Command {
+    /// The cells of `key` inside `bbox` (`tiles`: the box's covering regions), as of the last tick.
+    Snapshot { key: HeatKey, bbox: BBox, tiles: Vec<Cell>, reply: oneshot::Sender<HeatSnapshot> },
+    /// Join a driver's tracking stream: the state now, then every message after it.
+    Track { driver_id: String, reply: oneshot::Sender<(TrackMsg, broadcast::Receiver<Utf8Bytes>)> },
+    /// A driver's last fix.
+    Driver { driver_id: String, reply: oneshot::Sender<Option<DriverFix>> },
+}
+
+/// How sockets and handlers reach the engine.
+#[derive(Clone)]
+pub struct EngineHandle {
+    commands: mpsc::Sender<Command>,
+    pub hub: Arc<Hub>,
+}
+
+impl EngineHandle {
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Option<T> {
+        let (tx, rx) = oneshot::channel();
+        self.commands.send(make(tx)).await.ok()?;
+        rx.await.ok()
+    }
+
+    pub async fn snapshot(&self, key: HeatKey, bbox: BBox, tiles: Vec<Cell>) -> Option<HeatSnapshot> {
+        self.ask(|reply| Command::Snapshot { key, bbox, tiles, reply }).await
+    }
+
+    pub async fn track(&self, driver_id: String) -> Option<(TrackMsg, broadcast::Receiver<Utf8Bytes>)> {
+        self.ask(|reply| Command::Track { driver_id, reply }).await
+    }
+
+    pub async fn driver(&self, driver_id: String) -> Option<Option<DriverFix>> {
+        self.ask(|reply| Command::Driver { driver_id, reply }).await
+    }
+}
+
+/// The running engine: stop it with [`EngineTask::drain`] after the server stops taking requests.
+pub struct EngineTask {
+    stop: CancellationToken,
+    join: JoinHandle<u64>,
+}
+
+impl EngineTask {
+    /// Applies everything still queued, publishes a last tick, and returns how many items it drained.
+    pub async fn drain(self) -> u64 {
+        self.stop.cancel();
+        self.join.await.unwrap_or(0)
+    }
+}
+
+pub fn spawn(config: &Config, queue: QueueReceiver, metrics: Arc<Metrics>, store: Store) -> (EngineHandle, EngineTask) {
+    let (commands, command_rx) = mpsc::channel(4096);
+    let hub = Arc::new(Hub::new(config.viewer_buffer));
+    let stop = CancellationToken::new();
+    let engine = Engine {
+        presence: PresenceMap::default(),
+        heat: HeatState::new(now_ms()),
+        trackers: HashMap::new(),
+        store,
+        hub: hub.clone(),
+        metrics,
+        seq: 0,
+        stale_ms: config.stale_after_ms(),
+        forget_ms: config.forget_after_ms(),
+        last_totals: None,
+    };
+    let join = tokio::spawn(engine.run(queue, command_rx, config.tick(), stop.clone()));
+    (EngineHandle { commands, hub }, EngineTask { stop, join })
+}
+
+struct Engine {
+    presence: PresenceMap,
+    heat: HeatState,
+    /// Per tracked driver, the channel its trackers listen on (removed when the last tracker leaves).
+    trackers: HashMap<String, broadcast::Sender<Utf8Bytes>>,
+    store: Store,
+    hub: Arc<Hub>,
+    metrics: Arc<Metrics>,
+    /// The tick number: snapshots carry the last one published, deltas their own.
+    seq: u64,
+    stale_ms: i64,
+    forget_ms: i64,
+    /// Totals at the last tick, to send a totals-only frame when they change without a cell changing in view.
+    last_totals: Option<app::protocol::Totals>,
+}
+
+fn encode<T: serde::Serialize>(value: &T) -> Utf8Bytes {
+    Utf8Bytes::from(serde_json::to_string(value).expect("protocol types always serialise"))
+}
+
+impl Engine {
+    async fn run(
+        mut self,
+        mut queue: QueueReceiver,
+        mut commands: mpsc::Receiver<Command>,
+        tick: std::time::Duration,
+        stop: CancellationToken,
+    ) -> u64 {
+        let mut ticker = tokio::time::interval(tick);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => break,
+                _ = ticker.tick() => self.tick().await,
+                Some(command) = commands.recv() => self.answer(command),
+                item = queue.rx.recv() => match item {
+                    Some(item) => self.take(item, &queue),
+                    None => break,
+                },
+            }
+        }
+        // Drain: no new items are accepted, every queued one is applied and published.
+        queue.rx.close();
+        let mut drained = 0;
+        while let Some(item) = queue.rx.recv().await {
+            drained += item.len() as u64;
+            self.take(item, &queue);
+        }
+        self.tick().await;
+        tracing::info!(drained, "engine drained its queue");
+        drained
+    }
+
+    fn take(&mut self, item: IngestItem, queue: &QueueReceiver) {
+        let n = item.len();
+        match item {
+            IngestItem::Pings(pings) => self.apply_pings(pings),
+            IngestItem::Orders(orders) => self.apply_orders(orders),
+        }
+        queue.room.add_permits(n);
+    }
+
+    fn apply_pings(&mut self, pings: Vec<Ping>) {
+        let now = now_ms();
+        let n = pings.len() as u64;
+        for ping in pings {
+            let driver_id = self.trackers.contains_key(&ping.driver_id).then(|| ping.driver_id.clone());
+            let change = self.presence.apply(ping, now);
+            if let Some(cell) = change.left {
+                self.store.record(Increment::Driver { cell, delta: -1 }, &mut self.heat);
+            }
+            if let Some(cell) = change.entered {
+                self.store.record(Increment::Driver { cell, delta: 1 }, &mut self.heat);
+            }
+            if let Some(driver_id) = driver_id {
+                if change.came_online {
+                    self.publish_track(&driver_id, TrackMsg::Online { driver_id: driver_id.clone() });
+                }
+                if change.moved {
+                    if let Some(state) = self.presence.get(&driver_id) {
+                        let fix = TrackMsg::Fix(state.to_fix());
+                        self.publish_track(&driver_id, fix);
+                    }
+                }
+            }
+        }
+        self.metrics.pings_aggregated.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn apply_orders(&mut self, orders: Vec<OrderEvent>) {
+        let now = now_ms();
+        let n = orders.len() as u64;
+        for order in orders {
+            // A clock slightly ahead counts now, not in a slot the window has not reached.
+            let slot = slot_of(order.ts.min(now));
+            self.store.record(Increment::Order { cell: Cell::at(order.lat, order.lon), slot }, &mut self.heat);
+        }
+        self.metrics.orders_aggregated.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn publish_track(&mut self, driver_id: &str, msg: TrackMsg) {
+        if let Some(tx) = self.trackers.get(driver_id) {
+            if tx.send(encode(&msg)).is_err() {
+                self.trackers.remove(driver_id);
+            }
+        }
+    }
+
+    async fn tick(&mut self) {
+        let started = Instant::now();
+        let now = now_ms();
+        // Staleness: drivers not heard from go offline and leave the drivers layer.
+        let mut offline = Vec::new();
+        self.presence.expire(now, self.stale_ms, self.forget_ms, |state| {
+            offline.push((state.fix.driver_id.clone(), state.cell, state.last_seen_ms));
+        });
+        for (driver_id, cell, last_seen_ms) in offline {
+            self.store.record(Increment::Driver { cell, delta: -1 }, &mut self.heat);
+            let msg = TrackMsg::Offline { driver_id: driver_id.clone(), last_seen_ms };
+            self.publish_track(&driver_id, msg);
+        }
+        self.heat.advance(now);
+        if let Err(error) = self.store.flush(&mut self.heat).await {
+            tracing::warn!(%error, "store flush failed; will retry next tick");
+        }
+        self.seq += 1;
+        self.publish_heat();
+        self.trackers.retain(|_, tx| tx.receiver_count() > 0);
+        self.metrics.drivers_online.store(self.presence.online(), std::sync::atomic::Ordering::Relaxed);
+        self.metrics.observe_tick(started.elapsed());
+    }
+
+    /// Sends each key's changed cells, grouped by region, to that key's viewers.
+    fn publish_heat(&mut self) {
+        let totals = self.heat.totals();
+        let totals_changed = self.last_totals != Some(totals);
+        self.last_totals = Some(totals);
+        for key in HeatKey::all() {
+            let dirty = self.heat.take_dirty(key);
+            if !self.hub.has_viewers(key) || (dirty.is_empty() && !totals_changed) {
+                continue;
+            }
+            let tile_len = tile_len(key.precision);
+            let mut by_tile: HashMap<Cell, Vec<(String, u32)>> = HashMap::new();
+            for (cell, n) in dirty {
+                by_tile.entry(cell.prefix(tile_len)).or_default().push((cell.as_str().to_string(), n));
+            }
+            let delta = |tile: String, cells: Vec<(String, u32)>| {
+                encode(&HeatServerMsg::Delta(HeatDelta {
+                    seq: self.seq,
+                    layer: key.layer,
+                    window_min: public_window(key),
+                    precision: key.precision,
+                    tile,
+                    cells,
+                    totals,
+                }))
+            };
+            let mut frames: Vec<TileFrame> = by_tile
+                .into_iter()
+                .map(|(tile, cells)| TileFrame { tile: Some(tile), text: delta(tile.to_string(), cells) })
+                .collect();
+            if totals_changed {
+                frames.push(TileFrame { tile: None, text: delta(String::new(), Vec::new()) });
+            }
+            self.hub.publish(key, TickFrames { seq: self.seq, frames });
+        }
+    }
+
+    fn answer(&mut self, command: Command) {
+        match command {
+            Command::Snapshot { key, bbox, tiles, reply } => {
+                let snapshot = HeatSnapshot {
+                    seq: self.seq,
+                    layer: key.layer,
+                    window_min: public_window(key),
+                    precision: key.precision,
+                    bbox,
+                    cells: self.heat.snapshot(key, &bbox, &tiles),
+                    totals: self.heat.totals(),
+                };
+                let _ = reply.send(snapshot);
+            }
+            Command::Track { driver_id, reply } => {
+                let rx = self
+                    .trackers
+                    .entry(driver_id.clone())
+                    .or_insert_with(|| broadcast::channel(TRACK_BUFFER).0)
+                    .subscribe();
+                let now = match self.presence.get(&driver_id) {
+                    Some(state) => TrackMsg::Fix(state.to_fix()),
+                    None => TrackMsg::Unknown { driver_id },
+                };
+                let _ = reply.send((now, rx));
+            }
+            Command::Driver { driver_id, reply } => {
+                let _ = reply.send(self.presence.get(&driver_id).map(|s| s.to_fix()));
+            }
+        }
+    }
+}
+
+/// The window a key's frames report: the drivers layer has none, so it reports the default.
+fn public_window(key: HeatKey) -> u32 {
+    match key.layer {
+        Layer::Drivers => app::protocol::DEFAULT_WINDOW_MIN,
+        Layer::Orders => key.window_min,
+    }
+}
+
+// Windows are validated against this list before a key is built.
+const _: () = assert!(WINDOWS_MIN.len() == 4);

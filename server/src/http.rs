@@ -1,0 +1,144 @@
+//! The router: JSON API, WebSocket upgrades, ops endpoints, and the Leptos site, built in one place so tests
+//! serve exactly what the binary serves.
+
+use std::collections::HashMap;
+
+use app::{
+    ingest::SharedPingSink,
+    protocol::{ErrorCode, HeatServerMsg, HeatSubscription, Layer, OrderEvent, Ping, DEFAULT_WINDOW_MIN},
+    validate::check_driver_id,
+};
+use axum::{
+    body::{to_bytes, Body},
+    extract::{Path, Query, State},
+    http::{header, StatusCode},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+    Json, Router,
+};
+use leptos::prelude::provide_context;
+use leptos_axum::{generate_route_list, LeptosRoutes};
+use serde_json::json;
+
+use crate::{
+    decode::{self, FromObject},
+    error::ApiError,
+    ingest::{Ingest, QueueError},
+    viewport::{parse_bbox, resolve},
+    ws, AppState,
+};
+
+pub fn router(state: AppState) -> Router {
+    let routes = generate_route_list(app::App);
+    let sink = SharedPingSink(state.ingest.clone());
+    let leptos = state.leptos.clone();
+    Router::new()
+        .route("/api/pings", post(post_pings))
+        .route("/api/orders", post(post_orders))
+        .route("/api/heat", get(get_heat))
+        .route("/api/drivers/{id}", get(get_driver))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/ws/driver", get(ws::driver))
+        .route("/ws/heat", get(ws::heat))
+        .route("/ws/track/{driver_id}", get(ws::track))
+        .leptos_routes_with_context(&state, routes, move || provide_context(sink.clone()), move || {
+            app::shell(leptos.clone())
+        })
+        .fallback(leptos_axum::file_and_error_handler::<AppState, _>(app::shell))
+        .with_state(state)
+}
+
+/// Reads a body up to the configured size, or refuses it with 413 `body_too_large`.
+async fn read_body(state: &AppState, body: Body) -> Result<axum::body::Bytes, ApiError> {
+    let limit = state.config.max_body_bytes;
+    to_bytes(body, limit).await.map_err(|_| {
+        ApiError::field(ErrorCode::BodyTooLarge, "body", format!("the body is larger than {limit} bytes"))
+    })
+}
+
+fn queue_error(e: QueueError) -> ApiError {
+    let e = e.to_ws_error();
+    ApiError::new(e.code, e.message).retry_after(1)
+}
+
+async fn post_batch<T: FromObject>(
+    state: AppState,
+    body: Body,
+    submit: impl FnOnce(&Ingest, Vec<decode::Item<T>>) -> Result<app::protocol::BatchReport, QueueError>,
+) -> Result<Response, ApiError> {
+    let bytes = read_body(&state, body).await?;
+    let items = decode::batch::<T>(&bytes, state.ingest.max_batch())?;
+    let report = submit(&state.ingest, items).map_err(queue_error)?;
+    Ok((StatusCode::ACCEPTED, Json(report)).into_response())
+}
+
+/// `POST /api/pings`: a JSON array of pings. 202 with `{accepted, rejected: [{index, field, code, message}]}`.
+async fn post_pings(State(state): State<AppState>, body: Body) -> Result<Response, ApiError> {
+    post_batch::<Ping>(state, body, Ingest::submit_pings).await
+}
+
+/// `POST /api/orders`: a JSON array of order events, answered like `/api/pings`.
+async fn post_orders(State(state): State<AppState>, body: Body) -> Result<Response, ApiError> {
+    post_batch::<OrderEvent>(state, body, Ingest::submit_orders).await
+}
+
+/// `GET /api/heat?layer=&window_min=&precision=|zoom=&bbox=south,west,north,east`: the snapshot `/ws/heat`
+/// would send.
+async fn get_heat(
+    State(state): State<AppState>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let layer = match query.get("layer").map(String::as_str) {
+        None => Layer::Drivers,
+        Some(text) => text.parse().map_err(|()| {
+            ApiError::field(ErrorCode::LayerInvalid, "layer", "layer must be \"drivers\" or \"orders\"")
+        })?,
+    };
+    let number = |field: &'static str, code: ErrorCode| -> Result<Option<f64>, ApiError> {
+        query
+            .get(field)
+            .map(|v| v.parse::<f64>().map_err(|_| ApiError::field(code, field, format!("{field} must be a number"))))
+            .transpose()
+    };
+    let window_min = number("window_min", ErrorCode::WindowInvalid)?.map_or(DEFAULT_WINDOW_MIN, |w| w as u32);
+    let precision = number("precision", ErrorCode::PrecisionInvalid)?.map(|p| p.clamp(0.0, 255.0) as u8);
+    let zoom = number("zoom", ErrorCode::PrecisionInvalid)?;
+    let bbox = parse_bbox(query.get("bbox").map(String::as_str).unwrap_or(""))?;
+    let sub = HeatSubscription { layer, window_min, precision, zoom, bbox };
+    let view = resolve(&sub, state.config.max_bbox_cells)?;
+    let snapshot = state.engine.snapshot(view.key, view.bbox, view.tiles).await.ok_or_else(stopping)?;
+    Ok(Json(HeatServerMsg::Snapshot(snapshot)).into_response())
+}
+
+fn stopping() -> ApiError {
+    ApiError::new(ErrorCode::ShuttingDown, "the server is shutting down").retry_after(1)
+}
+
+/// `GET /api/drivers/{id}`: the driver's last fix, or 404.
+async fn get_driver(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    check_driver_id(&id)?;
+    match state.engine.driver(id.clone()).await.ok_or_else(stopping)? {
+        Some(fix) => Ok(Json(fix).into_response()),
+        None => Err(ApiError::field(ErrorCode::NotFound, "driver_id", format!("no driver {id} is known"))),
+    }
+}
+
+/// `GET /healthz`: liveness plus the few numbers an operator checks first.
+async fn healthz(State(state): State<AppState>) -> Response {
+    Json(json!({
+        "status": "ok",
+        "store": state.store_name,
+        "uptime_secs": state.started.elapsed().as_secs(),
+        "queue_depth": state.ingest.queue_depth(),
+        "queue_capacity": state.ingest.queue_capacity(),
+        "drivers_online": state.metrics.drivers_online.load(std::sync::atomic::Ordering::Relaxed),
+    }))
+    .into_response()
+}
+
+/// `GET /metrics`: Prometheus text.
+async fn metrics(State(state): State<AppState>) -> Response {
+    let body = state.metrics.render(state.ingest.queue_depth(), state.ingest.queue_capacity());
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+}

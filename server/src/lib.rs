@@ -1,0 +1,169 @@
+//! pulsemap's server as a library: `main.rs` parses the configuration and calls [`start`]; the tests call the
+//! same function on a free port and talk to it over real sockets.
+//!
+//! Data flows one way: `http`/`ws` -> `ingest` (validate, rate-limit, bounded queue) -> `engine` (presence,
+//! heat windows, trackers; through `store`) -> `hub` (frames per tick) -> sockets.
+
+pub mod cell;
+pub mod config;
+pub mod decode;
+pub mod engine;
+pub mod error;
+pub mod fleet;
+pub mod heat;
+pub mod http;
+pub mod hub;
+pub mod ingest;
+pub mod metrics;
+pub mod presence;
+pub mod store;
+pub mod viewport;
+pub mod window;
+pub mod ws;
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use axum::extract::FromRef;
+use leptos::config::LeptosOptions;
+use tokio::{net::TcpListener, task::JoinHandle};
+use tokio_util::sync::CancellationToken;
+
+pub use config::Config;
+use engine::{EngineHandle, EngineTask};
+use ingest::Ingest;
+use metrics::Metrics;
+
+/// The server clock, unix milliseconds.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub leptos: LeptosOptions,
+    pub config: Arc<Config>,
+    pub ingest: Arc<Ingest>,
+    pub engine: EngineHandle,
+    pub metrics: Arc<Metrics>,
+    pub store_name: &'static str,
+    /// Cancelled when the server begins to shut down: sockets close, the demo fleet stops.
+    pub shutdown: CancellationToken,
+    pub started: std::time::Instant,
+}
+
+impl FromRef<AppState> for LeptosOptions {
+    fn from_ref(state: &AppState) -> Self {
+        state.leptos.clone()
+    }
+}
+
+/// The Leptos options, from the same names the site build uses (the root Cargo.toml's leptos metadata).
+pub fn leptos_options(config: &Config, addr: SocketAddr) -> LeptosOptions {
+    LeptosOptions::builder()
+        .output_name(env!("PULSEMAP_SITE_NAME"))
+        .site_root(config.site_root.to_string_lossy().to_string())
+        .site_pkg_dir(env!("PULSEMAP_SITE_PKG_DIR_DEFAULT"))
+        .site_addr(addr)
+        .build()
+}
+
+/// A running server: its address, and how to stop it.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub state: AppState,
+    serve: JoinHandle<std::io::Result<()>>,
+    engine: EngineTask,
+}
+
+impl Running {
+    /// Graceful stop: close sockets, finish in-flight requests, then drain the queue into the engine.
+    /// Returns how many queued items the engine applied while draining.
+    pub async fn stop(self) -> u64 {
+        self.state.shutdown.cancel();
+        match tokio::time::timeout(Duration::from_secs(15), self.serve).await {
+            Ok(Ok(Err(error))) => tracing::warn!(%error, "server ended with an error"),
+            Err(_) => tracing::warn!("connections did not close within 15 s; stopping anyway"),
+            _ => {}
+        }
+        self.engine.drain().await
+    }
+}
+
+/// Binds, spawns the engine (and the demo fleet if asked), and serves until [`Running::stop`].
+pub async fn start(config: Config) -> anyhow::Result<Running> {
+    let listener = TcpListener::bind(config.addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.addr))?;
+    let addr = listener.local_addr()?;
+    let metrics = Arc::new(Metrics::default());
+    let (ingest, queue) = Ingest::new(&config, metrics.clone());
+    let ingest = Arc::new(ingest);
+    let store = store::Store::Memory;
+    let store_name = store.describe();
+    let (engine, engine_task) = engine::spawn(&config, queue, metrics.clone(), store);
+    let state = AppState {
+        leptos: leptos_options(&config, addr),
+        config: Arc::new(config),
+        ingest,
+        engine,
+        metrics,
+        store_name,
+        shutdown: CancellationToken::new(),
+        started: std::time::Instant::now(),
+    };
+    spawn_housekeeping(&state);
+    if state.config.demo {
+        spawn_demo_fleet(&state);
+    }
+    let app = http::router(state.clone());
+    let shutdown = state.shutdown.clone();
+    let serve = tokio::spawn(async move {
+        axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await
+    });
+    Ok(Running { addr, state, serve, engine: engine_task })
+}
+
+/// Periodic chores that keep memory bounded.
+fn spawn_housekeeping(state: &AppState) {
+    let ingest = state.ingest.clone();
+    let shutdown = state.shutdown.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(30));
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = every.tick() => ingest.purge_idle_rate_limits(),
+            }
+        }
+    });
+}
+
+/// The built-in demo: a simulated fleet feeding the same ingest path as real drivers.
+fn spawn_demo_fleet(state: &AppState) {
+    let config = &state.config;
+    let mut fleet = fleet::Fleet::new("demo", config.demo_drivers, config.demo_orders_per_min, now_ms() as u64);
+    let period = Duration::from_secs_f64(config.demo_ping_secs.max(0.1));
+    let ingest = state.ingest.clone();
+    let shutdown = state.shutdown.clone();
+    tracing::info!(drivers = fleet.len(), "demo fleet started around Lagos");
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(period);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = every.tick() => {
+                    let now = now_ms();
+                    let dt = period.as_secs_f64();
+                    let pings = fleet.step(dt, now).into_iter().map(Ok).collect();
+                    let orders = fleet.orders(dt, now).into_iter().map(Ok).collect();
+                    if let Err(e) = ingest.submit_pings(pings).and_then(|_| ingest.submit_orders(orders)) {
+                        tracing::warn!(error = ?e, "demo fleet could not queue its pings; it will try next round");
+                    }
+                }
+            }
+        }
+    });
+}

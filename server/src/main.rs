@@ -1,0 +1,38 @@
+//! The `pulsemap` binary: configuration, logging, serve, stop on SIGTERM or Ctrl-C.
+
+use clap::Parser;
+use pulsemap::{config::LogFormat, Config};
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = Config::parse();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    match config.log_format {
+        LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).init(),
+        LogFormat::Json => tracing_subscriber::fmt().json().with_env_filter(filter).init(),
+    }
+    tracing::info!(?config, "configuration");
+    let running = pulsemap::start(config).await?;
+    tracing::info!(addr = %running.addr, store = running.state.store_name, "pulsemap listening on http://{}", running.addr);
+    shutdown_signal().await;
+    tracing::info!("shutting down: closing sockets, draining the ingest queue");
+    let drained = running.stop().await;
+    tracing::info!(drained, "stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler installs");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,314 @@
+//! The three WebSockets: drivers stream pings in, heat viewers and trackers receive frames out.
+//!
+//! Each socket is one task: a `select!` over the client's messages, the engine's frames and the shutdown
+//! signal. Sends have a deadline, so a client that stops reading is closed instead of pinning a task, and every
+//! buffer in between is bounded (see `hub` for heat and `engine` for trackers).
+
+use std::{sync::Arc, time::Duration};
+
+use app::{
+    protocol::{
+        DriverServerMsg, ErrorCode, HeatClientMsg, HeatServerMsg, HeatSnapshot, TrackMsg, WsError,
+    },
+    validate::check_driver_id,
+};
+use axum::{
+    extract::{
+        ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade},
+        Path, State,
+    },
+    response::Response,
+};
+use futures::{stream::SplitSink, SinkExt, StreamExt};
+use tokio::sync::broadcast::{self, error::RecvError};
+
+use crate::{
+    decode,
+    error::ApiError,
+    hub::TickFrames,
+    metrics::{Metrics, SocketKind},
+    viewport::{resolve, Viewport},
+    AppState,
+};
+
+/// A client that cannot take a frame within this time is closed (it is gone or stalled).
+const SEND_DEADLINE: Duration = Duration::from_secs(10);
+/// Close codes (RFC 6455): going away (server shutdown), message too big, policy.
+const CLOSE_GOING_AWAY: u16 = 1001;
+
+type Sink = SplitSink<WebSocket, Message>;
+
+/// Bounds both directions of a socket: the largest message the client may send, and the bytes queued toward it.
+fn limited(upgrade: WebSocketUpgrade, state: &AppState) -> WebSocketUpgrade {
+    let max = state.config.max_ws_message_bytes;
+    upgrade
+        .max_message_size(max)
+        .max_frame_size(max)
+        .write_buffer_size(64 * 1024)
+        .max_write_buffer_size(1024 * 1024)
+}
+
+/// Sends one text frame within the deadline, counting it.
+async fn send(sink: &mut Sink, text: Utf8Bytes, kind: SocketKind, metrics: &Metrics) -> Result<(), ()> {
+    let len = text.len();
+    match tokio::time::timeout(SEND_DEADLINE, sink.send(Message::Text(text))).await {
+        Ok(Ok(())) => {
+            metrics.sent(kind, len);
+            Ok(())
+        }
+        _ => Err(()),
+    }
+}
+
+async fn send_json<T: serde::Serialize>(sink: &mut Sink, msg: &T, kind: SocketKind, metrics: &Metrics) -> Result<(), ()> {
+    let text = serde_json::to_string(msg).expect("protocol types always serialise");
+    send(sink, Utf8Bytes::from(text), kind, metrics).await
+}
+
+async fn close(sink: &mut Sink, code: u16, reason: &'static str) {
+    let frame = CloseFrame { code, reason: Utf8Bytes::from_static(reason) };
+    let _ = tokio::time::timeout(SEND_DEADLINE, sink.send(Message::Close(Some(frame)))).await;
+}
+
+fn error(code: ErrorCode, field: Option<&str>, message: impl Into<String>) -> WsError {
+    WsError { code, field: field.map(str::to_string), message: message.into() }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// /ws/driver
+
+/// `GET /ws/driver`: a driver streams `ping` / `batch` messages; each gets an `ack` (and an `error` per refused
+/// ping); a full queue answers `slow_down` and holds the message until there is room.
+pub async fn driver(upgrade: WebSocketUpgrade, State(state): State<AppState>) -> Response {
+    limited(upgrade, &state).on_upgrade(move |socket| driver_socket(socket, state))
+}
+
+async fn driver_socket(socket: WebSocket, state: AppState) {
+    let metrics = state.metrics.clone();
+    let _guard = metrics.subscriber(SocketKind::Driver);
+    let (mut sink, mut stream) = socket.split();
+    let kind = SocketKind::Driver;
+    let wait = Duration::from_millis(state.config.queue_wait_ms);
+    loop {
+        let message = tokio::select! {
+            _ = state.shutdown.cancelled() => {
+                close(&mut sink, CLOSE_GOING_AWAY, "server shutting down").await;
+                return;
+            }
+            message = stream.next() => message,
+        };
+        let text = match message {
+            Some(Ok(Message::Text(text))) => text,
+            Some(Ok(Message::Binary(_))) => {
+                let e = error(ErrorCode::InvalidJson, Some("message"), "send JSON text frames, not binary");
+                let msg = DriverServerMsg::Error { seq: None, index: None, error: e };
+                if send_json(&mut sink, &msg, kind, &metrics).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+            Some(Ok(_)) => continue,
+        };
+        let replies = match decode::driver_message(&text, state.ingest.max_batch()) {
+            Err((seq, invalid)) => vec![DriverServerMsg::Error { seq, index: None, error: invalid.into() }],
+            Ok(message) => {
+                let mut replies = Vec::new();
+                let n = message.pings.len();
+                if state.ingest.queue_depth() + n > state.ingest.queue_capacity() {
+                    let slow = DriverServerMsg::SlowDown { retry_after_ms: wait.as_millis() as u64 };
+                    if send_json(&mut sink, &slow, kind, &metrics).await.is_err() {
+                        return;
+                    }
+                    state.ingest.wait_for_room(n, wait).await;
+                }
+                match state.ingest.submit_pings(message.pings) {
+                    Ok(report) => {
+                        for r in report.rejected {
+                            let error = WsError { code: r.code, field: r.field, message: r.message };
+                            let index = Some(r.index).filter(|_| n > 1);
+                            replies.push(DriverServerMsg::Error { seq: message.seq, index, error });
+                        }
+                        replies.push(DriverServerMsg::Ack { seq: message.seq, accepted: report.accepted });
+                    }
+                    Err(e) => replies.push(DriverServerMsg::Error { seq: message.seq, index: None, error: e.to_ws_error() }),
+                }
+                replies
+            }
+        };
+        for reply in &replies {
+            if send_json(&mut sink, reply, kind, &metrics).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// /ws/heat
+
+/// `GET /ws/heat`: `subscribe` (again at will) -> `snapshot`, then a `delta` per tick and region that changed.
+pub async fn heat(upgrade: WebSocketUpgrade, State(state): State<AppState>) -> Response {
+    limited(upgrade, &state).on_upgrade(move |socket| heat_socket(socket, state))
+}
+
+struct Subscribed {
+    view: Viewport,
+    frames: broadcast::Receiver<Arc<TickFrames>>,
+    /// Frames of ticks up to this one are already in the snapshot the client has.
+    seen: u64,
+}
+
+async fn next_frames(sub: &mut Option<Subscribed>) -> Result<Arc<TickFrames>, RecvError> {
+    match sub {
+        Some(sub) => sub.frames.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn heat_socket(socket: WebSocket, state: AppState) {
+    let metrics = state.metrics.clone();
+    let _guard = metrics.subscriber(SocketKind::Heat);
+    let kind = SocketKind::Heat;
+    let (mut sink, mut stream) = socket.split();
+    let mut sub: Option<Subscribed> = None;
+    loop {
+        tokio::select! {
+            _ = state.shutdown.cancelled() => {
+                close(&mut sink, CLOSE_GOING_AWAY, "server shutting down").await;
+                return;
+            }
+            message = stream.next() => {
+                let text = match message {
+                    Some(Ok(Message::Text(text))) => text,
+                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                    Some(Ok(_)) => continue,
+                };
+                let outcome = match serde_json::from_str::<HeatClientMsg>(&text) {
+                    Ok(HeatClientMsg::Subscribe(request)) => match resolve(&request, state.config.max_bbox_cells) {
+                        Ok(view) => {
+                            // Join the frames first, then take the snapshot: nothing falls between the two.
+                            let frames = state.engine.hub.subscribe(view.key);
+                            sub = Some(Subscribed { view, frames, seen: 0 });
+                            Ok(())
+                        }
+                        Err(invalid) => Err(WsError::from(invalid)),
+                    },
+                    Ok(HeatClientMsg::Resync) if sub.is_some() => Ok(()),
+                    Ok(HeatClientMsg::Resync) => {
+                        Err(error(ErrorCode::NotSubscribed, None, "send subscribe before resync"))
+                    }
+                    Err(e) => Err(error(ErrorCode::InvalidJson, Some("message"), format!("not a heat message: {e}"))),
+                };
+                let sent = match outcome {
+                    Ok(()) => send_snapshot(&mut sink, &state, sub.as_mut().expect("subscribed")).await,
+                    Err(e) => send_json(&mut sink, &HeatServerMsg::Error(e), kind, &metrics).await,
+                };
+                if sent.is_err() {
+                    return;
+                }
+            }
+            frames = next_frames(&mut sub) => {
+                let current = sub.as_mut().expect("frames only flow to a subscribed socket");
+                let sent = match frames {
+                    Ok(tick) => forward(&mut sink, current, &tick, &metrics).await,
+                    Err(RecvError::Lagged(_)) => {
+                        // Fell behind: the missed deltas are gone, a snapshot replaces them.
+                        metrics.heat_resyncs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        send_snapshot(&mut sink, &state, current).await
+                    }
+                    Err(RecvError::Closed) => return,
+                };
+                if sent.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+async fn send_snapshot(sink: &mut Sink, state: &AppState, sub: &mut Subscribed) -> Result<(), ()> {
+    let view = &sub.view;
+    let Some(snapshot): Option<HeatSnapshot> =
+        state.engine.snapshot(view.key, view.bbox, view.tiles.clone()).await
+    else {
+        return Err(());
+    };
+    sub.seen = snapshot.seq;
+    send_json(sink, &HeatServerMsg::Snapshot(snapshot), SocketKind::Heat, &state.metrics).await
+}
+
+/// Sends the frames of a tick whose regions the viewer's box overlaps (a totals-only frame if none).
+async fn forward(sink: &mut Sink, sub: &Subscribed, tick: &TickFrames, metrics: &Metrics) -> Result<(), ()> {
+    if tick.seq <= sub.seen {
+        return Ok(());
+    }
+    let mut sent_any = false;
+    for frame in &tick.frames {
+        let wanted = match frame.tile {
+            Some(tile) => sub.view.tile_set.contains(&tile),
+            None => !sent_any,
+        };
+        if wanted {
+            send(sink, frame.text.clone(), SocketKind::Heat, metrics).await?;
+            sent_any = true;
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// /ws/track/{driver_id}
+
+/// `GET /ws/track/{driver_id}`: the driver's last fix at once (or `unknown`), then each new fix, `offline` when
+/// it goes stale and `online` when it is back.
+pub async fn track(
+    upgrade: WebSocketUpgrade,
+    State(state): State<AppState>,
+    Path(driver_id): Path<String>,
+) -> Result<Response, ApiError> {
+    check_driver_id(&driver_id)?;
+    Ok(limited(upgrade, &state).on_upgrade(move |socket| track_socket(socket, state, driver_id)))
+}
+
+async fn track_socket(socket: WebSocket, state: AppState, driver_id: String) {
+    let metrics = state.metrics.clone();
+    let _guard = metrics.subscriber(SocketKind::Track);
+    let kind = SocketKind::Track;
+    let (mut sink, mut stream) = socket.split();
+    let Some((now, mut updates)) = state.engine.track(driver_id.clone()).await else {
+        close(&mut sink, CLOSE_GOING_AWAY, "server shutting down").await;
+        return;
+    };
+    if send_json(&mut sink, &now, kind, &metrics).await.is_err() {
+        return;
+    }
+    loop {
+        tokio::select! {
+            _ = state.shutdown.cancelled() => {
+                close(&mut sink, CLOSE_GOING_AWAY, "server shutting down").await;
+                return;
+            }
+            message = stream.next() => match message {
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                Some(Ok(_)) => continue,
+            },
+            update = updates.recv() => {
+                let sent = match update {
+                    Ok(text) => send(&mut sink, text, kind, &metrics).await,
+                    Err(RecvError::Lagged(_)) => {
+                        // Behind: skip to the newest fix rather than replaying old ones.
+                        match state.engine.driver(driver_id.clone()).await.flatten() {
+                            Some(fix) => send_json(&mut sink, &TrackMsg::Fix(fix), kind, &metrics).await,
+                            None => Ok(()),
+                        }
+                    }
+                    Err(RecvError::Closed) => return,
+                };
+                if sent.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
