@@ -55,10 +55,11 @@ pub enum PingReply {
 }
 
 /// Sends one ping through the server's ingest path: the driver page's fallback when its WebSocket is down.
-#[server(prefix = "/fn", endpoint = "send_ping")]
+#[server(prefix = "/fn", endpoint = "send_ping", input = leptos::server_fn::codec::Json)]
 pub async fn send_ping(ping: Ping) -> Result<PingReply, ServerFnError> {
-    let sink = use_context::<crate::ingest::SharedPingSink>()
-        .ok_or_else(|| ServerFnError::new("the ingest queue is not wired to the server functions"))?;
+    let sink = use_context::<crate::ingest::SharedPingSink>().ok_or_else(|| {
+        ServerFnError::new("the ingest queue is not wired to the server functions")
+    })?;
     Ok(match sink.0.submit_one(ping) {
         Ok(()) => PingReply::Accepted,
         Err(error) => PingReply::Rejected(error),
@@ -72,7 +73,9 @@ fn HomePage() -> impl IntoView {
     let status = move || match send.value().get() {
         None => "no test ping sent yet".to_string(),
         Some(Ok(PingReply::Accepted)) => "test ping accepted".to_string(),
-        Some(Ok(PingReply::Rejected(e))) => format!("test ping rejected: {} ({})", e.message, e.code.as_str()),
+        Some(Ok(PingReply::Rejected(e))) => {
+            format!("test ping rejected: {} ({})", e.message, e.code.as_str())
+        }
         Some(Err(e)) => format!("could not reach the server: {e}"),
     };
     view! {

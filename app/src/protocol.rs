@@ -111,7 +111,10 @@ pub struct Totals {
 impl Totals {
     /// Orders in the window of `window_min` minutes (0 for a window that is not offered).
     pub fn orders_in(&self, window_min: u32) -> u64 {
-        WINDOWS_MIN.iter().position(|w| *w == window_min).map_or(0, |i| self.orders[i])
+        WINDOWS_MIN
+            .iter()
+            .position(|w| *w == window_min)
+            .map_or(0, |i| self.orders[i])
     }
 }
 
@@ -248,11 +251,18 @@ pub enum TrackMsg {
     /// The driver's newest fix (the last known one at once on join, then each new one).
     Fix(DriverFix),
     /// Nothing is known of this driver yet; fixes follow as soon as it pings.
-    Unknown { driver_id: String },
+    Unknown {
+        driver_id: String,
+    },
     /// The driver went stale (no ping within the stale time).
-    Offline { driver_id: String, last_seen_ms: i64 },
+    Offline {
+        driver_id: String,
+        last_seen_ms: i64,
+    },
     /// The driver is pinging again after being offline.
-    Online { driver_id: String },
+    Online {
+        driver_id: String,
+    },
     Error(WsError),
 }
 
@@ -419,7 +429,11 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
-        let ack = serde_json::to_string(&DriverServerMsg::Ack { seq: Some(7), accepted: 1 }).unwrap();
+        let ack = serde_json::to_string(&DriverServerMsg::Ack {
+            seq: Some(7),
+            accepted: 1,
+        })
+        .unwrap();
         assert_eq!(ack, r#"{"type":"ack","seq":7,"accepted":1}"#);
     }
 

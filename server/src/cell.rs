@@ -33,7 +33,7 @@ impl Cell {
         Some(Cell(bytes))
     }
 
-    pub fn len(&self) -> u8 {
+    pub fn precision(&self) -> u8 {
         self.0.iter().take_while(|b| **b != 0).count() as u8
     }
 
@@ -45,13 +45,13 @@ impl Cell {
     }
 
     pub fn as_str(&self) -> &str {
-        let n = self.len() as usize;
+        let n = self.precision() as usize;
         std::str::from_utf8(&self.0[..n]).expect("cells hold ASCII")
     }
 
     /// The first and last cells of length `len` inside this one: the range to scan in a sorted map.
     pub fn children_range(self, len: u8) -> (Cell, Cell) {
-        let own = self.len() as usize;
+        let own = self.precision() as usize;
         let mut low = self.0;
         let mut high = self.0;
         low[own..len as usize].fill(b'0');
@@ -96,7 +96,10 @@ pub fn cell_size_deg(len: u8) -> (f64, f64) {
     let bits = 5 * len as u32;
     let lon_bits = bits.div_ceil(2);
     let lat_bits = bits / 2;
-    (360.0 / f64::from(1u32 << lon_bits), 180.0 / f64::from(1u32 << lat_bits))
+    (
+        360.0 / f64::from(1u32 << lon_bits),
+        180.0 / f64::from(1u32 << lat_bits),
+    )
 }
 
 /// About how many cells of length `len` the box spans (an upper bound used to refuse huge snapshots).
@@ -135,8 +138,15 @@ mod tests {
     #[test]
     fn coarser_cells_are_prefixes() {
         let cell = Cell::at(6.5244, 3.3792);
-        assert_eq!(cell.len(), 8);
-        let hash = geohash::encode(Coord { x: 3.3792, y: 6.5244 }, 5).unwrap();
+        assert_eq!(cell.precision(), 8);
+        let hash = geohash::encode(
+            Coord {
+                x: 3.3792,
+                y: 6.5244,
+            },
+            5,
+        )
+        .unwrap();
         assert_eq!(cell.prefix(5).as_str(), hash);
         assert!(cell.as_str().starts_with(cell.prefix(4).as_str()));
     }
@@ -157,7 +167,12 @@ mod tests {
 
     #[test]
     fn covering_finds_every_overlapping_cell() {
-        let bbox = BBox { south: 6.40, west: 3.30, north: 6.65, east: 3.55 };
+        let bbox = BBox {
+            south: 6.40,
+            west: 3.30,
+            north: 6.65,
+            east: 3.55,
+        };
         let tiles = covering(&bbox, 4);
         assert!(!tiles.is_empty());
         assert!(tiles.len() as f64 <= cells_spanned(&bbox, 4));
@@ -174,7 +189,10 @@ mod tests {
     #[test]
     fn parse_refuses_non_geohash_text() {
         assert!(Cell::parse("").is_none());
-        assert!(Cell::parse("abc").is_none(), "'a' is not in the geohash alphabet");
+        assert!(
+            Cell::parse("abc").is_none(),
+            "'a' is not in the geohash alphabet"
+        );
         assert!(Cell::parse("s0d1s0d1s").is_none());
         assert_eq!(Cell::parse("s0d1").unwrap().as_str(), "s0d1");
     }

@@ -106,7 +106,8 @@ impl Config {
     pub fn limits(&self) -> Limits {
         Limits {
             max_future_ms: self.max_future_secs as i64 * 1000,
-            max_age_ms: i64::from(*app::protocol::WINDOWS_MIN.iter().max().expect("windows")) * 60_000,
+            max_age_ms: i64::from(*app::protocol::WINDOWS_MIN.iter().max().expect("windows"))
+                * 60_000,
         }
     }
 

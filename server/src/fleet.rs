@@ -59,7 +59,13 @@ impl Fleet {
                 }
             })
             .collect();
-        Fleet { drivers, rng, orders_per_min, order_debt: 0.0, next_order: 0 }
+        Fleet {
+            drivers,
+            rng,
+            orders_per_min,
+            order_debt: 0.0,
+            next_order: 0,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -99,7 +105,12 @@ impl Fleet {
             .map(|_| {
                 let (lat, lon) = near_hot_spot(&mut self.rng, 1_200.0);
                 self.next_order += 1;
-                OrderEvent { lat, lon, ts: now_ms, order_id: Some(format!("demo-{}", self.next_order)) }
+                OrderEvent {
+                    lat,
+                    lon,
+                    ts: now_ms,
+                    order_id: Some(format!("demo-{}", self.next_order)),
+                }
             })
             .collect()
     }
@@ -131,7 +142,10 @@ impl SimDriver {
             let f = travel / distance;
             self.lat += dy * f;
             self.lon += dx * f;
-            self.heading_deg = (dx * metres_per_deg_lon).atan2(dy * M_PER_DEG).to_degrees().rem_euclid(360.0);
+            self.heading_deg = (dx * metres_per_deg_lon)
+                .atan2(dy * M_PER_DEG)
+                .to_degrees()
+                .rem_euclid(360.0);
         }
     }
 }
@@ -173,7 +187,10 @@ mod tests {
             let t = now + step * 2_000;
             for ping in fleet.step(2.0, t) {
                 check_ping(&ping, t, &Limits::default()).unwrap();
-                assert!((6.3..6.75).contains(&ping.lat) && (3.2..3.6).contains(&ping.lon), "{ping:?}");
+                assert!(
+                    (6.3..6.75).contains(&ping.lat) && (3.2..3.6).contains(&ping.lon),
+                    "{ping:?}"
+                );
             }
             for order in fleet.orders(2.0, t) {
                 check_order(&order, t, &Limits::default()).unwrap();
@@ -188,7 +205,11 @@ mod tests {
         let mut fleet = Fleet::new("sim", 10, 0.0, 1);
         let first = fleet.step(0.0, 0);
         let later = fleet.step(120.0, 0);
-        let moved = first.iter().zip(&later).filter(|(a, b)| a.lat != b.lat || a.lon != b.lon).count();
+        let moved = first
+            .iter()
+            .zip(&later)
+            .filter(|(a, b)| a.lat != b.lat || a.lon != b.lon)
+            .count();
         assert!(moved >= 5, "most drivers moved in two minutes ({moved})");
     }
 }

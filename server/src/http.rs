@@ -5,7 +5,9 @@ use std::collections::HashMap;
 
 use app::{
     ingest::SharedPingSink,
-    protocol::{ErrorCode, HeatServerMsg, HeatSubscription, Layer, OrderEvent, Ping, DEFAULT_WINDOW_MIN},
+    protocol::{
+        ErrorCode, HeatServerMsg, HeatSubscription, Layer, OrderEvent, Ping, DEFAULT_WINDOW_MIN,
+    },
     validate::check_driver_id,
 };
 use axum::{
@@ -42,10 +44,15 @@ pub fn router(state: AppState) -> Router {
         .route("/ws/driver", get(ws::driver))
         .route("/ws/heat", get(ws::heat))
         .route("/ws/track/{driver_id}", get(ws::track))
-        .leptos_routes_with_context(&state, routes, move || provide_context(sink.clone()), move || {
-            app::shell(leptos.clone())
-        })
-        .fallback(leptos_axum::file_and_error_handler::<AppState, _>(app::shell))
+        .leptos_routes_with_context(
+            &state,
+            routes,
+            move || provide_context(sink.clone()),
+            move || app::shell(leptos.clone()),
+        )
+        .fallback(leptos_axum::file_and_error_handler::<AppState, _>(
+            app::shell,
+        ))
         .with_state(state)
 }
 
@@ -53,7 +60,11 @@ pub fn router(state: AppState) -> Router {
 async fn read_body(state: &AppState, body: Body) -> Result<axum::body::Bytes, ApiError> {
     let limit = state.config.max_body_bytes;
     to_bytes(body, limit).await.map_err(|_| {
-        ApiError::field(ErrorCode::BodyTooLarge, "body", format!("the body is larger than {limit} bytes"))
+        ApiError::field(
+            ErrorCode::BodyTooLarge,
+            "body",
+            format!("the body is larger than {limit} bytes"),
+        )
     })
 }
 
@@ -92,22 +103,41 @@ async fn get_heat(
     let layer = match query.get("layer").map(String::as_str) {
         None => Layer::Drivers,
         Some(text) => text.parse().map_err(|()| {
-            ApiError::field(ErrorCode::LayerInvalid, "layer", "layer must be \"drivers\" or \"orders\"")
+            ApiError::field(
+                ErrorCode::LayerInvalid,
+                "layer",
+                "layer must be \"drivers\" or \"orders\"",
+            )
         })?,
     };
     let number = |field: &'static str, code: ErrorCode| -> Result<Option<f64>, ApiError> {
         query
             .get(field)
-            .map(|v| v.parse::<f64>().map_err(|_| ApiError::field(code, field, format!("{field} must be a number"))))
+            .map(|v| {
+                v.parse::<f64>()
+                    .map_err(|_| ApiError::field(code, field, format!("{field} must be a number")))
+            })
             .transpose()
     };
-    let window_min = number("window_min", ErrorCode::WindowInvalid)?.map_or(DEFAULT_WINDOW_MIN, |w| w as u32);
-    let precision = number("precision", ErrorCode::PrecisionInvalid)?.map(|p| p.clamp(0.0, 255.0) as u8);
+    let window_min =
+        number("window_min", ErrorCode::WindowInvalid)?.map_or(DEFAULT_WINDOW_MIN, |w| w as u32);
+    let precision =
+        number("precision", ErrorCode::PrecisionInvalid)?.map(|p| p.clamp(0.0, 255.0) as u8);
     let zoom = number("zoom", ErrorCode::PrecisionInvalid)?;
     let bbox = parse_bbox(query.get("bbox").map(String::as_str).unwrap_or(""))?;
-    let sub = HeatSubscription { layer, window_min, precision, zoom, bbox };
+    let sub = HeatSubscription {
+        layer,
+        window_min,
+        precision,
+        zoom,
+        bbox,
+    };
     let view = resolve(&sub, state.config.max_bbox_cells)?;
-    let snapshot = state.engine.snapshot(view.key, view.bbox, view.tiles).await.ok_or_else(stopping)?;
+    let snapshot = state
+        .engine
+        .snapshot(view.key, view.bbox, view.tiles)
+        .await
+        .ok_or_else(stopping)?;
     Ok(Json(HeatServerMsg::Snapshot(snapshot)).into_response())
 }
 
@@ -116,11 +146,18 @@ fn stopping() -> ApiError {
 }
 
 /// `GET /api/drivers/{id}`: the driver's last fix, or 404.
-async fn get_driver(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+async fn get_driver(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     check_driver_id(&id)?;
     match state.engine.driver(id.clone()).await.ok_or_else(stopping)? {
         Some(fix) => Ok(Json(fix).into_response()),
-        None => Err(ApiError::field(ErrorCode::NotFound, "driver_id", format!("no driver {id} is known"))),
+        None => Err(ApiError::field(
+            ErrorCode::NotFound,
+            "driver_id",
+            format!("no driver {id} is known"),
+        )),
     }
 }
 
@@ -139,6 +176,8 @@ async fn healthz(State(state): State<AppState>) -> Response {
 
 /// `GET /metrics`: Prometheus text.
 async fn metrics(State(state): State<AppState>) -> Response {
-    let body = state.metrics.render(state.ingest.queue_depth(), state.ingest.queue_capacity());
+    let body = state
+        .metrics
+        .render(state.ingest.queue_depth(), state.ingest.queue_capacity());
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }

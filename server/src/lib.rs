@@ -121,9 +121,16 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let app = http::router(state.clone());
     let shutdown = state.shutdown.clone();
     let serve = tokio::spawn(async move {
-        axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await
     });
-    Ok(Running { addr, state, serve, engine: engine_task })
+    Ok(Running {
+        addr,
+        state,
+        serve,
+        engine: engine_task,
+    })
 }
 
 /// Periodic chores that keep memory bounded.
@@ -144,7 +151,12 @@ fn spawn_housekeeping(state: &AppState) {
 /// The built-in demo: a simulated fleet feeding the same ingest path as real drivers.
 fn spawn_demo_fleet(state: &AppState) {
     let config = &state.config;
-    let mut fleet = fleet::Fleet::new("demo", config.demo_drivers, config.demo_orders_per_min, now_ms() as u64);
+    let mut fleet = fleet::Fleet::new(
+        "demo",
+        config.demo_drivers,
+        config.demo_orders_per_min,
+        now_ms() as u64,
+    );
     let period = Duration::from_secs_f64(config.demo_ping_secs.max(0.1));
     let ingest = state.ingest.clone();
     let shutdown = state.shutdown.clone();

@@ -18,11 +18,16 @@ pub enum SocketKind {
     Driver = 2,
 }
 
-const KINDS: [(SocketKind, &str); 3] =
-    [(SocketKind::Heat, "heat"), (SocketKind::Track, "track"), (SocketKind::Driver, "driver")];
+const KINDS: [(SocketKind, &str); 3] = [
+    (SocketKind::Heat, "heat"),
+    (SocketKind::Track, "track"),
+    (SocketKind::Driver, "driver"),
+];
 
 /// Tick duration histogram bucket bounds, in seconds.
-const TICK_BUCKETS: [f64; 10] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0];
+const TICK_BUCKETS: [f64; 10] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+];
 
 #[derive(Default)]
 pub struct Metrics {
@@ -46,7 +51,10 @@ pub struct Metrics {
 }
 
 fn code_index(code: ErrorCode) -> usize {
-    ErrorCode::ALL.iter().position(|c| *c == code).expect("every code is in ALL")
+    ErrorCode::ALL
+        .iter()
+        .position(|c| *c == code)
+        .expect("every code is in ALL")
 }
 
 /// Keeps a subscriber gauge up while it lives.
@@ -76,7 +84,10 @@ impl Metrics {
 
     pub fn subscriber(&self, kind: SocketKind) -> SubscriberGuard<'_> {
         self.subscribers[kind as usize].fetch_add(1, Relaxed);
-        SubscriberGuard { metrics: self, kind }
+        SubscriberGuard {
+            metrics: self,
+            kind,
+        }
     }
 
     pub fn sent(&self, kind: SocketKind, bytes: usize) {
@@ -87,7 +98,8 @@ impl Metrics {
     pub fn observe_tick(&self, took: Duration) {
         let secs = took.as_secs_f64();
         self.ticks.fetch_add(1, Relaxed);
-        self.tick_sum_micros.fetch_add(took.as_micros() as u64, Relaxed);
+        self.tick_sum_micros
+            .fetch_add(took.as_micros() as u64, Relaxed);
         if let Some(i) = TICK_BUCKETS.iter().position(|b| secs <= *b) {
             self.tick_buckets[i].fetch_add(1, Relaxed);
         }
@@ -97,40 +109,126 @@ impl Metrics {
     pub fn render(&self, queue_depth: usize, queue_capacity: usize) -> String {
         let mut out = String::with_capacity(8 * 1024);
         let mut counter = |name: &str, help: &str, kind: &str, samples: &[(String, f64)]| {
-            let _ = writeln!(out, "# HELP pulsemap_{name} {help}\n# TYPE pulsemap_{name} {kind}");
+            let _ = writeln!(
+                out,
+                "# HELP pulsemap_{name} {help}\n# TYPE pulsemap_{name} {kind}"
+            );
             for (labels, value) in samples {
                 let _ = writeln!(out, "pulsemap_{name}{labels} {value}");
             }
         };
         let one = |v: u64| vec![(String::new(), v as f64)];
-        counter("pings_accepted_total", "Pings validated and queued.", "counter", &one(self.pings_accepted.load(Relaxed)));
-        counter("orders_accepted_total", "Order events validated and queued.", "counter", &one(self.orders_accepted.load(Relaxed)));
+        counter(
+            "pings_accepted_total",
+            "Pings validated and queued.",
+            "counter",
+            &one(self.pings_accepted.load(Relaxed)),
+        );
+        counter(
+            "orders_accepted_total",
+            "Order events validated and queued.",
+            "counter",
+            &one(self.orders_accepted.load(Relaxed)),
+        );
         let by_reason = |arr: &[AtomicU64]| -> Vec<(String, f64)> {
             ErrorCode::ALL
                 .iter()
                 .zip(arr)
-                .map(|(c, v)| (format!("{{reason=\"{}\"}}", c.as_str()), v.load(Relaxed) as f64))
+                .map(|(c, v)| {
+                    (
+                        format!("{{reason=\"{}\"}}", c.as_str()),
+                        v.load(Relaxed) as f64,
+                    )
+                })
                 .filter(|(_, v)| *v > 0.0)
                 .collect()
         };
-        counter("pings_rejected_total", "Pings refused, by reason.", "counter", &by_reason(&self.pings_rejected));
-        counter("orders_rejected_total", "Order events refused, by reason.", "counter", &by_reason(&self.orders_rejected));
-        counter("pings_aggregated_total", "Pings folded into presence and heat.", "counter", &one(self.pings_aggregated.load(Relaxed)));
-        counter("orders_aggregated_total", "Order events folded into the windows.", "counter", &one(self.orders_aggregated.load(Relaxed)));
-        counter("queue_depth", "Items waiting in the ingest queue.", "gauge", &one(queue_depth as u64));
-        counter("queue_capacity", "Items the ingest queue holds before refusing.", "gauge", &one(queue_capacity as u64));
-        counter("drivers_online", "Drivers heard from within the stale time.", "gauge", &one(self.drivers_online.load(Relaxed)));
+        counter(
+            "pings_rejected_total",
+            "Pings refused, by reason.",
+            "counter",
+            &by_reason(&self.pings_rejected),
+        );
+        counter(
+            "orders_rejected_total",
+            "Order events refused, by reason.",
+            "counter",
+            &by_reason(&self.orders_rejected),
+        );
+        counter(
+            "pings_aggregated_total",
+            "Pings folded into presence and heat.",
+            "counter",
+            &one(self.pings_aggregated.load(Relaxed)),
+        );
+        counter(
+            "orders_aggregated_total",
+            "Order events folded into the windows.",
+            "counter",
+            &one(self.orders_aggregated.load(Relaxed)),
+        );
+        counter(
+            "queue_depth",
+            "Items waiting in the ingest queue.",
+            "gauge",
+            &one(queue_depth as u64),
+        );
+        counter(
+            "queue_capacity",
+            "Items the ingest queue holds before refusing.",
+            "gauge",
+            &one(queue_capacity as u64),
+        );
+        counter(
+            "drivers_online",
+            "Drivers heard from within the stale time.",
+            "gauge",
+            &one(self.drivers_online.load(Relaxed)),
+        );
         let per_kind = |arr: &[AtomicU64]| -> Vec<(String, f64)> {
-            KINDS.iter().map(|(k, n)| (format!("{{kind=\"{n}\"}}"), arr[*k as usize].load(Relaxed) as f64)).collect()
+            KINDS
+                .iter()
+                .map(|(k, n)| {
+                    (
+                        format!("{{kind=\"{n}\"}}"),
+                        arr[*k as usize].load(Relaxed) as f64,
+                    )
+                })
+                .collect()
         };
         let subscribers: Vec<(String, f64)> = KINDS
             .iter()
-            .map(|(k, n)| (format!("{{kind=\"{n}\"}}"), self.subscribers[*k as usize].load(Relaxed) as f64))
+            .map(|(k, n)| {
+                (
+                    format!("{{kind=\"{n}\"}}"),
+                    self.subscribers[*k as usize].load(Relaxed) as f64,
+                )
+            })
             .collect();
-        counter("subscribers", "Open WebSockets, by kind.", "gauge", &subscribers);
-        counter("frames_sent_total", "WebSocket frames sent, by kind.", "counter", &per_kind(&self.frames_sent));
-        counter("bytes_sent_total", "WebSocket payload bytes sent, by kind.", "counter", &per_kind(&self.bytes_sent));
-        counter("heat_resyncs_total", "Heat viewers that fell behind and got a fresh snapshot.", "counter", &one(self.heat_resyncs.load(Relaxed)));
+        counter(
+            "subscribers",
+            "Open WebSockets, by kind.",
+            "gauge",
+            &subscribers,
+        );
+        counter(
+            "frames_sent_total",
+            "WebSocket frames sent, by kind.",
+            "counter",
+            &per_kind(&self.frames_sent),
+        );
+        counter(
+            "bytes_sent_total",
+            "WebSocket payload bytes sent, by kind.",
+            "counter",
+            &per_kind(&self.bytes_sent),
+        );
+        counter(
+            "heat_resyncs_total",
+            "Heat viewers that fell behind and got a fresh snapshot.",
+            "counter",
+            &one(self.heat_resyncs.load(Relaxed)),
+        );
         let _ = writeln!(
             out,
             "# HELP pulsemap_tick_duration_seconds Time the engine spends on one tick.\n# TYPE pulsemap_tick_duration_seconds histogram"
@@ -138,11 +236,21 @@ impl Metrics {
         let mut cumulative = 0;
         for (bound, n) in TICK_BUCKETS.iter().zip(&self.tick_buckets) {
             cumulative += n.load(Relaxed);
-            let _ = writeln!(out, "pulsemap_tick_duration_seconds_bucket{{le=\"{bound}\"}} {cumulative}");
+            let _ = writeln!(
+                out,
+                "pulsemap_tick_duration_seconds_bucket{{le=\"{bound}\"}} {cumulative}"
+            );
         }
         let count = self.ticks.load(Relaxed);
-        let _ = writeln!(out, "pulsemap_tick_duration_seconds_bucket{{le=\"+Inf\"}} {count}");
-        let _ = writeln!(out, "pulsemap_tick_duration_seconds_sum {}", self.tick_sum_micros.load(Relaxed) as f64 / 1e6);
+        let _ = writeln!(
+            out,
+            "pulsemap_tick_duration_seconds_bucket{{le=\"+Inf\"}} {count}"
+        );
+        let _ = writeln!(
+            out,
+            "pulsemap_tick_duration_seconds_sum {}",
+            self.tick_sum_micros.load(Relaxed) as f64 / 1e6
+        );
         let _ = writeln!(out, "pulsemap_tick_duration_seconds_count {count}");
         out
     }

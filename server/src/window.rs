@@ -37,7 +37,10 @@ pub struct RollingWindow {
 impl RollingWindow {
     pub fn new(now_ms: i64) -> RollingWindow {
         let current = slot_of(now_ms);
-        RollingWindow { slots: BTreeMap::new(), first: WINDOWS_MIN.map(|w| current - slots_in(w) + 1) }
+        RollingWindow {
+            slots: BTreeMap::new(),
+            first: WINDOWS_MIN.map(|w| current - slots_in(w) + 1),
+        }
     }
 
     /// Records an event in `slot`; returns, per window, whether it counts there (the caller adds it to totals).
@@ -83,14 +86,22 @@ mod tests {
         // 61 minutes of time in one step and in small steps must expire the same counts.
         let mut expired = Vec::new();
         for minute in 1..=61 {
-            window.advance(t0 + minute * 60_000, |w, c, n| expired.push((minute, w, c, n)));
+            window.advance(t0 + minute * 60_000, |w, c, n| {
+                expired.push((minute, w, c, n))
+            });
         }
-        let at: Vec<(i64, usize)> = expired.iter().map(|(m, w, _, n)| {
-            assert_eq!(*n, 1);
-            (*m, *w)
-        }).collect();
+        let at: Vec<(i64, usize)> = expired
+            .iter()
+            .map(|(m, w, _, n)| {
+                assert_eq!(*n, 1);
+                (*m, *w)
+            })
+            .collect();
         assert_eq!(at, vec![(1, 0), (5, 1), (15, 2), (60, 3)]);
-        assert!(window.slots.is_empty(), "slots past the longest window are dropped");
+        assert!(
+            window.slots.is_empty(),
+            "slots past the longest window are dropped"
+        );
     }
 
     #[test]

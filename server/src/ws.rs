@@ -49,7 +49,12 @@ fn limited(upgrade: WebSocketUpgrade, state: &AppState) -> WebSocketUpgrade {
 }
 
 /// Sends one text frame within the deadline, counting it.
-async fn send(sink: &mut Sink, text: Utf8Bytes, kind: SocketKind, metrics: &Metrics) -> Result<(), ()> {
+async fn send(
+    sink: &mut Sink,
+    text: Utf8Bytes,
+    kind: SocketKind,
+    metrics: &Metrics,
+) -> Result<(), ()> {
     let len = text.len();
     match tokio::time::timeout(SEND_DEADLINE, sink.send(Message::Text(text))).await {
         Ok(Ok(())) => {
@@ -60,18 +65,30 @@ async fn send(sink: &mut Sink, text: Utf8Bytes, kind: SocketKind, metrics: &Metr
     }
 }
 
-async fn send_json<T: serde::Serialize>(sink: &mut Sink, msg: &T, kind: SocketKind, metrics: &Metrics) -> Result<(), ()> {
+async fn send_json<T: serde::Serialize>(
+    sink: &mut Sink,
+    msg: &T,
+    kind: SocketKind,
+    metrics: &Metrics,
+) -> Result<(), ()> {
     let text = serde_json::to_string(msg).expect("protocol types always serialise");
     send(sink, Utf8Bytes::from(text), kind, metrics).await
 }
 
 async fn close(sink: &mut Sink, code: u16, reason: &'static str) {
-    let frame = CloseFrame { code, reason: Utf8Bytes::from_static(reason) };
+    let frame = CloseFrame {
+        code,
+        reason: Utf8Bytes::from_static(reason),
+    };
     let _ = tokio::time::timeout(SEND_DEADLINE, sink.send(Message::Close(Some(frame)))).await;
 }
 
 fn error(code: ErrorCode, field: Option<&str>, message: impl Into<String>) -> WsError {
-    WsError { code, field: field.map(str::to_string), message: message.into() }
+    WsError {
+        code,
+        field: field.map(str::to_string),
+        message: message.into(),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -100,8 +117,16 @@ async fn driver_socket(socket: WebSocket, state: AppState) {
         let text = match message {
             Some(Ok(Message::Text(text))) => text,
             Some(Ok(Message::Binary(_))) => {
-                let e = error(ErrorCode::InvalidJson, Some("message"), "send JSON text frames, not binary");
-                let msg = DriverServerMsg::Error { seq: None, index: None, error: e };
+                let e = error(
+                    ErrorCode::InvalidJson,
+                    Some("message"),
+                    "send JSON text frames, not binary",
+                );
+                let msg = DriverServerMsg::Error {
+                    seq: None,
+                    index: None,
+                    error: e,
+                };
                 if send_json(&mut sink, &msg, kind, &metrics).await.is_err() {
                     return;
                 }
@@ -111,12 +136,18 @@ async fn driver_socket(socket: WebSocket, state: AppState) {
             Some(Ok(_)) => continue,
         };
         let replies = match decode::driver_message(&text, state.ingest.max_batch()) {
-            Err((seq, invalid)) => vec![DriverServerMsg::Error { seq, index: None, error: invalid.into() }],
+            Err((seq, invalid)) => vec![DriverServerMsg::Error {
+                seq,
+                index: None,
+                error: invalid.into(),
+            }],
             Ok(message) => {
                 let mut replies = Vec::new();
                 let n = message.pings.len();
                 if state.ingest.queue_depth() + n > state.ingest.queue_capacity() {
-                    let slow = DriverServerMsg::SlowDown { retry_after_ms: wait.as_millis() as u64 };
+                    let slow = DriverServerMsg::SlowDown {
+                        retry_after_ms: wait.as_millis() as u64,
+                    };
                     if send_json(&mut sink, &slow, kind, &metrics).await.is_err() {
                         return;
                     }
@@ -125,13 +156,28 @@ async fn driver_socket(socket: WebSocket, state: AppState) {
                 match state.ingest.submit_pings(message.pings) {
                     Ok(report) => {
                         for r in report.rejected {
-                            let error = WsError { code: r.code, field: r.field, message: r.message };
+                            let error = WsError {
+                                code: r.code,
+                                field: r.field,
+                                message: r.message,
+                            };
                             let index = Some(r.index).filter(|_| n > 1);
-                            replies.push(DriverServerMsg::Error { seq: message.seq, index, error });
+                            replies.push(DriverServerMsg::Error {
+                                seq: message.seq,
+                                index,
+                                error,
+                            });
                         }
-                        replies.push(DriverServerMsg::Ack { seq: message.seq, accepted: report.accepted });
+                        replies.push(DriverServerMsg::Ack {
+                            seq: message.seq,
+                            accepted: report.accepted,
+                        });
                     }
-                    Err(e) => replies.push(DriverServerMsg::Error { seq: message.seq, index: None, error: e.to_ws_error() }),
+                    Err(e) => replies.push(DriverServerMsg::Error {
+                        seq: message.seq,
+                        index: None,
+                        error: e.to_ws_error(),
+                    }),
                 }
                 replies
             }
@@ -229,17 +275,30 @@ async fn heat_socket(socket: WebSocket, state: AppState) {
 
 async fn send_snapshot(sink: &mut Sink, state: &AppState, sub: &mut Subscribed) -> Result<(), ()> {
     let view = &sub.view;
-    let Some(snapshot): Option<HeatSnapshot> =
-        state.engine.snapshot(view.key, view.bbox, view.tiles.clone()).await
+    let Some(snapshot): Option<HeatSnapshot> = state
+        .engine
+        .snapshot(view.key, view.bbox, view.tiles.clone())
+        .await
     else {
         return Err(());
     };
     sub.seen = snapshot.seq;
-    send_json(sink, &HeatServerMsg::Snapshot(snapshot), SocketKind::Heat, &state.metrics).await
+    send_json(
+        sink,
+        &HeatServerMsg::Snapshot(snapshot),
+        SocketKind::Heat,
+        &state.metrics,
+    )
+    .await
 }
 
 /// Sends the frames of a tick whose regions the viewer's box overlaps (a totals-only frame if none).
-async fn forward(sink: &mut Sink, sub: &Subscribed, tick: &TickFrames, metrics: &Metrics) -> Result<(), ()> {
+async fn forward(
+    sink: &mut Sink,
+    sub: &Subscribed,
+    tick: &TickFrames,
+    metrics: &Metrics,
+) -> Result<(), ()> {
     if tick.seq <= sub.seen {
         return Ok(());
     }

@@ -1,0 +1,194 @@
+//! What every integration test needs: a real server on a free loopback port, and real HTTP and WebSocket
+//! clients. Conditions that take a tick or two are awaited with a deadline, never with a fixed sleep.
+
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use pulsemap::{Config, Running};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use tokio::net::TcpStream;
+use tokio_tungstenite::{connect_async, tungstenite::Message, MaybeTlsStream, WebSocketStream};
+
+/// Test defaults: a free port and a fast tick, so conditions settle in milliseconds.
+pub fn config() -> Config {
+    let mut config = Config::for_tests();
+    config.tick_ms = 20;
+    config
+}
+
+pub async fn start(config: Config) -> Running {
+    pulsemap::start(config).await.expect("server starts")
+}
+
+pub fn url(server: &Running, path: &str) -> String {
+    format!("http://{}{path}", server.addr)
+}
+
+pub fn now_ms() -> i64 {
+    pulsemap::now_ms()
+}
+
+pub fn ping(driver: &str, lat: f64, lon: f64) -> Value {
+    serde_json::json!({"driver_id": driver, "lat": lat, "lon": lon, "ts": now_ms()})
+}
+
+pub async fn post(server: &Running, path: &str, body: impl Into<reqwest::Body>) -> (u16, Value) {
+    let response = reqwest::Client::new()
+        .post(url(server, path))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .expect("request");
+    let status = response.status().as_u16();
+    let text = response.text().await.expect("body");
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+pub async fn post_json(server: &Running, path: &str, body: &Value) -> (u16, Value) {
+    post(server, path, serde_json::to_vec(body).unwrap()).await
+}
+
+pub async fn get(server: &Running, path: &str) -> (u16, Value) {
+    let response = reqwest::get(url(server, path)).await.expect("request");
+    let status = response.status().as_u16();
+    let text = response.text().await.expect("body");
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+pub async fn get_text(server: &Running, path: &str) -> (u16, String) {
+    let response = reqwest::get(url(server, path)).await.expect("request");
+    (
+        response.status().as_u16(),
+        response.text().await.expect("body"),
+    )
+}
+
+/// Awaits `check` returning `Some` within `secs` seconds, polling.
+pub async fn eventually<T, F, Fut>(secs: u64, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A metric's value from `/metrics` (0 when absent).
+pub async fn metric(server: &Running, name_and_labels: &str) -> f64 {
+    let (_, text) = get_text(server, "/metrics").await;
+    text.lines()
+        .find_map(|line| {
+            line.strip_prefix(name_and_labels)?
+                .strip_prefix(' ')?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0.0)
+}
+
+pub struct Socket {
+    inner: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+impl Socket {
+    pub async fn connect(server: &Running, path: &str) -> Socket {
+        let (inner, _) = connect_async(format!("ws://{}{path}", server.addr))
+            .await
+            .expect("websocket connects");
+        Socket { inner }
+    }
+
+    pub async fn send(&mut self, value: &Value) {
+        self.inner
+            .send(Message::Text(value.to_string().into()))
+            .await
+            .expect("send");
+    }
+
+    pub async fn send_text(&mut self, text: &str) {
+        self.inner
+            .send(Message::Text(text.to_string().into()))
+            .await
+            .expect("send");
+    }
+
+    /// The next JSON message (skipping control frames), within 5 s.
+    pub async fn next(&mut self) -> Value {
+        self.try_next(Duration::from_secs(5))
+            .await
+            .expect("a message within 5 s")
+    }
+
+    pub async fn next_as<T: DeserializeOwned>(&mut self) -> T {
+        serde_json::from_value(self.next().await).expect("message of the expected type")
+    }
+
+    /// The next JSON message, or `None` if none arrives within `wait` (or the socket closed).
+    pub async fn try_next(&mut self, wait: Duration) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let message = tokio::time::timeout_at(deadline, self.inner.next())
+                .await
+                .ok()??
+                .ok()?;
+            match message {
+                Message::Text(text) => {
+                    return Some(serde_json::from_str(&text).expect("JSON message"))
+                }
+                Message::Close(_) => return None,
+                _ => continue,
+            }
+        }
+    }
+
+    /// Reads messages until one satisfies `pred`, within `secs` seconds.
+    pub async fn until(
+        &mut self,
+        secs: u64,
+        what: &str,
+        mut pred: impl FnMut(&Value) -> bool,
+    ) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.try_next(left).await {
+                Some(v) if pred(&v) => return v,
+                Some(_) => continue,
+                None => panic!("no message matching: {what}"),
+            }
+        }
+    }
+
+    /// Whether the server closed the socket (a close frame or end of stream) within `wait`.
+    pub async fn closed_within(&mut self, wait: Duration) -> Option<u16> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            match tokio::time::timeout_at(deadline, self.inner.next()).await {
+                Err(_) => return None,
+                Ok(None) | Ok(Some(Err(_))) => return Some(1006),
+                Ok(Some(Ok(Message::Close(frame)))) => {
+                    return Some(frame.map_or(1005, |f| u16::from(f.code)))
+                }
+                Ok(Some(Ok(_))) => continue,
+            }
+        }
+    }
+}

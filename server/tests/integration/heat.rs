@@ -1,0 +1,222 @@
+//! `/ws/heat` and `GET /api/heat`: snapshot, deltas of changed cells only, resubscribe, both layers.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::common::*;
+
+fn lagos() -> Value {
+    json!({"south": 6.38, "west": 3.25, "north": 6.70, "east": 3.60})
+}
+
+fn geohash(lat: f64, lon: f64, len: usize) -> String {
+    geohash::encode(geohash::Coord { x: lon, y: lat }, len).unwrap()
+}
+
+fn cell_value(cells: &Value, cell: &str) -> Option<u64> {
+    cells
+        .as_array()?
+        .iter()
+        .find(|c| c[0] == cell)
+        .and_then(|c| c[1].as_u64())
+}
+
+#[tokio::test]
+async fn snapshot_then_deltas_of_changed_cells_with_exact_counts() {
+    let server = start(config()).await;
+    let mut ws = Socket::connect(&server, "/ws/heat").await;
+    ws.send(&json!({"type": "subscribe", "layer": "drivers", "precision": 6, "bbox": lagos()}))
+        .await;
+    let snapshot = ws.next().await;
+    assert_eq!(snapshot["type"], "snapshot", "{snapshot}");
+    assert_eq!(snapshot["cells"], json!([]));
+    assert_eq!(snapshot["precision"], 6);
+
+    // Three drivers in one cell of Yaba, one in Lekki.
+    let (yaba, lekki) = ((6.5095, 3.3711), (6.4474, 3.4723));
+    let pings = json!([
+        ping("h1", yaba.0, yaba.1),
+        ping("h2", yaba.0, yaba.1),
+        ping("h3", yaba.0, yaba.1),
+        ping("h4", lekki.0, lekki.1)
+    ]);
+    assert_eq!(post_json(&server, "/api/pings", &pings).await.0, 202);
+    let yaba_cell = geohash(yaba.0, yaba.1, 6);
+    let lekki_cell = geohash(lekki.0, lekki.1, 6);
+    let mut seen = std::collections::HashMap::new();
+    while seen.get(&yaba_cell) != Some(&3) || seen.get(&lekki_cell) != Some(&1) {
+        let delta = ws.next().await;
+        assert_eq!(delta["type"], "delta", "{delta}");
+        assert!(delta["seq"].as_u64().unwrap() > snapshot["seq"].as_u64().unwrap());
+        for cell in delta["cells"].as_array().unwrap() {
+            seen.insert(
+                cell[0].as_str().unwrap().to_string(),
+                cell[1].as_u64().unwrap(),
+            );
+        }
+    }
+    assert_eq!(seen.len(), 2, "only the changed cells: {seen:?}");
+
+    // h4 drives out of its cell: the cell empties (0) and Yaba is not re-sent.
+    assert_eq!(
+        post_json(&server, "/api/pings", &json!([ping("h4", 6.60, 3.35)]))
+            .await
+            .0,
+        202
+    );
+    let delta = ws
+        .until(5, "lekki emptied", |d| {
+            cell_value(&d["cells"], &lekki_cell).is_some()
+        })
+        .await;
+    assert_eq!(cell_value(&delta["cells"], &lekki_cell), Some(0));
+    assert_eq!(cell_value(&delta["cells"], &yaba_cell), None);
+    assert_eq!(delta["totals"]["drivers_online"], 4);
+
+    // The HTTP snapshot agrees.
+    let (status, body) = get(
+        &server,
+        "/api/heat?layer=drivers&precision=6&bbox=6.38,3.25,6.70,3.60",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(cell_value(&body["cells"], &yaba_cell), Some(3));
+    assert_eq!(cell_value(&body["cells"], &lekki_cell), None);
+    assert_eq!(cell_value(&body["cells"], &geohash(6.60, 3.35, 6)), Some(1));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn resubscribing_moves_the_box_and_changes_precision() {
+    let server = start(config()).await;
+    post_json(
+        &server,
+        "/api/pings",
+        &json!([ping("r1", 6.5095, 3.3711), ping("r2", 9.05, 7.49)]),
+    )
+    .await;
+    eventually(5, "both drivers known", || async {
+        (get(&server, "/api/drivers/r2").await.0 == 200).then_some(())
+    })
+    .await;
+    let mut ws = Socket::connect(&server, "/ws/heat").await;
+    ws.send(&json!({"type": "subscribe", "layer": "drivers", "zoom": 12, "bbox": lagos()}))
+        .await;
+    let snap = ws.until(5, "snapshot", |m| m["type"] == "snapshot").await;
+    assert_eq!(snap["cells"], json!([[geohash(6.5095, 3.3711, 6), 1]]));
+
+    // Pan to Abuja, zoomed out: precision follows zoom.
+    ws.send(&json!({"type": "subscribe", "layer": "drivers", "zoom": 9,
+        "bbox": {"south": 8.9, "west": 7.3, "north": 9.2, "east": 7.6}}))
+        .await;
+    let snap = ws.until(5, "snapshot", |m| m["type"] == "snapshot").await;
+    assert_eq!(snap["precision"], 5);
+    assert_eq!(snap["cells"], json!([[geohash(9.05, 7.49, 5), 1]]));
+
+    // A Lagos change is outside the new box's regions: nothing arrives for it. (A delta may repeat Abuja's
+    // value: a snapshot taken mid-tick is followed by that tick's delta, and values are absolute.)
+    post_json(&server, "/api/pings", &json!([ping("r3", 6.5095, 3.3711)])).await;
+    let lagos_cell = geohash(6.5095, 3.3711, 5);
+    let mut saw_lagos_total = false;
+    while let Some(msg) = ws.try_next(Duration::from_millis(300)).await {
+        assert_eq!(
+            cell_value(&msg["cells"], &lagos_cell),
+            None,
+            "a cell outside the box arrived: {msg}"
+        );
+        saw_lagos_total |= msg["totals"]["drivers_online"] == 3;
+    }
+    assert!(
+        saw_lagos_total,
+        "the city-wide totals still reach the viewer"
+    );
+
+    // Bad subscriptions get coded errors and the socket stays open.
+    ws.send(&json!({"type": "subscribe", "layer": "drivers", "window_min": 7, "bbox": lagos()}))
+        .await;
+    assert_eq!(
+        ws.until(5, "error", |m| m["type"] == "error").await["code"],
+        "window_invalid"
+    );
+    ws.send(&json!({"type": "subscribe", "precision": 8,
+        "bbox": {"south": -80, "west": -170, "north": 80, "east": 170}}))
+        .await;
+    assert_eq!(
+        ws.until(5, "error", |m| m["type"] == "error").await["code"],
+        "bbox_too_large"
+    );
+    ws.send(&json!({"type": "resync"})).await;
+    assert_eq!(
+        ws.until(5, "snapshot", |m| m["type"] == "snapshot").await["precision"],
+        5
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_orders_layer_counts_events_per_window() {
+    let server = start(config()).await;
+    let vi = (6.4281, 3.4219);
+    let now = now_ms();
+    let orders = json!([
+        {"lat": vi.0, "lon": vi.1, "ts": now},
+        {"lat": vi.0, "lon": vi.1, "ts": now - 3 * 60_000},
+        {"lat": vi.0, "lon": vi.1, "ts": now - 10 * 60_000},
+    ]);
+    assert_eq!(post_json(&server, "/api/orders", &orders).await.0, 202);
+    let cell = geohash(vi.0, vi.1, 7);
+    for (window, expected) in [(1, 1), (5, 2), (15, 3), (60, 3)] {
+        let body = eventually(5, "orders aggregated", || async {
+            let (_, body) =
+                get(&server, &format!("/api/heat?layer=orders&window_min={window}&precision=7&bbox=6.38,3.25,6.70,3.60"))
+                    .await;
+            (body["totals"]["orders"][3] == 3).then_some(body)
+        })
+        .await;
+        assert_eq!(
+            cell_value(&body["cells"], &cell),
+            Some(expected),
+            "window {window}: {body}"
+        );
+    }
+    let (status, body) = get(&server, "/api/heat?layer=trucks&bbox=6.38,3.25,6.70,3.60").await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("layer_invalid"))
+    );
+    let (status, body) = get(&server, "/api/heat?layer=orders&bbox=6.38,3.25").await;
+    assert_eq!(
+        (status, body["error"]["field"].as_str()),
+        (400, Some("bbox"))
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn viewers_of_one_key_share_frames_and_all_receive_them() {
+    let server = start(config()).await;
+    let mut viewers = Vec::new();
+    for _ in 0..20 {
+        let mut ws = Socket::connect(&server, "/ws/heat").await;
+        ws.send(&json!({"type": "subscribe", "layer": "drivers", "precision": 7, "bbox": lagos()}))
+            .await;
+        assert_eq!(ws.next().await["type"], "snapshot");
+        viewers.push(ws);
+    }
+    post_json(&server, "/api/pings", &json!([ping("fan", 6.45, 3.40)])).await;
+    let cell = geohash(6.45, 3.40, 7);
+    for ws in &mut viewers {
+        let delta = ws
+            .until(5, "the fan-out delta", |m| {
+                cell_value(&m["cells"], &cell).is_some()
+            })
+            .await;
+        assert_eq!(cell_value(&delta["cells"], &cell), Some(1));
+    }
+    assert_eq!(
+        metric(&server, "pulsemap_subscribers{kind=\"heat\"}").await,
+        20.0
+    );
+    server.stop().await;
+}

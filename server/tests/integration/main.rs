@@ -1,0 +1,9 @@
+//! Integration tests: each starts the real server on a free loopback port and talks to it over real HTTP and
+//! WebSocket connections. One test binary, so the workspace links once.
+
+mod common;
+mod driver_ws;
+mod heat;
+mod ingest;
+mod ops;
+mod track;

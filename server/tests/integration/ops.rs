@@ -1,0 +1,121 @@
+//! Health, metrics, graceful shutdown with a drained queue, the demo fleet, and the server-rendered page.
+
+use serde_json::{json, Value};
+
+use crate::common::*;
+
+#[tokio::test]
+async fn health_and_metrics_report_the_engine() {
+    let server = start(config()).await;
+    let (status, health) = get(&server, "/healthz").await;
+    assert_eq!(status, 200);
+    assert_eq!(health["status"], "ok");
+    assert_eq!(health["store"], "embedded (in-memory)");
+    post_json(
+        &server,
+        "/api/pings",
+        &json!([ping("m1", 6.5, 3.3), {"driver_id": "m2", "lat": 0, "lon": 0, "ts": now_ms()}]),
+    )
+    .await;
+    let (status, text) = get_text(&server, "/metrics").await;
+    assert_eq!(status, 200);
+    for name in [
+        "pulsemap_pings_accepted_total 1",
+        "pulsemap_pings_rejected_total{reason=\"null_island\"} 1",
+        "pulsemap_queue_capacity 262144",
+        "# TYPE pulsemap_tick_duration_seconds histogram",
+        "pulsemap_subscribers{kind=\"heat\"} 0",
+        "pulsemap_frames_sent_total{kind=\"track\"} 0",
+    ] {
+        assert!(text.contains(name), "missing {name} in\n{text}");
+    }
+    eventually(5, "drivers_online gauge", || async {
+        (metric(&server, "pulsemap_drivers_online").await == 1.0).then_some(())
+    })
+    .await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn stopping_drains_every_accepted_ping_into_the_engine() {
+    let mut config = config();
+    config.tick_ms = 1_000;
+    let server = start(config).await;
+    let state = server.state.clone();
+    let mut accepted = 0;
+    for round in 0..20 {
+        let batch = Value::Array(
+            (0..500)
+                .map(|i| ping(&format!("drain-{round}-{i}"), 6.5, 3.3))
+                .collect(),
+        );
+        let (status, report) = post_json(&server, "/api/pings", &batch).await;
+        assert_eq!(status, 202);
+        accepted += report["accepted"].as_u64().unwrap();
+    }
+    assert_eq!(accepted, 10_000);
+    server.stop().await;
+    let aggregated = state
+        .metrics
+        .pings_aggregated
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(
+        aggregated, accepted,
+        "every accepted ping reached the engine before exit"
+    );
+    assert_eq!(state.ingest.queue_depth(), 0);
+}
+
+#[tokio::test]
+async fn the_demo_fleet_makes_lagos_live() {
+    let mut config = config();
+    config.demo = true;
+    config.demo_drivers = 40;
+    config.demo_ping_secs = 0.1;
+    config.demo_orders_per_min = 6_000.0;
+    let server = start(config).await;
+    let body = eventually(10, "40 demo drivers online with orders", || async {
+        let (_, body) = get(
+            &server,
+            "/api/heat?layer=orders&window_min=1&precision=5&bbox=6.30,3.20,6.75,3.60",
+        )
+        .await;
+        (body["totals"]["drivers_online"] == 40 && body["totals"]["orders"][0].as_u64() > Some(0))
+            .then_some(body)
+    })
+    .await;
+    assert!(!body["cells"].as_array().unwrap().is_empty(), "{body}");
+    let (_, drivers) = get(
+        &server,
+        "/api/heat?layer=drivers&precision=5&bbox=6.30,3.20,6.75,3.60",
+    )
+    .await;
+    let total: u64 = drivers["cells"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c[1].as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        total, 40,
+        "every demo driver is in exactly one cell of Lagos"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_homepage_is_server_rendered_with_hydration_scripts() {
+    let server = start(config()).await;
+    let (status, html) = get_text(&server, "/").await;
+    assert_eq!(status, 200);
+    assert!(html.contains("<h1>pulsemap</h1>"), "{html}");
+    assert!(
+        html.contains("/pkg/pulsemap.js"),
+        "hydration script link: {html}"
+    );
+    assert!(html.contains("/pkg/pulsemap_bg.wasm"), "{html}");
+    assert!(html.contains("/pkg/pulsemap.css"), "{html}");
+    let (status, _) = get_text(&server, "/no-such-page").await;
+    assert_eq!(status, 404);
+    server.stop().await;
+}
