@@ -9,7 +9,6 @@ use std::{collections::HashMap, sync::Arc, time::Instant};
 
 use app::protocol::{
     BBox, DriverFix, HeatDelta, HeatServerMsg, HeatSnapshot, Layer, OrderEvent, Ping, TrackMsg,
-    WINDOWS_MIN,
 };
 use axum::extract::ws::Utf8Bytes;
 use tokio::{
