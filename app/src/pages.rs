@@ -57,9 +57,8 @@ pub enum PingReply {
 /// Sends one ping through the server's ingest path: the driver page's fallback when its WebSocket is down.
 #[server(prefix = "/fn", endpoint = "send_ping", input = leptos::server_fn::codec::Json)]
 pub async fn send_ping(ping: Ping) -> Result<PingReply, ServerFnError> {
-    let sink = use_context::<crate::ingest::SharedPingSink>().ok_or_else(|| {
-        ServerFnError::new("the ingest queue is not wired to the server functions")
-    })?;
+    let sink = use_context::<crate::ingest::SharedPingSink>()
+        .ok_or_else(|| ServerFnError::new("the ingest queue is not wired to the server functions"))?;
     Ok(match sink.0.submit_one(ping) {
         Ok(()) => PingReply::Accepted,
         Err(error) => PingReply::Rejected(error),

@@ -111,10 +111,7 @@ pub struct Totals {
 impl Totals {
     /// Orders in the window of `window_min` minutes (0 for a window that is not offered).
     pub fn orders_in(&self, window_min: u32) -> u64 {
-        WINDOWS_MIN
-            .iter()
-            .position(|w| *w == window_min)
-            .map_or(0, |i| self.orders[i])
+        WINDOWS_MIN.iter().position(|w| *w == window_min).map_or(0, |i| self.orders[i])
     }
 }
 
@@ -417,10 +414,9 @@ mod tests {
 
     #[test]
     fn driver_ping_message_is_flat_json_with_type() {
-        let msg: DriverClientMsg = serde_json::from_str(
-            r#"{"type":"ping","seq":7,"driver_id":"d1","lat":6.5,"lon":3.3,"ts":1700000000000}"#,
-        )
-        .unwrap();
+        let msg: DriverClientMsg =
+            serde_json::from_str(r#"{"type":"ping","seq":7,"driver_id":"d1","lat":6.5,"lon":3.3,"ts":1700000000000}"#)
+                .unwrap();
         match msg {
             DriverClientMsg::Ping { seq, ping } => {
                 assert_eq!(seq, Some(7));
@@ -429,11 +425,7 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
-        let ack = serde_json::to_string(&DriverServerMsg::Ack {
-            seq: Some(7),
-            accepted: 1,
-        })
-        .unwrap();
+        let ack = serde_json::to_string(&DriverServerMsg::Ack { seq: Some(7), accepted: 1 }).unwrap();
         assert_eq!(ack, r#"{"type":"ack","seq":7,"accepted":1}"#);
     }
 

@@ -16,10 +16,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits {
-            max_future_ms: 5 * 60_000,
-            max_age_ms: 60 * 60_000,
-        }
+        Limits { max_future_ms: 5 * 60_000, max_age_ms: 60 * 60_000 }
     }
 }
 
@@ -38,21 +35,13 @@ pub struct Invalid {
 
 impl Invalid {
     pub fn new(code: ErrorCode, field: &'static str, message: impl Into<String>) -> Self {
-        Invalid {
-            code,
-            field,
-            message: message.into(),
-        }
+        Invalid { code, field, message: message.into() }
     }
 }
 
 impl From<Invalid> for WsError {
     fn from(e: Invalid) -> Self {
-        WsError {
-            code: e.code,
-            field: Some(e.field.to_string()),
-            message: e.message,
-        }
+        WsError { code: e.code, field: Some(e.field.to_string()), message: e.message }
     }
 }
 
@@ -60,9 +49,7 @@ impl From<Invalid> for WsError {
 pub fn check_driver_id(id: &str) -> Result<(), Invalid> {
     let ok = !id.is_empty()
         && id.len() <= MAX_DRIVER_ID_LEN
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
     if ok {
         Ok(())
     } else {
@@ -76,39 +63,19 @@ pub fn check_driver_id(id: &str) -> Result<(), Invalid> {
 
 fn check_position(lat: f64, lon: f64) -> Result<(), Invalid> {
     if !lat.is_finite() {
-        return Err(Invalid::new(
-            ErrorCode::NotFinite,
-            "lat",
-            "lat must be a finite number",
-        ));
+        return Err(Invalid::new(ErrorCode::NotFinite, "lat", "lat must be a finite number"));
     }
     if !lon.is_finite() {
-        return Err(Invalid::new(
-            ErrorCode::NotFinite,
-            "lon",
-            "lon must be a finite number",
-        ));
+        return Err(Invalid::new(ErrorCode::NotFinite, "lon", "lon must be a finite number"));
     }
     if !(-90.0..=90.0).contains(&lat) {
-        return Err(Invalid::new(
-            ErrorCode::LatOutOfRange,
-            "lat",
-            format!("lat {lat} is outside [-90, 90]"),
-        ));
+        return Err(Invalid::new(ErrorCode::LatOutOfRange, "lat", format!("lat {lat} is outside [-90, 90]")));
     }
     if !(-180.0..=180.0).contains(&lon) {
-        return Err(Invalid::new(
-            ErrorCode::LonOutOfRange,
-            "lon",
-            format!("lon {lon} is outside [-180, 180]"),
-        ));
+        return Err(Invalid::new(ErrorCode::LonOutOfRange, "lon", format!("lon {lon} is outside [-180, 180]")));
     }
     if lat == 0.0 && lon == 0.0 {
-        return Err(Invalid::new(
-            ErrorCode::NullIsland,
-            "lat",
-            "(0, 0) is a bogus fix, not a position",
-        ));
+        return Err(Invalid::new(ErrorCode::NullIsland, "lat", "(0, 0) is a bogus fix, not a position"));
     }
     Ok(())
 }
@@ -118,21 +85,14 @@ fn check_ts(ts: i64, now_ms: i64, limits: &Limits) -> Result<(), Invalid> {
         return Err(Invalid::new(
             ErrorCode::TsInFuture,
             "ts",
-            format!(
-                "ts is {} ms ahead of the server clock (at most {} allowed)",
-                ts - now_ms,
-                limits.max_future_ms
-            ),
+            format!("ts is {} ms ahead of the server clock (at most {} allowed)", ts - now_ms, limits.max_future_ms),
         ));
     }
     if ts < now_ms.saturating_sub(limits.max_age_ms) {
         return Err(Invalid::new(
             ErrorCode::TsTooOld,
             "ts",
-            format!(
-                "ts is older than {} ms; send unix milliseconds",
-                limits.max_age_ms
-            ),
+            format!("ts is older than {} ms; send unix milliseconds", limits.max_age_ms),
         ));
     }
     Ok(())
@@ -148,11 +108,7 @@ fn check_optional(
         Some(v) if !v.is_finite() || !range.contains(&v) => Err(Invalid::new(
             code,
             field,
-            format!(
-                "{field} must be a finite number in [{}, {}]",
-                range.start(),
-                range.end()
-            ),
+            format!("{field} must be a finite number in [{}, {}]", range.start(), range.end()),
         )),
         _ => Ok(()),
     }
@@ -163,24 +119,9 @@ pub fn check_ping(ping: &Ping, now_ms: i64, limits: &Limits) -> Result<(), Inval
     check_driver_id(&ping.driver_id)?;
     check_position(ping.lat, ping.lon)?;
     check_ts(ping.ts, now_ms, limits)?;
-    check_optional(
-        ping.accuracy_m,
-        "accuracy_m",
-        ErrorCode::AccuracyInvalid,
-        0.0..=100_000.0,
-    )?;
-    check_optional(
-        ping.heading_deg,
-        "heading_deg",
-        ErrorCode::HeadingInvalid,
-        0.0..=360.0,
-    )?;
-    check_optional(
-        ping.speed_mps,
-        "speed_mps",
-        ErrorCode::SpeedInvalid,
-        0.0..=500.0,
-    )?;
+    check_optional(ping.accuracy_m, "accuracy_m", ErrorCode::AccuracyInvalid, 0.0..=100_000.0)?;
+    check_optional(ping.heading_deg, "heading_deg", ErrorCode::HeadingInvalid, 0.0..=360.0)?;
+    check_optional(ping.speed_mps, "speed_mps", ErrorCode::SpeedInvalid, 0.0..=500.0)?;
     Ok(())
 }
 
@@ -230,162 +171,39 @@ mod tests {
 
     #[test]
     fn each_bad_field_is_named() {
-        assert_eq!(
-            refusal(Ping {
-                lat: f64::NAN,
-                ..ping()
-            }),
-            (ErrorCode::NotFinite, "lat")
-        );
-        assert_eq!(
-            refusal(Ping {
-                lon: f64::INFINITY,
-                ..ping()
-            }),
-            (ErrorCode::NotFinite, "lon")
-        );
-        assert_eq!(
-            refusal(Ping {
-                lat: 90.5,
-                ..ping()
-            }),
-            (ErrorCode::LatOutOfRange, "lat")
-        );
-        assert_eq!(
-            refusal(Ping {
-                lon: -180.1,
-                ..ping()
-            }),
-            (ErrorCode::LonOutOfRange, "lon")
-        );
-        assert_eq!(
-            refusal(Ping {
-                lat: 0.0,
-                lon: 0.0,
-                ..ping()
-            }),
-            (ErrorCode::NullIsland, "lat")
-        );
-        assert_eq!(
-            refusal(Ping {
-                ts: NOW + 5 * 60_000 + 1,
-                ..ping()
-            }),
-            (ErrorCode::TsInFuture, "ts")
-        );
-        assert_eq!(
-            refusal(Ping {
-                ts: NOW - 60 * 60_000 - 1,
-                ..ping()
-            }),
-            (ErrorCode::TsTooOld, "ts")
-        );
-        assert_eq!(
-            refusal(Ping {
-                ts: NOW / 1000,
-                ..ping()
-            }),
-            (ErrorCode::TsTooOld, "ts")
-        );
-        assert_eq!(
-            refusal(Ping {
-                driver_id: "".into(),
-                ..ping()
-            }),
-            (ErrorCode::DriverIdInvalid, "driver_id")
-        );
-        assert_eq!(
-            refusal(Ping {
-                driver_id: "a b".into(),
-                ..ping()
-            }),
-            (ErrorCode::DriverIdInvalid, "driver_id")
-        );
-        assert_eq!(
-            refusal(Ping {
-                driver_id: "x".repeat(65),
-                ..ping()
-            }),
-            (ErrorCode::DriverIdInvalid, "driver_id")
-        );
-        assert_eq!(
-            refusal(Ping {
-                accuracy_m: Some(-1.0),
-                ..ping()
-            }),
-            (ErrorCode::AccuracyInvalid, "accuracy_m")
-        );
-        assert_eq!(
-            refusal(Ping {
-                heading_deg: Some(361.0),
-                ..ping()
-            }),
-            (ErrorCode::HeadingInvalid, "heading_deg")
-        );
-        assert_eq!(
-            refusal(Ping {
-                speed_mps: Some(f64::NAN),
-                ..ping()
-            }),
-            (ErrorCode::SpeedInvalid, "speed_mps")
-        );
+        assert_eq!(refusal(Ping { lat: f64::NAN, ..ping() }), (ErrorCode::NotFinite, "lat"));
+        assert_eq!(refusal(Ping { lon: f64::INFINITY, ..ping() }), (ErrorCode::NotFinite, "lon"));
+        assert_eq!(refusal(Ping { lat: 90.5, ..ping() }), (ErrorCode::LatOutOfRange, "lat"));
+        assert_eq!(refusal(Ping { lon: -180.1, ..ping() }), (ErrorCode::LonOutOfRange, "lon"));
+        assert_eq!(refusal(Ping { lat: 0.0, lon: 0.0, ..ping() }), (ErrorCode::NullIsland, "lat"));
+        assert_eq!(refusal(Ping { ts: NOW + 5 * 60_000 + 1, ..ping() }), (ErrorCode::TsInFuture, "ts"));
+        assert_eq!(refusal(Ping { ts: NOW - 60 * 60_000 - 1, ..ping() }), (ErrorCode::TsTooOld, "ts"));
+        assert_eq!(refusal(Ping { ts: NOW / 1000, ..ping() }), (ErrorCode::TsTooOld, "ts"));
+        assert_eq!(refusal(Ping { driver_id: "".into(), ..ping() }), (ErrorCode::DriverIdInvalid, "driver_id"));
+        assert_eq!(refusal(Ping { driver_id: "a b".into(), ..ping() }), (ErrorCode::DriverIdInvalid, "driver_id"));
+        assert_eq!(refusal(Ping { driver_id: "x".repeat(65), ..ping() }), (ErrorCode::DriverIdInvalid, "driver_id"));
+        assert_eq!(refusal(Ping { accuracy_m: Some(-1.0), ..ping() }), (ErrorCode::AccuracyInvalid, "accuracy_m"));
+        assert_eq!(refusal(Ping { heading_deg: Some(361.0), ..ping() }), (ErrorCode::HeadingInvalid, "heading_deg"));
+        assert_eq!(refusal(Ping { speed_mps: Some(f64::NAN), ..ping() }), (ErrorCode::SpeedInvalid, "speed_mps"));
     }
 
     #[test]
     fn edges_are_inside() {
         let limits = Limits::default();
         for (lat, lon) in [(90.0, 180.0), (-90.0, -180.0), (0.0, 3.3), (6.5, 0.0)] {
-            assert_eq!(
-                check_ping(&Ping { lat, lon, ..ping() }, NOW, &limits),
-                Ok(()),
-                "{lat},{lon}"
-            );
+            assert_eq!(check_ping(&Ping { lat, lon, ..ping() }, NOW, &limits), Ok(()), "{lat},{lon}");
         }
-        assert!(check_ping(
-            &Ping {
-                ts: NOW + limits.max_future_ms,
-                ..ping()
-            },
-            NOW,
-            &limits
-        )
-        .is_ok());
-        assert!(check_ping(
-            &Ping {
-                driver_id: "A_z-9".repeat(12),
-                ..ping()
-            },
-            NOW,
-            &limits
-        )
-        .is_ok());
+        assert!(check_ping(&Ping { ts: NOW + limits.max_future_ms, ..ping() }, NOW, &limits).is_ok());
+        assert!(check_ping(&Ping { driver_id: "A_z-9".repeat(12), ..ping() }, NOW, &limits).is_ok());
     }
 
     #[test]
     fn orders_check_their_id() {
-        let order = OrderEvent {
-            lat: 6.5,
-            lon: 3.3,
-            ts: NOW,
-            order_id: Some("o-1".into()),
-        };
+        let order = OrderEvent { lat: 6.5, lon: 3.3, ts: NOW, order_id: Some("o-1".into()) };
         assert!(check_order(&order, NOW, &Limits::default()).is_ok());
-        let bad = OrderEvent {
-            order_id: Some("a\u{0}b".into()),
-            ..order.clone()
-        };
-        assert_eq!(
-            check_order(&bad, NOW, &Limits::default()).unwrap_err().code,
-            ErrorCode::OrderIdInvalid
-        );
-        let bad = OrderEvent {
-            lat: 0.0,
-            lon: 0.0,
-            ..order
-        };
-        assert_eq!(
-            check_order(&bad, NOW, &Limits::default()).unwrap_err().code,
-            ErrorCode::NullIsland
-        );
+        let bad = OrderEvent { order_id: Some("a\u{0}b".into()), ..order.clone() };
+        assert_eq!(check_order(&bad, NOW, &Limits::default()).unwrap_err().code, ErrorCode::OrderIdInvalid);
+        let bad = OrderEvent { lat: 0.0, lon: 0.0, ..order };
+        assert_eq!(check_order(&bad, NOW, &Limits::default()).unwrap_err().code, ErrorCode::NullIsland);
     }
 }

@@ -96,10 +96,7 @@ pub fn cell_size_deg(len: u8) -> (f64, f64) {
     let bits = 5 * len as u32;
     let lon_bits = bits.div_ceil(2);
     let lat_bits = bits / 2;
-    (
-        360.0 / f64::from(1u32 << lon_bits),
-        180.0 / f64::from(1u32 << lat_bits),
-    )
+    (360.0 / f64::from(1u32 << lon_bits), 180.0 / f64::from(1u32 << lat_bits))
 }
 
 /// About how many cells of length `len` the box spans (an upper bound used to refuse huge snapshots).
@@ -139,14 +136,7 @@ mod tests {
     fn coarser_cells_are_prefixes() {
         let cell = Cell::at(6.5244, 3.3792);
         assert_eq!(cell.precision(), 8);
-        let hash = geohash::encode(
-            Coord {
-                x: 3.3792,
-                y: 6.5244,
-            },
-            5,
-        )
-        .unwrap();
+        let hash = geohash::encode(Coord { x: 3.3792, y: 6.5244 }, 5).unwrap();
         assert_eq!(cell.prefix(5).as_str(), hash);
         assert!(cell.as_str().starts_with(cell.prefix(4).as_str()));
     }
@@ -167,12 +157,7 @@ mod tests {
 
     #[test]
     fn covering_finds_every_overlapping_cell() {
-        let bbox = BBox {
-            south: 6.40,
-            west: 3.30,
-            north: 6.65,
-            east: 3.55,
-        };
+        let bbox = BBox { south: 6.40, west: 3.30, north: 6.65, east: 3.55 };
         let tiles = covering(&bbox, 4);
         assert!(!tiles.is_empty());
         assert!(tiles.len() as f64 <= cells_spanned(&bbox, 4));
@@ -189,10 +174,7 @@ mod tests {
     #[test]
     fn parse_refuses_non_geohash_text() {
         assert!(Cell::parse("").is_none());
-        assert!(
-            Cell::parse("abc").is_none(),
-            "'a' is not in the geohash alphabet"
-        );
+        assert!(Cell::parse("abc").is_none(), "'a' is not in the geohash alphabet");
         assert!(Cell::parse("s0d1s0d1s").is_none());
         assert_eq!(Cell::parse("s0d1").unwrap().as_str(), "s0d1");
     }

@@ -82,8 +82,8 @@ pub struct Config {
     #[arg(long, env = "PULSEMAP_QUEUE_WAIT_MS", default_value_t = 2_000)]
     pub queue_wait_ms: u64,
 
-    /// Folder of the built site (wasm, js, css, static files). LEPTOS_SITE_ROOT is read too.
-    #[arg(long, env = "LEPTOS_SITE_ROOT", default_value = env!("PULSEMAP_SITE_ROOT_DEFAULT"))]
+    /// Folder of the built site (wasm, js, css, static files), relative to the working directory.
+    #[arg(long, env = "PULSEMAP_SITE_ROOT", default_value = env!("PULSEMAP_SITE_ROOT_DEFAULT"))]
     pub site_root: PathBuf,
 
     /// Log format: `text` for people, `json` for log pipelines. The filter is RUST_LOG (default `info`).
@@ -106,8 +106,7 @@ impl Config {
     pub fn limits(&self) -> Limits {
         Limits {
             max_future_ms: self.max_future_secs as i64 * 1000,
-            max_age_ms: i64::from(*app::protocol::WINDOWS_MIN.iter().max().expect("windows"))
-                * 60_000,
+            max_age_ms: i64::from(*app::protocol::WINDOWS_MIN.iter().max().expect("windows")) * 60_000,
         }
     }
 

@@ -21,49 +21,31 @@ pub trait FromObject: DeserializeOwned {
 
 fn required_f64(obj: &Map<String, Value>, field: &'static str) -> Result<f64, Invalid> {
     obj.get(field).and_then(Value::as_f64).ok_or_else(|| {
-        Invalid::new(
-            ErrorCode::InvalidField,
-            field,
-            format!("{field} is required and must be a number"),
-        )
+        Invalid::new(ErrorCode::InvalidField, field, format!("{field} is required and must be a number"))
     })
 }
 
 fn optional_f64(obj: &Map<String, Value>, field: &'static str) -> Result<Option<f64>, Invalid> {
     match obj.get(field) {
         None | Some(Value::Null) => Ok(None),
-        Some(v) => v.as_f64().map(Some).ok_or_else(|| {
-            Invalid::new(
-                ErrorCode::InvalidField,
-                field,
-                format!("{field} must be a number"),
-            )
-        }),
+        Some(v) => v
+            .as_f64()
+            .map(Some)
+            .ok_or_else(|| Invalid::new(ErrorCode::InvalidField, field, format!("{field} must be a number"))),
     }
 }
 
 fn required_ts(obj: &Map<String, Value>) -> Result<i64, Invalid> {
     obj.get("ts").and_then(Value::as_i64).ok_or_else(|| {
-        Invalid::new(
-            ErrorCode::InvalidField,
-            "ts",
-            "ts is required and must be an integer (unix milliseconds)",
-        )
+        Invalid::new(ErrorCode::InvalidField, "ts", "ts is required and must be an integer (unix milliseconds)")
     })
 }
 
 impl FromObject for Ping {
     fn from_object(obj: &Map<String, Value>) -> Result<Self, Invalid> {
-        let driver_id = obj
-            .get("driver_id")
-            .and_then(Value::as_str)
-            .ok_or_else(|| {
-                Invalid::new(
-                    ErrorCode::InvalidField,
-                    "driver_id",
-                    "driver_id is required and must be a string",
-                )
-            })?;
+        let driver_id = obj.get("driver_id").and_then(Value::as_str).ok_or_else(|| {
+            Invalid::new(ErrorCode::InvalidField, "driver_id", "driver_id is required and must be a string")
+        })?;
         Ok(Ping {
             driver_id: driver_id.to_string(),
             lat: required_f64(obj, "lat")?,
@@ -81,13 +63,7 @@ impl FromObject for OrderEvent {
         let order_id = match obj.get("order_id") {
             None | Some(Value::Null) => None,
             Some(Value::String(s)) => Some(s.clone()),
-            Some(_) => {
-                return Err(Invalid::new(
-                    ErrorCode::InvalidField,
-                    "order_id",
-                    "order_id must be a string",
-                ))
-            }
+            Some(_) => return Err(Invalid::new(ErrorCode::InvalidField, "order_id", "order_id must be a string")),
         };
         Ok(OrderEvent {
             lat: required_f64(obj, "lat")?,
@@ -99,25 +75,16 @@ impl FromObject for OrderEvent {
 }
 
 fn from_value<T: FromObject>(value: &Value) -> Item<T> {
-    let obj = value.as_object().ok_or_else(|| {
-        Invalid::new(
-            ErrorCode::InvalidField,
-            "item",
-            "each item must be a JSON object",
-        )
-    })?;
+    let obj = value
+        .as_object()
+        .ok_or_else(|| Invalid::new(ErrorCode::InvalidField, "item", "each item must be a JSON object"))?;
     T::from_object(obj)
 }
 
 fn from_raw<T: FromObject>(raw: &RawValue) -> Item<T> {
     serde_json::from_str::<T>(raw.get()).or_else(|_| {
-        let value: Value = serde_json::from_str(raw.get()).map_err(|e| {
-            Invalid::new(
-                ErrorCode::InvalidJson,
-                "item",
-                format!("item is not valid JSON: {e}"),
-            )
-        })?;
+        let value: Value = serde_json::from_str(raw.get())
+            .map_err(|e| Invalid::new(ErrorCode::InvalidJson, "item", format!("item is not valid JSON: {e}")))?;
         from_value(&value)
     })
 }
@@ -128,11 +95,7 @@ pub fn batch<T: FromObject>(body: &[u8], max_items: usize) -> Result<Vec<Item<T>
         Ok(all) => all.into_iter().map(Ok).collect(),
         Err(_) => serde_json::from_slice::<Vec<&RawValue>>(body)
             .map_err(|e| {
-                Invalid::new(
-                    ErrorCode::InvalidJson,
-                    "body",
-                    format!("the body must be a JSON array of objects: {e}"),
-                )
+                Invalid::new(ErrorCode::InvalidJson, "body", format!("the body must be a JSON array of objects: {e}"))
             })?
             .into_iter()
             .map(from_raw)
@@ -142,10 +105,7 @@ pub fn batch<T: FromObject>(body: &[u8], max_items: usize) -> Result<Vec<Item<T>
         return Err(Invalid::new(
             ErrorCode::BatchTooLarge,
             "body",
-            format!(
-                "a batch holds at most {max_items} items; this one has {}",
-                items.len()
-            ),
+            format!("a batch holds at most {max_items} items; this one has {}", items.len()),
         ));
     }
     Ok(items)
@@ -159,90 +119,40 @@ pub struct DriverMessage {
 }
 
 /// Decodes a `/ws/driver` text message. Errors when the message as a whole is unusable.
-pub fn driver_message(
-    text: &str,
-    max_items: usize,
-) -> Result<DriverMessage, (Option<u64>, Invalid)> {
+pub fn driver_message(text: &str, max_items: usize) -> Result<DriverMessage, (Option<u64>, Invalid)> {
     if let Ok(msg) = serde_json::from_str::<DriverClientMsg>(text) {
         return match msg {
-            DriverClientMsg::Ping { seq, ping } => Ok(DriverMessage {
-                seq,
-                pings: vec![Ok(ping)],
-            }),
+            DriverClientMsg::Ping { seq, ping } => Ok(DriverMessage { seq, pings: vec![Ok(ping)] }),
             DriverClientMsg::Batch { seq, pings } if pings.len() > max_items => Err((
                 seq,
-                Invalid::new(
-                    ErrorCode::BatchTooLarge,
-                    "pings",
-                    format!("a batch holds at most {max_items} pings"),
-                ),
+                Invalid::new(ErrorCode::BatchTooLarge, "pings", format!("a batch holds at most {max_items} pings")),
             )),
-            DriverClientMsg::Batch { seq, pings } => Ok(DriverMessage {
-                seq,
-                pings: pings.into_iter().map(Ok).collect(),
-            }),
+            DriverClientMsg::Batch { seq, pings } => {
+                Ok(DriverMessage { seq, pings: pings.into_iter().map(Ok).collect() })
+            }
         };
     }
-    let value: Value = serde_json::from_str(text).map_err(|e| {
-        (
-            None,
-            Invalid::new(
-                ErrorCode::InvalidJson,
-                "message",
-                format!("not valid JSON: {e}"),
-            ),
-        )
-    })?;
-    let obj = value.as_object().ok_or_else(|| {
-        (
-            None,
-            Invalid::new(
-                ErrorCode::InvalidJson,
-                "message",
-                "a message must be a JSON object",
-            ),
-        )
-    })?;
+    let value: Value = serde_json::from_str(text)
+        .map_err(|e| (None, Invalid::new(ErrorCode::InvalidJson, "message", format!("not valid JSON: {e}"))))?;
+    let obj = value
+        .as_object()
+        .ok_or_else(|| (None, Invalid::new(ErrorCode::InvalidJson, "message", "a message must be a JSON object")))?;
     let seq = obj.get("seq").and_then(Value::as_u64);
     match obj.get("type").and_then(Value::as_str) {
-        Some("ping") => Ok(DriverMessage {
-            seq,
-            pings: vec![Ping::from_object(obj)],
-        }),
+        Some("ping") => Ok(DriverMessage { seq, pings: vec![Ping::from_object(obj)] }),
         Some("batch") => {
             let items = obj.get("pings").and_then(Value::as_array).ok_or_else(|| {
-                (
-                    seq,
-                    Invalid::new(
-                        ErrorCode::InvalidField,
-                        "pings",
-                        "a batch needs a `pings` array",
-                    ),
-                )
+                (seq, Invalid::new(ErrorCode::InvalidField, "pings", "a batch needs a `pings` array"))
             })?;
             if items.len() > max_items {
                 return Err((
                     seq,
-                    Invalid::new(
-                        ErrorCode::BatchTooLarge,
-                        "pings",
-                        format!("a batch holds at most {max_items} pings"),
-                    ),
+                    Invalid::new(ErrorCode::BatchTooLarge, "pings", format!("a batch holds at most {max_items} pings")),
                 ));
             }
-            Ok(DriverMessage {
-                seq,
-                pings: items.iter().map(from_value).collect(),
-            })
+            Ok(DriverMessage { seq, pings: items.iter().map(from_value).collect() })
         }
-        _ => Err((
-            seq,
-            Invalid::new(
-                ErrorCode::InvalidField,
-                "type",
-                "type must be \"ping\" or \"batch\"",
-            ),
-        )),
+        _ => Err((seq, Invalid::new(ErrorCode::InvalidField, "type", "type must be \"ping\" or \"batch\""))),
     }
 }
 
@@ -270,36 +180,19 @@ mod tests {
 
     #[test]
     fn whole_body_errors() {
-        assert_eq!(
-            batch::<Ping>(b"{", 10).unwrap_err().code,
-            ErrorCode::InvalidJson
-        );
-        assert_eq!(
-            batch::<Ping>(br#"{"driver_id":"a"}"#, 10).unwrap_err().code,
-            ErrorCode::InvalidJson
-        );
-        let three =
-            br#"[{"lat":1,"lon":1,"ts":1},{"lat":1,"lon":1,"ts":1},{"lat":1,"lon":1,"ts":1}]"#;
-        assert_eq!(
-            batch::<OrderEvent>(three, 2).unwrap_err().code,
-            ErrorCode::BatchTooLarge
-        );
+        assert_eq!(batch::<Ping>(b"{", 10).unwrap_err().code, ErrorCode::InvalidJson);
+        assert_eq!(batch::<Ping>(br#"{"driver_id":"a"}"#, 10).unwrap_err().code, ErrorCode::InvalidJson);
+        let three = br#"[{"lat":1,"lon":1,"ts":1},{"lat":1,"lon":1,"ts":1},{"lat":1,"lon":1,"ts":1}]"#;
+        assert_eq!(batch::<OrderEvent>(three, 2).unwrap_err().code, ErrorCode::BatchTooLarge);
     }
 
     #[test]
     fn driver_messages() {
-        let m = driver_message(
-            r#"{"type":"ping","seq":3,"driver_id":"a","lat":6.5,"lon":3.3,"ts":1}"#,
-            10,
-        )
-        .unwrap();
+        let m = driver_message(r#"{"type":"ping","seq":3,"driver_id":"a","lat":6.5,"lon":3.3,"ts":1}"#, 10).unwrap();
         assert_eq!(m.seq, Some(3));
         assert!(m.pings[0].is_ok());
-        let m = driver_message(
-            r#"{"type":"ping","seq":4,"driver_id":"a","lat":6.5,"lon":3.3,"ts":"soon"}"#,
-            10,
-        )
-        .unwrap();
+        let m =
+            driver_message(r#"{"type":"ping","seq":4,"driver_id":"a","lat":6.5,"lon":3.3,"ts":"soon"}"#, 10).unwrap();
         assert_eq!(m.seq, Some(4));
         assert_eq!(m.pings[0].as_ref().unwrap_err().field, "ts");
         let m = driver_message(
@@ -308,20 +201,10 @@ mod tests {
         )
         .unwrap();
         assert!(m.pings[0].is_ok() && m.pings[1].is_err());
-        assert_eq!(
-            driver_message("nope", 10).unwrap_err().1.code,
-            ErrorCode::InvalidJson
-        );
+        assert_eq!(driver_message("nope", 10).unwrap_err().1.code, ErrorCode::InvalidJson);
         assert_eq!(
             driver_message(r#"{"type":"dance","seq":9}"#, 10).unwrap_err(),
-            (
-                Some(9),
-                Invalid::new(
-                    ErrorCode::InvalidField,
-                    "type",
-                    "type must be \"ping\" or \"batch\""
-                )
-            )
+            (Some(9), Invalid::new(ErrorCode::InvalidField, "type", "type must be \"ping\" or \"batch\""))
         );
     }
 }

@@ -7,9 +7,7 @@
 
 use std::{collections::HashMap, sync::Arc, time::Instant};
 
-use app::protocol::{
-    BBox, DriverFix, HeatDelta, HeatServerMsg, HeatSnapshot, Layer, OrderEvent, Ping, TrackMsg,
-};
+use app::protocol::{BBox, DriverFix, HeatDelta, HeatServerMsg, HeatSnapshot, Layer, OrderEvent, Ping, TrackMsg};
 use axum::extract::ws::Utf8Bytes;
 use tokio::{
     sync::{broadcast, mpsc, oneshot},
@@ -37,22 +35,11 @@ const TRACK_BUFFER: usize = 32;
 /// A question for the engine, answered on `reply`.
 pub enum Command {
     /// The cells of `key` inside `bbox` (`tiles`: the box's covering regions), as of the last tick.
-    Snapshot {
-        key: HeatKey,
-        bbox: BBox,
-        tiles: Vec<Cell>,
-        reply: oneshot::Sender<HeatSnapshot>,
-    },
+    Snapshot { key: HeatKey, bbox: BBox, tiles: Vec<Cell>, reply: oneshot::Sender<HeatSnapshot> },
     /// Join a driver's tracking stream: the state now, then every message after it.
-    Track {
-        driver_id: String,
-        reply: oneshot::Sender<(TrackMsg, broadcast::Receiver<Utf8Bytes>)>,
-    },
+    Track { driver_id: String, reply: oneshot::Sender<(TrackMsg, broadcast::Receiver<Utf8Bytes>)> },
     /// A driver's last fix.
-    Driver {
-        driver_id: String,
-        reply: oneshot::Sender<Option<DriverFix>>,
-    },
+    Driver { driver_id: String, reply: oneshot::Sender<Option<DriverFix>> },
 }
 
 /// How sockets and handlers reach the engine.
@@ -69,25 +56,11 @@ impl EngineHandle {
         rx.await.ok()
     }
 
-    pub async fn snapshot(
-        &self,
-        key: HeatKey,
-        bbox: BBox,
-        tiles: Vec<Cell>,
-    ) -> Option<HeatSnapshot> {
-        self.ask(|reply| Command::Snapshot {
-            key,
-            bbox,
-            tiles,
-            reply,
-        })
-        .await
+    pub async fn snapshot(&self, key: HeatKey, bbox: BBox, tiles: Vec<Cell>) -> Option<HeatSnapshot> {
+        self.ask(|reply| Command::Snapshot { key, bbox, tiles, reply }).await
     }
 
-    pub async fn track(
-        &self,
-        driver_id: String,
-    ) -> Option<(TrackMsg, broadcast::Receiver<Utf8Bytes>)> {
+    pub async fn track(&self, driver_id: String) -> Option<(TrackMsg, broadcast::Receiver<Utf8Bytes>)> {
         self.ask(|reply| Command::Track { driver_id, reply }).await
     }
 
@@ -110,12 +83,7 @@ impl EngineTask {
     }
 }
 
-pub fn spawn(
-    config: &Config,
-    queue: QueueReceiver,
-    metrics: Arc<Metrics>,
-    store: Store,
-) -> (EngineHandle, EngineTask) {
+pub fn spawn(config: &Config, queue: QueueReceiver, metrics: Arc<Metrics>, store: Store) -> (EngineHandle, EngineTask) {
     let (commands, command_rx) = mpsc::channel(4096);
     let hub = Arc::new(Hub::new(config.viewer_buffer));
     let stop = CancellationToken::new();
@@ -202,27 +170,17 @@ impl Engine {
         let now = now_ms();
         let n = pings.len() as u64;
         for ping in pings {
-            let driver_id = self
-                .trackers
-                .contains_key(&ping.driver_id)
-                .then(|| ping.driver_id.clone());
+            let driver_id = self.trackers.contains_key(&ping.driver_id).then(|| ping.driver_id.clone());
             let change = self.presence.apply(ping, now);
             if let Some(cell) = change.left {
-                self.store
-                    .record(Increment::Driver { cell, delta: -1 }, &mut self.heat);
+                self.store.record(Increment::Driver { cell, delta: -1 }, &mut self.heat);
             }
             if let Some(cell) = change.entered {
-                self.store
-                    .record(Increment::Driver { cell, delta: 1 }, &mut self.heat);
+                self.store.record(Increment::Driver { cell, delta: 1 }, &mut self.heat);
             }
             if let Some(driver_id) = driver_id {
                 if change.came_online {
-                    self.publish_track(
-                        &driver_id,
-                        TrackMsg::Online {
-                            driver_id: driver_id.clone(),
-                        },
-                    );
+                    self.publish_track(&driver_id, TrackMsg::Online { driver_id: driver_id.clone() });
                 }
                 if change.moved {
                     if let Some(state) = self.presence.get(&driver_id) {
@@ -232,9 +190,7 @@ impl Engine {
                 }
             }
         }
-        self.metrics
-            .pings_aggregated
-            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        self.metrics.pings_aggregated.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn apply_orders(&mut self, orders: Vec<OrderEvent>) {
@@ -243,17 +199,9 @@ impl Engine {
         for order in orders {
             // A clock slightly ahead counts now, not in a slot the window has not reached.
             let slot = slot_of(order.ts.min(now));
-            self.store.record(
-                Increment::Order {
-                    cell: Cell::at(order.lat, order.lon),
-                    slot,
-                },
-                &mut self.heat,
-            );
+            self.store.record(Increment::Order { cell: Cell::at(order.lat, order.lon), slot }, &mut self.heat);
         }
-        self.metrics
-            .orders_aggregated
-            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        self.metrics.orders_aggregated.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn publish_track(&mut self, driver_id: &str, msg: TrackMsg) {
@@ -269,17 +217,12 @@ impl Engine {
         let now = now_ms();
         // Staleness: drivers not heard from go offline and leave the drivers layer.
         let mut offline = Vec::new();
-        self.presence
-            .expire(now, self.stale_ms, self.forget_ms, |state| {
-                offline.push((state.fix.driver_id.clone(), state.cell, state.last_seen_ms));
-            });
+        self.presence.expire(now, self.stale_ms, self.forget_ms, |state| {
+            offline.push((state.fix.driver_id.clone(), state.cell, state.last_seen_ms));
+        });
         for (driver_id, cell, last_seen_ms) in offline {
-            self.store
-                .record(Increment::Driver { cell, delta: -1 }, &mut self.heat);
-            let msg = TrackMsg::Offline {
-                driver_id: driver_id.clone(),
-                last_seen_ms,
-            };
+            self.store.record(Increment::Driver { cell, delta: -1 }, &mut self.heat);
+            let msg = TrackMsg::Offline { driver_id: driver_id.clone(), last_seen_ms };
             self.publish_track(&driver_id, msg);
         }
         self.heat.advance(now);
@@ -289,9 +232,7 @@ impl Engine {
         self.seq += 1;
         self.publish_heat();
         self.trackers.retain(|_, tx| tx.receiver_count() > 0);
-        self.metrics
-            .drivers_online
-            .store(self.presence.online(), std::sync::atomic::Ordering::Relaxed);
+        self.metrics.drivers_online.store(self.presence.online(), std::sync::atomic::Ordering::Relaxed);
         self.metrics.observe_tick(started.elapsed());
     }
 
@@ -308,10 +249,7 @@ impl Engine {
             let tile_len = tile_len(key.precision);
             let mut by_tile: HashMap<Cell, Vec<(String, u32)>> = HashMap::new();
             for (cell, n) in dirty {
-                by_tile
-                    .entry(cell.prefix(tile_len))
-                    .or_default()
-                    .push((cell.as_str().to_string(), n));
+                by_tile.entry(cell.prefix(tile_len)).or_default().push((cell.as_str().to_string(), n));
             }
             let delta = |tile: String, cells: Vec<(String, u32)>| {
                 encode(&HeatServerMsg::Delta(HeatDelta {
@@ -326,35 +264,18 @@ impl Engine {
             };
             let mut frames: Vec<TileFrame> = by_tile
                 .into_iter()
-                .map(|(tile, cells)| TileFrame {
-                    tile: Some(tile),
-                    text: delta(tile.to_string(), cells),
-                })
+                .map(|(tile, cells)| TileFrame { tile: Some(tile), text: delta(tile.to_string(), cells) })
                 .collect();
             if totals_changed {
-                frames.push(TileFrame {
-                    tile: None,
-                    text: delta(String::new(), Vec::new()),
-                });
+                frames.push(TileFrame { tile: None, text: delta(String::new(), Vec::new()) });
             }
-            self.hub.publish(
-                key,
-                TickFrames {
-                    seq: self.seq,
-                    frames,
-                },
-            );
+            self.hub.publish(key, TickFrames { seq: self.seq, frames });
         }
     }
 
     fn answer(&mut self, command: Command) {
         match command {
-            Command::Snapshot {
-                key,
-                bbox,
-                tiles,
-                reply,
-            } => {
+            Command::Snapshot { key, bbox, tiles, reply } => {
                 let snapshot = HeatSnapshot {
                     seq: self.seq,
                     layer: key.layer,

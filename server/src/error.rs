@@ -17,10 +17,9 @@ use axum::{
 pub fn status_of(code: ErrorCode) -> StatusCode {
     use ErrorCode::*;
     match code {
-        InvalidJson | InvalidField | NotFinite | LatOutOfRange | LonOutOfRange | NullIsland
-        | TsInFuture | TsTooOld | DriverIdInvalid | OrderIdInvalid | AccuracyInvalid
-        | HeadingInvalid | SpeedInvalid | LayerInvalid | WindowInvalid | PrecisionInvalid
-        | BboxInvalid | BboxTooLarge | NotSubscribed => StatusCode::BAD_REQUEST,
+        InvalidJson | InvalidField | NotFinite | LatOutOfRange | LonOutOfRange | NullIsland | TsInFuture | TsTooOld
+        | DriverIdInvalid | OrderIdInvalid | AccuracyInvalid | HeadingInvalid | SpeedInvalid | LayerInvalid
+        | WindowInvalid | PrecisionInvalid | BboxInvalid | BboxTooLarge | NotSubscribed => StatusCode::BAD_REQUEST,
         RateLimited => StatusCode::TOO_MANY_REQUESTS,
         BatchTooLarge | BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         QueueFull | ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
@@ -37,23 +36,12 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        ApiError {
-            error: WsError {
-                code,
-                field: None,
-                message: message.into(),
-            },
-            retry_after_secs: None,
-        }
+        ApiError { error: WsError { code, field: None, message: message.into() }, retry_after_secs: None }
     }
 
     pub fn field(code: ErrorCode, field: &str, message: impl Into<String>) -> Self {
         ApiError {
-            error: WsError {
-                code,
-                field: Some(field.to_string()),
-                message: message.into(),
-            },
+            error: WsError { code, field: Some(field.to_string()), message: message.into() },
             retry_after_secs: None,
         }
     }
@@ -75,9 +63,7 @@ impl IntoResponse for ApiError {
         let status = status_of(self.error.code);
         let mut response = (status, Json(ErrorBody { error: self.error })).into_response();
         if let Some(secs) = self.retry_after_secs {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         response
     }

@@ -59,13 +59,7 @@ impl Fleet {
                 }
             })
             .collect();
-        Fleet {
-            drivers,
-            rng,
-            orders_per_min,
-            order_debt: 0.0,
-            next_order: 0,
-        }
+        Fleet { drivers, rng, orders_per_min, order_debt: 0.0, next_order: 0 }
     }
 
     pub fn len(&self) -> usize {
@@ -105,12 +99,7 @@ impl Fleet {
             .map(|_| {
                 let (lat, lon) = near_hot_spot(&mut self.rng, 1_200.0);
                 self.next_order += 1;
-                OrderEvent {
-                    lat,
-                    lon,
-                    ts: now_ms,
-                    order_id: Some(format!("demo-{}", self.next_order)),
-                }
+                OrderEvent { lat, lon, ts: now_ms, order_id: Some(format!("demo-{}", self.next_order)) }
             })
             .collect()
     }
@@ -132,20 +121,14 @@ impl SimDriver {
             self.lon = self.target.1;
             self.dwell_secs = rng.f64() * 60.0;
             // Mostly short hops in the same neighbourhood, sometimes a trip across town.
-            self.target = if rng.f64() < 0.8 {
-                jitter(rng, self.lat, self.lon, 1_200.0)
-            } else {
-                near_hot_spot(rng, 1_500.0)
-            };
+            self.target =
+                if rng.f64() < 0.8 { jitter(rng, self.lat, self.lon, 1_200.0) } else { near_hot_spot(rng, 1_500.0) };
             self.speed_mps = 4.0 + rng.f64() * 10.0;
         } else {
             let f = travel / distance;
             self.lat += dy * f;
             self.lon += dx * f;
-            self.heading_deg = (dx * metres_per_deg_lon)
-                .atan2(dy * M_PER_DEG)
-                .to_degrees()
-                .rem_euclid(360.0);
+            self.heading_deg = (dx * metres_per_deg_lon).atan2(dy * M_PER_DEG).to_degrees().rem_euclid(360.0);
         }
     }
 }
@@ -187,10 +170,7 @@ mod tests {
             let t = now + step * 2_000;
             for ping in fleet.step(2.0, t) {
                 check_ping(&ping, t, &Limits::default()).unwrap();
-                assert!(
-                    (6.3..6.75).contains(&ping.lat) && (3.2..3.6).contains(&ping.lon),
-                    "{ping:?}"
-                );
+                assert!((6.3..6.75).contains(&ping.lat) && (3.2..3.6).contains(&ping.lon), "{ping:?}");
             }
             for order in fleet.orders(2.0, t) {
                 check_order(&order, t, &Limits::default()).unwrap();
@@ -205,11 +185,7 @@ mod tests {
         let mut fleet = Fleet::new("sim", 10, 0.0, 1);
         let first = fleet.step(0.0, 0);
         let later = fleet.step(120.0, 0);
-        let moved = first
-            .iter()
-            .zip(&later)
-            .filter(|(a, b)| a.lat != b.lat || a.lon != b.lon)
-            .count();
+        let moved = first.iter().zip(&later).filter(|(a, b)| a.lat != b.lat || a.lon != b.lon).count();
         assert!(moved >= 5, "most drivers moved in two minutes ({moved})");
     }
 }

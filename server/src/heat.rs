@@ -31,16 +31,8 @@ pub const KEY_COUNT: usize = PRECISIONS + WINDOWS_MIN.len() * PRECISIONS;
 impl HeatKey {
     /// The key a subscription reads. The caller has validated window and precision.
     pub fn new(layer: Layer, window_min: u32, precision: u8) -> HeatKey {
-        let window_min = if layer == Layer::Drivers {
-            0
-        } else {
-            window_min
-        };
-        HeatKey {
-            layer,
-            window_min,
-            precision,
-        }
+        let window_min = if layer == Layer::Drivers { 0 } else { window_min };
+        HeatKey { layer, window_min, precision }
     }
 
     /// A dense index in `0..KEY_COUNT`.
@@ -48,19 +40,13 @@ impl HeatKey {
         let p = usize::from(self.precision - precisions().next().expect("precisions"));
         match self.layer {
             Layer::Drivers => p,
-            Layer::Orders => {
-                PRECISIONS
-                    + window_index(self.window_min).expect("validated window") * PRECISIONS
-                    + p
-            }
+            Layer::Orders => PRECISIONS + window_index(self.window_min).expect("validated window") * PRECISIONS + p,
         }
     }
 
     pub fn all() -> impl Iterator<Item = HeatKey> {
         let drivers = precisions().map(|p| HeatKey::new(Layer::Drivers, 0, p));
-        let orders = WINDOWS_MIN
-            .iter()
-            .flat_map(|w| precisions().map(move |p| HeatKey::new(Layer::Orders, *w, p)));
+        let orders = WINDOWS_MIN.iter().flat_map(|w| precisions().map(move |p| HeatKey::new(Layer::Orders, *w, p)));
         drivers.chain(orders)
     }
 }
@@ -114,11 +100,7 @@ impl HeatState {
             Increment::Driver { cell, delta } => {
                 self.drivers_online += i64::from(delta);
                 for p in precisions() {
-                    self.bump(
-                        HeatKey::new(Layer::Drivers, 0, p).index(),
-                        cell.prefix(p),
-                        i64::from(delta),
-                    );
+                    self.bump(HeatKey::new(Layer::Drivers, 0, p).index(), cell.prefix(p), i64::from(delta));
                 }
             }
             Increment::Order { cell, slot } => {
@@ -127,11 +109,7 @@ impl HeatState {
                     if counted[w] {
                         self.orders[w] += 1;
                         for p in precisions() {
-                            self.bump(
-                                HeatKey::new(Layer::Orders, *window_min, p).index(),
-                                cell.prefix(p),
-                                1,
-                            );
+                            self.bump(HeatKey::new(Layer::Orders, *window_min, p).index(), cell.prefix(p), 1);
                         }
                     }
                 }
@@ -142,25 +120,17 @@ impl HeatState {
     /// Rolls the orders windows on to `now_ms`.
     pub fn advance(&mut self, now_ms: i64) {
         let mut expired = Vec::new();
-        self.window
-            .advance(now_ms, |w, cell, n| expired.push((w, cell, n)));
+        self.window.advance(now_ms, |w, cell, n| expired.push((w, cell, n)));
         for (w, cell, n) in expired {
             self.orders[w] -= i64::from(n);
             for p in precisions() {
-                self.bump(
-                    HeatKey::new(Layer::Orders, WINDOWS_MIN[w], p).index(),
-                    cell.prefix(p),
-                    -i64::from(n),
-                );
+                self.bump(HeatKey::new(Layer::Orders, WINDOWS_MIN[w], p).index(), cell.prefix(p), -i64::from(n));
             }
         }
     }
 
     pub fn totals(&self) -> Totals {
-        Totals {
-            drivers_online: self.drivers_online.max(0) as u64,
-            orders: self.orders.map(|n| n.max(0) as u64),
-        }
+        Totals { drivers_online: self.drivers_online.max(0) as u64, orders: self.orders.map(|n| n.max(0) as u64) }
     }
 
     pub fn get(&self, key: HeatKey, cell: Cell) -> u32 {
@@ -172,10 +142,7 @@ impl HeatState {
         let index = key.index();
         let dirty = std::mem::take(&mut self.dirty[index]);
         let map = &self.maps[index];
-        dirty
-            .into_iter()
-            .map(|cell| (cell, map.get(&cell).copied().unwrap_or(0)))
-            .collect()
+        dirty.into_iter().map(|cell| (cell, map.get(&cell).copied().unwrap_or(0))).collect()
     }
 
     /// Every non-zero cell of `key` overlapping `bbox`; `tiles` are the box's covering cells (coarser), sorted.
@@ -203,10 +170,7 @@ mod tests {
         let mut seen: Vec<usize> = HeatKey::all().map(|k| k.index()).collect();
         seen.sort_unstable();
         assert_eq!(seen, (0..KEY_COUNT).collect::<Vec<_>>());
-        assert_eq!(
-            HeatKey::new(Layer::Drivers, 15, 6),
-            HeatKey::new(Layer::Drivers, 5, 6)
-        );
+        assert_eq!(HeatKey::new(Layer::Drivers, 15, 6), HeatKey::new(Layer::Drivers, 5, 6));
     }
 
     #[test]
@@ -217,21 +181,14 @@ mod tests {
         heat.apply(Increment::Driver { cell, delta: 1 });
         heat.apply(Increment::Driver { cell, delta: 1 });
         for p in precisions() {
-            assert_eq!(
-                heat.get(HeatKey::new(Layer::Drivers, 0, p), cell.prefix(p)),
-                2
-            );
+            assert_eq!(heat.get(HeatKey::new(Layer::Drivers, 0, p), cell.prefix(p)), 2);
         }
         let key = HeatKey::new(Layer::Drivers, 0, 6);
         assert_eq!(heat.take_dirty(key), vec![(cell.prefix(6), 2)]);
         assert!(heat.take_dirty(key).is_empty());
         heat.apply(Increment::Driver { cell, delta: -1 });
         heat.apply(Increment::Driver { cell, delta: -1 });
-        assert_eq!(
-            heat.take_dirty(key),
-            vec![(cell.prefix(6), 0)],
-            "an emptied cell is reported as 0"
-        );
+        assert_eq!(heat.take_dirty(key), vec![(cell.prefix(6), 0)], "an emptied cell is reported as 0");
         assert_eq!(heat.totals().drivers_online, 0);
     }
 
@@ -240,29 +197,14 @@ mod tests {
         let now = 1_800_000_000_000;
         let mut heat = HeatState::new(now);
         let cell = Cell::at(6.45, 3.42);
-        heat.apply(Increment::Order {
-            cell,
-            slot: crate::window::slot_of(now),
-        });
+        heat.apply(Increment::Order { cell, slot: crate::window::slot_of(now) });
         let one = HeatKey::new(Layer::Orders, 1, 5);
         let five = HeatKey::new(Layer::Orders, 5, 5);
-        assert_eq!(
-            (
-                heat.get(one, cell.prefix(5)),
-                heat.get(five, cell.prefix(5))
-            ),
-            (1, 1)
-        );
+        assert_eq!((heat.get(one, cell.prefix(5)), heat.get(five, cell.prefix(5))), (1, 1));
         assert_eq!(heat.totals().orders, [1, 1, 1, 1]);
         heat.take_dirty(one);
         heat.advance(now + 61_000);
-        assert_eq!(
-            (
-                heat.get(one, cell.prefix(5)),
-                heat.get(five, cell.prefix(5))
-            ),
-            (0, 1)
-        );
+        assert_eq!((heat.get(one, cell.prefix(5)), heat.get(five, cell.prefix(5))), (0, 1));
         assert_eq!(heat.take_dirty(one), vec![(cell.prefix(5), 0)]);
         assert_eq!(heat.totals().orders, [0, 1, 1, 1]);
     }
@@ -273,25 +215,11 @@ mod tests {
         let mut heat = HeatState::new(now);
         let inside = Cell::at(6.52, 3.37);
         let outside = Cell::at(9.0, 7.0);
-        heat.apply(Increment::Driver {
-            cell: inside,
-            delta: 1,
-        });
-        heat.apply(Increment::Driver {
-            cell: outside,
-            delta: 1,
-        });
-        let bbox = BBox {
-            south: 6.4,
-            west: 3.2,
-            north: 6.7,
-            east: 3.6,
-        };
+        heat.apply(Increment::Driver { cell: inside, delta: 1 });
+        heat.apply(Increment::Driver { cell: outside, delta: 1 });
+        let bbox = BBox { south: 6.4, west: 3.2, north: 6.7, east: 3.6 };
         let key = HeatKey::new(Layer::Drivers, 0, 6);
         let tiles = crate::cell::covering(&bbox, crate::cell::tile_len(6));
-        assert_eq!(
-            heat.snapshot(key, &bbox, &tiles),
-            vec![(inside.prefix(6).to_string(), 1)]
-        );
+        assert_eq!(heat.snapshot(key, &bbox, &tiles), vec![(inside.prefix(6).to_string(), 1)]);
     }
 }

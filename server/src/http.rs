@@ -5,9 +5,7 @@ use std::collections::HashMap;
 
 use app::{
     ingest::SharedPingSink,
-    protocol::{
-        ErrorCode, HeatServerMsg, HeatSubscription, Layer, OrderEvent, Ping, DEFAULT_WINDOW_MIN,
-    },
+    protocol::{ErrorCode, HeatServerMsg, HeatSubscription, Layer, OrderEvent, Ping, DEFAULT_WINDOW_MIN},
     validate::check_driver_id,
 };
 use axum::{
@@ -26,6 +24,7 @@ use crate::{
     decode::{self, FromObject},
     error::ApiError,
     ingest::{Ingest, QueueError},
+    metrics::Metrics,
     viewport::{parse_bbox, resolve},
     ws, AppState,
 };
@@ -50,22 +49,16 @@ pub fn router(state: AppState) -> Router {
             move || provide_context(sink.clone()),
             move || app::shell(leptos.clone()),
         )
-        .fallback(leptos_axum::file_and_error_handler::<AppState, _>(
-            app::shell,
-        ))
+        .fallback(leptos_axum::file_and_error_handler::<AppState, _>(app::shell))
         .with_state(state)
 }
 
 /// Reads a body up to the configured size, or refuses it with 413 `body_too_large`.
 async fn read_body(state: &AppState, body: Body) -> Result<axum::body::Bytes, ApiError> {
     let limit = state.config.max_body_bytes;
-    to_bytes(body, limit).await.map_err(|_| {
-        ApiError::field(
-            ErrorCode::BodyTooLarge,
-            "body",
-            format!("the body is larger than {limit} bytes"),
-        )
-    })
+    to_bytes(body, limit)
+        .await
+        .map_err(|_| ApiError::field(ErrorCode::BodyTooLarge, "body", format!("the body is larger than {limit} bytes")))
 }
 
 fn queue_error(e: QueueError) -> ApiError {
@@ -77,21 +70,26 @@ async fn post_batch<T: FromObject>(
     state: AppState,
     body: Body,
     submit: impl FnOnce(&Ingest, Vec<decode::Item<T>>) -> Result<app::protocol::BatchReport, QueueError>,
+    count_refused_body: impl FnOnce(&Metrics, ErrorCode),
 ) -> Result<Response, ApiError> {
-    let bytes = read_body(&state, body).await?;
-    let items = decode::batch::<T>(&bytes, state.ingest.max_batch())?;
+    let items = async {
+        let bytes = read_body(&state, body).await?;
+        Ok::<_, ApiError>(decode::batch::<T>(&bytes, state.ingest.max_batch())?)
+    }
+    .await
+    .inspect_err(|e| count_refused_body(&state.metrics, e.error.code))?;
     let report = submit(&state.ingest, items).map_err(queue_error)?;
     Ok((StatusCode::ACCEPTED, Json(report)).into_response())
 }
 
 /// `POST /api/pings`: a JSON array of pings. 202 with `{accepted, rejected: [{index, field, code, message}]}`.
 async fn post_pings(State(state): State<AppState>, body: Body) -> Result<Response, ApiError> {
-    post_batch::<Ping>(state, body, Ingest::submit_pings).await
+    post_batch::<Ping>(state, body, Ingest::submit_pings, |m, code| m.ping_rejected(code, 1)).await
 }
 
 /// `POST /api/orders`: a JSON array of order events, answered like `/api/pings`.
 async fn post_orders(State(state): State<AppState>, body: Body) -> Result<Response, ApiError> {
-    post_batch::<OrderEvent>(state, body, Ingest::submit_orders).await
+    post_batch::<OrderEvent>(state, body, Ingest::submit_orders, |m, code| m.order_rejected(code, 1)).await
 }
 
 /// `GET /api/heat?layer=&window_min=&precision=|zoom=&bbox=south,west,north,east`: the snapshot `/ws/heat`
@@ -103,41 +101,22 @@ async fn get_heat(
     let layer = match query.get("layer").map(String::as_str) {
         None => Layer::Drivers,
         Some(text) => text.parse().map_err(|()| {
-            ApiError::field(
-                ErrorCode::LayerInvalid,
-                "layer",
-                "layer must be \"drivers\" or \"orders\"",
-            )
+            ApiError::field(ErrorCode::LayerInvalid, "layer", "layer must be \"drivers\" or \"orders\"")
         })?,
     };
     let number = |field: &'static str, code: ErrorCode| -> Result<Option<f64>, ApiError> {
         query
             .get(field)
-            .map(|v| {
-                v.parse::<f64>()
-                    .map_err(|_| ApiError::field(code, field, format!("{field} must be a number")))
-            })
+            .map(|v| v.parse::<f64>().map_err(|_| ApiError::field(code, field, format!("{field} must be a number"))))
             .transpose()
     };
-    let window_min =
-        number("window_min", ErrorCode::WindowInvalid)?.map_or(DEFAULT_WINDOW_MIN, |w| w as u32);
-    let precision =
-        number("precision", ErrorCode::PrecisionInvalid)?.map(|p| p.clamp(0.0, 255.0) as u8);
+    let window_min = number("window_min", ErrorCode::WindowInvalid)?.map_or(DEFAULT_WINDOW_MIN, |w| w as u32);
+    let precision = number("precision", ErrorCode::PrecisionInvalid)?.map(|p| p.clamp(0.0, 255.0) as u8);
     let zoom = number("zoom", ErrorCode::PrecisionInvalid)?;
     let bbox = parse_bbox(query.get("bbox").map(String::as_str).unwrap_or(""))?;
-    let sub = HeatSubscription {
-        layer,
-        window_min,
-        precision,
-        zoom,
-        bbox,
-    };
+    let sub = HeatSubscription { layer, window_min, precision, zoom, bbox };
     let view = resolve(&sub, state.config.max_bbox_cells)?;
-    let snapshot = state
-        .engine
-        .snapshot(view.key, view.bbox, view.tiles)
-        .await
-        .ok_or_else(stopping)?;
+    let snapshot = state.engine.snapshot(view.key, view.bbox, view.tiles).await.ok_or_else(stopping)?;
     Ok(Json(HeatServerMsg::Snapshot(snapshot)).into_response())
 }
 
@@ -146,18 +125,11 @@ fn stopping() -> ApiError {
 }
 
 /// `GET /api/drivers/{id}`: the driver's last fix, or 404.
-async fn get_driver(
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-) -> Result<Response, ApiError> {
+async fn get_driver(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
     check_driver_id(&id)?;
     match state.engine.driver(id.clone()).await.ok_or_else(stopping)? {
         Some(fix) => Ok(Json(fix).into_response()),
-        None => Err(ApiError::field(
-            ErrorCode::NotFound,
-            "driver_id",
-            format!("no driver {id} is known"),
-        )),
+        None => Err(ApiError::field(ErrorCode::NotFound, "driver_id", format!("no driver {id} is known"))),
     }
 }
 
@@ -176,8 +148,6 @@ async fn healthz(State(state): State<AppState>) -> Response {
 
 /// `GET /metrics`: Prometheus text.
 async fn metrics(State(state): State<AppState>) -> Response {
-    let body = state
-        .metrics
-        .render(state.ingest.queue_depth(), state.ingest.queue_capacity());
+    let body = state.metrics.render(state.ingest.queue_depth(), state.ingest.queue_capacity());
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }

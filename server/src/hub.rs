@@ -37,11 +37,7 @@ pub struct Hub {
 
 impl Hub {
     pub fn new(buffer: usize) -> Hub {
-        Hub {
-            heat: (0..KEY_COUNT)
-                .map(|_| broadcast::channel(buffer.max(1)).0)
-                .collect(),
-        }
+        Hub { heat: (0..KEY_COUNT).map(|_| broadcast::channel(buffer.max(1)).0).collect() }
     }
 
     pub fn subscribe(&self, key: HeatKey) -> broadcast::Receiver<Arc<TickFrames>> {

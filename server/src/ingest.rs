@@ -115,10 +115,7 @@ impl Ingest {
     /// Waits until `n` items would fit in the queue (or `wait` passes). A hint, not a reservation.
     pub async fn wait_for_room(&self, n: usize, wait: Duration) -> bool {
         let n = n.min(self.capacity) as u32;
-        matches!(
-            tokio::time::timeout(wait, self.room.acquire_many(n)).await,
-            Ok(Ok(_))
-        )
+        matches!(tokio::time::timeout(wait, self.room.acquire_many(n)).await, Ok(Ok(_)))
     }
 
     /// Validates each ping, rate-limits per driver, and queues the valid ones as one item.
@@ -157,13 +154,8 @@ impl Ingest {
         rejected.sort_by_key(|r| r.index);
         let accepted = pings.len();
         self.enqueue(permit, accepted, IngestItem::Pings(pings))?;
-        self.metrics
-            .pings_accepted
-            .fetch_add(accepted as u64, Relaxed);
-        Ok(BatchReport {
-            accepted: accepted as u32,
-            rejected,
-        })
+        self.metrics.pings_accepted.fetch_add(accepted as u64, Relaxed);
+        Ok(BatchReport { accepted: accepted as u32, rejected })
     }
 
     /// Validates each order event and queues the valid ones as one item.
@@ -183,13 +175,8 @@ impl Ingest {
         let accepted = orders.len();
         let permit = self.reserve(accepted, |code, n| self.metrics.order_rejected(code, n))?;
         self.enqueue(permit, accepted, IngestItem::Orders(orders))?;
-        self.metrics
-            .orders_accepted
-            .fetch_add(accepted as u64, Relaxed);
-        Ok(BatchReport {
-            accepted: accepted as u32,
-            rejected,
-        })
+        self.metrics.orders_accepted.fetch_add(accepted as u64, Relaxed);
+        Ok(BatchReport { accepted: accepted as u32, rejected })
     }
 
     /// Takes `n` places in the queue, or refuses the whole batch (counted under `count`).
@@ -243,26 +230,15 @@ impl Ingest {
 }
 
 fn rejection(index: usize, e: Invalid) -> RejectedItem {
-    RejectedItem {
-        index: index as u32,
-        field: Some(e.field.to_string()),
-        code: e.code,
-        message: e.message,
-    }
+    RejectedItem { index: index as u32, field: Some(e.field.to_string()), code: e.code, message: e.message }
 }
 
 impl PingSink for Ingest {
     fn submit_one(&self, ping: Ping) -> Result<(), WsError> {
-        let report = self
-            .submit_pings(vec![Ok(ping)])
-            .map_err(QueueError::to_ws_error)?;
+        let report = self.submit_pings(vec![Ok(ping)]).map_err(QueueError::to_ws_error)?;
         match report.rejected.into_iter().next() {
             None => Ok(()),
-            Some(r) => Err(WsError {
-                code: r.code,
-                field: r.field,
-                message: r.message,
-            }),
+            Some(r) => Err(WsError { code: r.code, field: r.field, message: r.message }),
         }
     }
 }
@@ -288,9 +264,7 @@ impl RateLimiter {
             tolerance: interval * burst.saturating_sub(1),
             epoch: Instant::now(),
             hasher: RandomState::new(),
-            shards: (0..RATE_SHARDS)
-                .map(|_| Mutex::new(HashMap::new()))
-                .collect(),
+            shards: (0..RATE_SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
         }
     }
 
@@ -330,10 +304,7 @@ mod tests {
         let allowed = (0..10).filter(|_| limiter.allow("d", t0)).count();
         assert_eq!(allowed, 5, "the burst");
         assert!(!limiter.allow("d", t0 + Duration::from_millis(50)));
-        assert!(
-            limiter.allow("d", t0 + Duration::from_millis(110)),
-            "one interval later one more fits"
-        );
+        assert!(limiter.allow("d", t0 + Duration::from_millis(110)), "one interval later one more fits");
         assert!(limiter.allow("other", t0), "drivers do not share a budget");
         limiter.purge(t0 + Duration::from_secs(10));
         assert!(limiter.shards.iter().all(|s| s.lock().is_empty()));

@@ -35,9 +35,7 @@ use metrics::Metrics;
 
 /// The server clock, unix milliseconds.
 pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 /// What every handler can reach.
@@ -94,9 +92,8 @@ impl Running {
 
 /// Binds, spawns the engine (and the demo fleet if asked), and serves until [`Running::stop`].
 pub async fn start(config: Config) -> anyhow::Result<Running> {
-    let listener = TcpListener::bind(config.addr)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.addr))?;
+    let listener =
+        TcpListener::bind(config.addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.addr))?;
     let addr = listener.local_addr()?;
     let metrics = Arc::new(Metrics::default());
     let (ingest, queue) = Ingest::new(&config, metrics.clone());
@@ -121,16 +118,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let app = http::router(state.clone());
     let shutdown = state.shutdown.clone();
     let serve = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await
+        axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await
     });
-    Ok(Running {
-        addr,
-        state,
-        serve,
-        engine: engine_task,
-    })
+    Ok(Running { addr, state, serve, engine: engine_task })
 }
 
 /// Periodic chores that keep memory bounded.
@@ -151,12 +141,7 @@ fn spawn_housekeeping(state: &AppState) {
 /// The built-in demo: a simulated fleet feeding the same ingest path as real drivers.
 fn spawn_demo_fleet(state: &AppState) {
     let config = &state.config;
-    let mut fleet = fleet::Fleet::new(
-        "demo",
-        config.demo_drivers,
-        config.demo_orders_per_min,
-        now_ms() as u64,
-    );
+    let mut fleet = fleet::Fleet::new("demo", config.demo_drivers, config.demo_orders_per_min, now_ms() as u64);
     let period = Duration::from_secs_f64(config.demo_ping_secs.max(0.1));
     let ingest = state.ingest.clone();
     let shutdown = state.shutdown.clone();

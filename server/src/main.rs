@@ -9,19 +9,28 @@ async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     match config.log_format {
-        LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).init(),
-        LogFormat::Json => tracing_subscriber::fmt()
-            .json()
-            .with_env_filter(filter)
-            .init(),
+        LogFormat::Text => {
+            let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+            tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).init()
+        }
+        LogFormat::Json => tracing_subscriber::fmt().json().with_env_filter(filter).init(),
     }
     tracing::info!(?config, "configuration");
     let running = pulsemap::start(config).await?;
     tracing::info!(addr = %running.addr, store = running.state.store_name, "pulsemap listening on http://{}", running.addr);
     shutdown_signal().await;
     tracing::info!("shutting down: closing sockets, draining the ingest queue");
+    let metrics = running.state.metrics.clone();
     let drained = running.stop().await;
-    tracing::info!(drained, "stopped");
+    let count = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    tracing::info!(
+        drained,
+        pings_accepted = count(&metrics.pings_accepted),
+        pings_aggregated = count(&metrics.pings_aggregated),
+        orders_accepted = count(&metrics.orders_accepted),
+        orders_aggregated = count(&metrics.orders_aggregated),
+        "stopped"
+    );
     Ok(())
 }
 

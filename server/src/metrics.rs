@@ -18,16 +18,11 @@ pub enum SocketKind {
     Driver = 2,
 }
 
-const KINDS: [(SocketKind, &str); 3] = [
-    (SocketKind::Heat, "heat"),
-    (SocketKind::Track, "track"),
-    (SocketKind::Driver, "driver"),
-];
+const KINDS: [(SocketKind, &str); 3] =
+    [(SocketKind::Heat, "heat"), (SocketKind::Track, "track"), (SocketKind::Driver, "driver")];
 
 /// Tick duration histogram bucket bounds, in seconds.
-const TICK_BUCKETS: [f64; 10] = [
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
-];
+const TICK_BUCKETS: [f64; 10] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0];
 
 #[derive(Default)]
 pub struct Metrics {
@@ -51,10 +46,7 @@ pub struct Metrics {
 }
 
 fn code_index(code: ErrorCode) -> usize {
-    ErrorCode::ALL
-        .iter()
-        .position(|c| *c == code)
-        .expect("every code is in ALL")
+    ErrorCode::ALL.iter().position(|c| *c == code).expect("every code is in ALL")
 }
 
 /// Keeps a subscriber gauge up while it lives.
@@ -84,10 +76,7 @@ impl Metrics {
 
     pub fn subscriber(&self, kind: SocketKind) -> SubscriberGuard<'_> {
         self.subscribers[kind as usize].fetch_add(1, Relaxed);
-        SubscriberGuard {
-            metrics: self,
-            kind,
-        }
+        SubscriberGuard { metrics: self, kind }
     }
 
     pub fn sent(&self, kind: SocketKind, bytes: usize) {
@@ -98,8 +87,7 @@ impl Metrics {
     pub fn observe_tick(&self, took: Duration) {
         let secs = took.as_secs_f64();
         self.ticks.fetch_add(1, Relaxed);
-        self.tick_sum_micros
-            .fetch_add(took.as_micros() as u64, Relaxed);
+        self.tick_sum_micros.fetch_add(took.as_micros() as u64, Relaxed);
         if let Some(i) = TICK_BUCKETS.iter().position(|b| secs <= *b) {
             self.tick_buckets[i].fetch_add(1, Relaxed);
         }
@@ -109,10 +97,7 @@ impl Metrics {
     pub fn render(&self, queue_depth: usize, queue_capacity: usize) -> String {
         let mut out = String::with_capacity(8 * 1024);
         let mut counter = |name: &str, help: &str, kind: &str, samples: &[(String, f64)]| {
-            let _ = writeln!(
-                out,
-                "# HELP pulsemap_{name} {help}\n# TYPE pulsemap_{name} {kind}"
-            );
+            let _ = writeln!(out, "# HELP pulsemap_{name} {help}\n# TYPE pulsemap_{name} {kind}");
             for (labels, value) in samples {
                 let _ = writeln!(out, "pulsemap_{name}{labels} {value}");
             }
@@ -134,24 +119,19 @@ impl Metrics {
             ErrorCode::ALL
                 .iter()
                 .zip(arr)
-                .map(|(c, v)| {
-                    (
-                        format!("{{reason=\"{}\"}}", c.as_str()),
-                        v.load(Relaxed) as f64,
-                    )
-                })
+                .map(|(c, v)| (format!("{{reason=\"{}\"}}", c.as_str()), v.load(Relaxed) as f64))
                 .filter(|(_, v)| *v > 0.0)
                 .collect()
         };
         counter(
             "pings_rejected_total",
-            "Pings refused, by reason.",
+            "Pings refused, by reason (a refused body or socket message counts once).",
             "counter",
             &by_reason(&self.pings_rejected),
         );
         counter(
             "orders_rejected_total",
-            "Order events refused, by reason.",
+            "Order events refused, by reason (a refused body counts once).",
             "counter",
             &by_reason(&self.orders_rejected),
         );
@@ -167,12 +147,7 @@ impl Metrics {
             "counter",
             &one(self.orders_aggregated.load(Relaxed)),
         );
-        counter(
-            "queue_depth",
-            "Items waiting in the ingest queue.",
-            "gauge",
-            &one(queue_depth as u64),
-        );
+        counter("queue_depth", "Items waiting in the ingest queue.", "gauge", &one(queue_depth as u64));
         counter(
             "queue_capacity",
             "Items the ingest queue holds before refusing.",
@@ -186,43 +161,15 @@ impl Metrics {
             &one(self.drivers_online.load(Relaxed)),
         );
         let per_kind = |arr: &[AtomicU64]| -> Vec<(String, f64)> {
-            KINDS
-                .iter()
-                .map(|(k, n)| {
-                    (
-                        format!("{{kind=\"{n}\"}}"),
-                        arr[*k as usize].load(Relaxed) as f64,
-                    )
-                })
-                .collect()
+            KINDS.iter().map(|(k, n)| (format!("{{kind=\"{n}\"}}"), arr[*k as usize].load(Relaxed) as f64)).collect()
         };
         let subscribers: Vec<(String, f64)> = KINDS
             .iter()
-            .map(|(k, n)| {
-                (
-                    format!("{{kind=\"{n}\"}}"),
-                    self.subscribers[*k as usize].load(Relaxed) as f64,
-                )
-            })
+            .map(|(k, n)| (format!("{{kind=\"{n}\"}}"), self.subscribers[*k as usize].load(Relaxed) as f64))
             .collect();
-        counter(
-            "subscribers",
-            "Open WebSockets, by kind.",
-            "gauge",
-            &subscribers,
-        );
-        counter(
-            "frames_sent_total",
-            "WebSocket frames sent, by kind.",
-            "counter",
-            &per_kind(&self.frames_sent),
-        );
-        counter(
-            "bytes_sent_total",
-            "WebSocket payload bytes sent, by kind.",
-            "counter",
-            &per_kind(&self.bytes_sent),
-        );
+        counter("subscribers", "Open WebSockets, by kind.", "gauge", &subscribers);
+        counter("frames_sent_total", "WebSocket frames sent, by kind.", "counter", &per_kind(&self.frames_sent));
+        counter("bytes_sent_total", "WebSocket payload bytes sent, by kind.", "counter", &per_kind(&self.bytes_sent));
         counter(
             "heat_resyncs_total",
             "Heat viewers that fell behind and got a fresh snapshot.",
@@ -236,21 +183,11 @@ impl Metrics {
         let mut cumulative = 0;
         for (bound, n) in TICK_BUCKETS.iter().zip(&self.tick_buckets) {
             cumulative += n.load(Relaxed);
-            let _ = writeln!(
-                out,
-                "pulsemap_tick_duration_seconds_bucket{{le=\"{bound}\"}} {cumulative}"
-            );
+            let _ = writeln!(out, "pulsemap_tick_duration_seconds_bucket{{le=\"{bound}\"}} {cumulative}");
         }
         let count = self.ticks.load(Relaxed);
-        let _ = writeln!(
-            out,
-            "pulsemap_tick_duration_seconds_bucket{{le=\"+Inf\"}} {count}"
-        );
-        let _ = writeln!(
-            out,
-            "pulsemap_tick_duration_seconds_sum {}",
-            self.tick_sum_micros.load(Relaxed) as f64 / 1e6
-        );
+        let _ = writeln!(out, "pulsemap_tick_duration_seconds_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(out, "pulsemap_tick_duration_seconds_sum {}", self.tick_sum_micros.load(Relaxed) as f64 / 1e6);
         let _ = writeln!(out, "pulsemap_tick_duration_seconds_count {count}");
         out
     }

@@ -67,21 +67,9 @@ impl PresenceMap {
         let cell = Cell::at(ping.lat, ping.lon);
         let Some(state) = self.drivers.get_mut(&ping.driver_id) else {
             self.online += 1;
-            self.drivers.insert(
-                ping.driver_id.clone(),
-                DriverState {
-                    fix: ping,
-                    cell,
-                    online: true,
-                    last_seen_ms: now_ms,
-                },
-            );
-            return PresenceChange {
-                left: None,
-                entered: Some(cell),
-                came_online: true,
-                moved: true,
-            };
+            self.drivers
+                .insert(ping.driver_id.clone(), DriverState { fix: ping, cell, online: true, last_seen_ms: now_ms });
+            return PresenceChange { left: None, entered: Some(cell), came_online: true, moved: true };
         };
         let was_online = state.online;
         state.online = true;
@@ -94,37 +82,18 @@ impl PresenceMap {
         }
         if !was_online {
             self.online += 1;
-            return PresenceChange {
-                left: None,
-                entered: Some(state.cell),
-                came_online: true,
-                moved,
-            };
+            return PresenceChange { left: None, entered: Some(state.cell), came_online: true, moved };
         }
         if old_cell != state.cell {
-            PresenceChange {
-                left: Some(old_cell),
-                entered: Some(state.cell),
-                came_online: false,
-                moved,
-            }
+            PresenceChange { left: Some(old_cell), entered: Some(state.cell), came_online: false, moved }
         } else {
-            PresenceChange {
-                moved,
-                ..PresenceChange::default()
-            }
+            PresenceChange { moved, ..PresenceChange::default() }
         }
     }
 
     /// Takes offline every driver not heard from since `now_ms - stale_ms` (calling `went_offline` for each,
     /// whose cell must be uncounted) and forgets offline drivers older than `forget_ms`.
-    pub fn expire(
-        &mut self,
-        now_ms: i64,
-        stale_ms: i64,
-        forget_ms: i64,
-        mut went_offline: impl FnMut(&DriverState),
-    ) {
+    pub fn expire(&mut self, now_ms: i64, stale_ms: i64, forget_ms: i64, mut went_offline: impl FnMut(&DriverState)) {
         let stale_before = now_ms - stale_ms;
         let forget_before = now_ms - forget_ms;
         let online = &mut self.online;
@@ -144,15 +113,7 @@ mod tests {
     use super::*;
 
     fn ping(id: &str, lat: f64, ts: i64) -> Ping {
-        Ping {
-            driver_id: id.into(),
-            lat,
-            lon: 3.3,
-            ts,
-            accuracy_m: None,
-            heading_deg: None,
-            speed_mps: None,
-        }
+        Ping { driver_id: id.into(), lat, lon: 3.3, ts, accuracy_m: None, heading_deg: None, speed_mps: None }
     }
 
     #[test]
@@ -161,13 +122,7 @@ mod tests {
         let a = Cell::at(6.50, 3.3);
         let b = Cell::at(6.60, 3.3);
         assert_eq!(presence.apply(ping("d", 6.50, 1), 0).entered, Some(a));
-        assert_eq!(
-            presence.apply(ping("d", 6.50, 2), 0),
-            PresenceChange {
-                moved: true,
-                ..Default::default()
-            }
-        );
+        assert_eq!(presence.apply(ping("d", 6.50, 2), 0), PresenceChange { moved: true, ..Default::default() });
         let change = presence.apply(ping("d", 6.60, 3), 0);
         assert_eq!((change.left, change.entered), (Some(a), Some(b)));
         // A late, older fix keeps the driver where its newest fix is.
@@ -192,9 +147,6 @@ mod tests {
         assert_eq!(back.entered, Some(Cell::at(6.5, 3.3)));
         presence.expire(200_000, 30_000, 60_000, |_| {});
         presence.expire(300_000, 30_000, 60_000, |_| {});
-        assert!(
-            presence.get("d").is_none(),
-            "forgotten after forget_ms offline"
-        );
+        assert!(presence.get("d").is_none(), "forgotten after forget_ms offline");
     }
 }

@@ -5,10 +5,7 @@
 use std::collections::HashSet;
 
 use app::{
-    protocol::{
-        precision_for_zoom, BBox, ErrorCode, HeatSubscription, MAX_PRECISION, MIN_PRECISION,
-        WINDOWS_MIN,
-    },
+    protocol::{precision_for_zoom, BBox, ErrorCode, HeatSubscription, MAX_PRECISION, MIN_PRECISION, WINDOWS_MIN},
     validate::Invalid,
 };
 
@@ -39,11 +36,7 @@ pub fn resolve(sub: &HeatSubscription, max_cells: u64) -> Result<Viewport, Inval
         (Some(p), _) => p,
         (None, Some(z)) if z.is_finite() && (0.0..=30.0).contains(&z) => precision_for_zoom(z),
         (None, Some(_)) => {
-            return Err(Invalid::new(
-                ErrorCode::PrecisionInvalid,
-                "zoom",
-                "zoom must be a number in [0, 30]",
-            ))
+            return Err(Invalid::new(ErrorCode::PrecisionInvalid, "zoom", "zoom must be a number in [0, 30]"))
         }
         (None, None) => 6,
     };
@@ -55,9 +48,7 @@ pub fn resolve(sub: &HeatSubscription, max_cells: u64) -> Result<Viewport, Inval
         ));
     }
     let b = sub.bbox;
-    let finite = [b.south, b.west, b.north, b.east]
-        .iter()
-        .all(|v| v.is_finite());
+    let finite = [b.south, b.west, b.north, b.east].iter().all(|v| v.is_finite());
     if !finite
         || !(-90.0..=90.0).contains(&b.south)
         || !(-90.0..=90.0).contains(&b.north)
@@ -86,39 +77,17 @@ pub fn resolve(sub: &HeatSubscription, max_cells: u64) -> Result<Viewport, Inval
     tiles.sort_unstable();
     tiles.dedup();
     let tile_set = tiles.iter().copied().collect();
-    Ok(Viewport {
-        key: HeatKey::new(sub.layer, sub.window_min, precision),
-        bbox: b,
-        tiles,
-        tile_set,
-    })
+    Ok(Viewport { key: HeatKey::new(sub.layer, sub.window_min, precision), bbox: b, tiles, tile_set })
 }
 
 /// Parses `south,west,north,east`.
 pub fn parse_bbox(text: &str) -> Result<BBox, Invalid> {
-    let parts: Vec<f64> = text
-        .split(',')
-        .map(|p| p.trim().parse::<f64>())
-        .collect::<Result<_, _>>()
-        .map_err(|_| {
-            Invalid::new(
-                ErrorCode::BboxInvalid,
-                "bbox",
-                "bbox must be four numbers: south,west,north,east",
-            )
-        })?;
+    let parts: Vec<f64> = text.split(',').map(|p| p.trim().parse::<f64>()).collect::<Result<_, _>>().map_err(|_| {
+        Invalid::new(ErrorCode::BboxInvalid, "bbox", "bbox must be four numbers: south,west,north,east")
+    })?;
     match parts[..] {
-        [south, west, north, east] => Ok(BBox {
-            south,
-            west,
-            north,
-            east,
-        }),
-        _ => Err(Invalid::new(
-            ErrorCode::BboxInvalid,
-            "bbox",
-            "bbox must be four numbers: south,west,north,east",
-        )),
+        [south, west, north, east] => Ok(BBox { south, west, north, east }),
+        _ => Err(Invalid::new(ErrorCode::BboxInvalid, "bbox", "bbox must be four numbers: south,west,north,east")),
     }
 }
 
@@ -128,21 +97,10 @@ mod tests {
     use app::protocol::Layer;
 
     fn sub(bbox: BBox) -> HeatSubscription {
-        HeatSubscription {
-            layer: Layer::Orders,
-            window_min: 15,
-            precision: None,
-            zoom: Some(12.0),
-            bbox,
-        }
+        HeatSubscription { layer: Layer::Orders, window_min: 15, precision: None, zoom: Some(12.0), bbox }
     }
 
-    const LAGOS: BBox = BBox {
-        south: 6.38,
-        west: 3.25,
-        north: 6.70,
-        east: 3.60,
-    };
+    const LAGOS: BBox = BBox { south: 6.38, west: 3.25, north: 6.70, east: 3.60 };
 
     #[test]
     fn a_city_view_resolves() {
@@ -154,67 +112,18 @@ mod tests {
     #[test]
     fn refusals_name_the_field() {
         let code = |s: HeatSubscription| resolve(&s, 262_144).unwrap_err().code;
-        assert_eq!(
-            code(HeatSubscription {
-                window_min: 7,
-                ..sub(LAGOS)
-            }),
-            ErrorCode::WindowInvalid
-        );
-        assert_eq!(
-            code(HeatSubscription {
-                precision: Some(9),
-                ..sub(LAGOS)
-            }),
-            ErrorCode::PrecisionInvalid
-        );
-        assert_eq!(
-            code(HeatSubscription {
-                zoom: Some(f64::NAN),
-                ..sub(LAGOS)
-            }),
-            ErrorCode::PrecisionInvalid
-        );
-        assert_eq!(
-            code(sub(BBox {
-                south: 7.0,
-                ..LAGOS
-            })),
-            ErrorCode::BboxInvalid
-        );
-        assert_eq!(
-            code(sub(BBox {
-                west: 190.0,
-                ..LAGOS
-            })),
-            ErrorCode::BboxInvalid
-        );
-        let world = BBox {
-            south: -85.0,
-            west: -180.0,
-            north: 85.0,
-            east: 180.0,
-        };
-        assert_eq!(
-            code(HeatSubscription {
-                precision: Some(8),
-                ..sub(world)
-            }),
-            ErrorCode::BboxTooLarge
-        );
+        assert_eq!(code(HeatSubscription { window_min: 7, ..sub(LAGOS) }), ErrorCode::WindowInvalid);
+        assert_eq!(code(HeatSubscription { precision: Some(9), ..sub(LAGOS) }), ErrorCode::PrecisionInvalid);
+        assert_eq!(code(HeatSubscription { zoom: Some(f64::NAN), ..sub(LAGOS) }), ErrorCode::PrecisionInvalid);
+        assert_eq!(code(sub(BBox { south: 7.0, ..LAGOS })), ErrorCode::BboxInvalid);
+        assert_eq!(code(sub(BBox { west: 190.0, ..LAGOS })), ErrorCode::BboxInvalid);
+        let world = BBox { south: -85.0, west: -180.0, north: 85.0, east: 180.0 };
+        assert_eq!(code(HeatSubscription { precision: Some(8), ..sub(world) }), ErrorCode::BboxTooLarge);
     }
 
     #[test]
     fn bbox_text() {
-        assert_eq!(
-            parse_bbox("6.4,3.2,6.7,3.6").unwrap(),
-            BBox {
-                south: 6.4,
-                west: 3.2,
-                north: 6.7,
-                east: 3.6
-            }
-        );
+        assert_eq!(parse_bbox("6.4,3.2,6.7,3.6").unwrap(), BBox { south: 6.4, west: 3.2, north: 6.7, east: 3.6 });
         assert!(parse_bbox("6.4,3.2,6.7").is_err());
         assert!(parse_bbox("a,b,c,d").is_err());
     }

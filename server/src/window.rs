@@ -37,10 +37,7 @@ pub struct RollingWindow {
 impl RollingWindow {
     pub fn new(now_ms: i64) -> RollingWindow {
         let current = slot_of(now_ms);
-        RollingWindow {
-            slots: BTreeMap::new(),
-            first: WINDOWS_MIN.map(|w| current - slots_in(w) + 1),
-        }
+        RollingWindow { slots: BTreeMap::new(), first: WINDOWS_MIN.map(|w| current - slots_in(w) + 1) }
     }
 
     /// Records an event in `slot`; returns, per window, whether it counts there (the caller adds it to totals).
@@ -86,9 +83,7 @@ mod tests {
         // 61 minutes of time in one step and in small steps must expire the same counts.
         let mut expired = Vec::new();
         for minute in 1..=61 {
-            window.advance(t0 + minute * 60_000, |w, c, n| {
-                expired.push((minute, w, c, n))
-            });
+            window.advance(t0 + minute * 60_000, |w, c, n| expired.push((minute, w, c, n)));
         }
         let at: Vec<(i64, usize)> = expired
             .iter()
@@ -98,10 +93,7 @@ mod tests {
             })
             .collect();
         assert_eq!(at, vec![(1, 0), (5, 1), (15, 2), (60, 3)]);
-        assert!(
-            window.slots.is_empty(),
-            "slots past the longest window are dropped"
-        );
+        assert!(window.slots.is_empty(), "slots past the longest window are dropped");
     }
 
     #[test]

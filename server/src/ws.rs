@@ -7,9 +7,7 @@
 use std::{sync::Arc, time::Duration};
 
 use app::{
-    protocol::{
-        DriverServerMsg, ErrorCode, HeatClientMsg, HeatServerMsg, HeatSnapshot, TrackMsg, WsError,
-    },
+    protocol::{DriverServerMsg, ErrorCode, HeatClientMsg, HeatServerMsg, HeatSnapshot, TrackMsg, WsError},
     validate::check_driver_id,
 };
 use axum::{
@@ -33,28 +31,21 @@ use crate::{
 
 /// A client that cannot take a frame within this time is closed (it is gone or stalled).
 const SEND_DEADLINE: Duration = Duration::from_secs(10);
-/// Close codes (RFC 6455): going away (server shutdown), message too big, policy.
+/// Close codes (RFC 6455): going away (server shutdown), protocol error, message too big.
 const CLOSE_GOING_AWAY: u16 = 1001;
+const CLOSE_PROTOCOL_ERROR: u16 = 1002;
+const CLOSE_TOO_BIG: u16 = 1009;
 
 type Sink = SplitSink<WebSocket, Message>;
 
 /// Bounds both directions of a socket: the largest message the client may send, and the bytes queued toward it.
 fn limited(upgrade: WebSocketUpgrade, state: &AppState) -> WebSocketUpgrade {
     let max = state.config.max_ws_message_bytes;
-    upgrade
-        .max_message_size(max)
-        .max_frame_size(max)
-        .write_buffer_size(64 * 1024)
-        .max_write_buffer_size(1024 * 1024)
+    upgrade.max_message_size(max).max_frame_size(max).write_buffer_size(64 * 1024).max_write_buffer_size(1024 * 1024)
 }
 
 /// Sends one text frame within the deadline, counting it.
-async fn send(
-    sink: &mut Sink,
-    text: Utf8Bytes,
-    kind: SocketKind,
-    metrics: &Metrics,
-) -> Result<(), ()> {
+async fn send(sink: &mut Sink, text: Utf8Bytes, kind: SocketKind, metrics: &Metrics) -> Result<(), ()> {
     let len = text.len();
     match tokio::time::timeout(SEND_DEADLINE, sink.send(Message::Text(text))).await {
         Ok(Ok(())) => {
@@ -76,19 +67,26 @@ async fn send_json<T: serde::Serialize>(
 }
 
 async fn close(sink: &mut Sink, code: u16, reason: &'static str) {
-    let frame = CloseFrame {
-        code,
-        reason: Utf8Bytes::from_static(reason),
-    };
+    let frame = CloseFrame { code, reason: Utf8Bytes::from_static(reason) };
     let _ = tokio::time::timeout(SEND_DEADLINE, sink.send(Message::Close(Some(frame)))).await;
 }
 
-fn error(code: ErrorCode, field: Option<&str>, message: impl Into<String>) -> WsError {
-    WsError {
-        code,
-        field: field.map(str::to_string),
-        message: message.into(),
+/// Closes a socket whose read failed: 1009 when the client sent more than the message limit, 1002 otherwise.
+async fn close_after_read_error(sink: &mut Sink, error: axum::Error, metrics: &Metrics, kind: SocketKind) {
+    let too_big =
+        matches!(error.into_inner().downcast_ref::<tungstenite::Error>(), Some(tungstenite::Error::Capacity(_)));
+    if too_big {
+        if kind == SocketKind::Driver {
+            metrics.ping_rejected(ErrorCode::BodyTooLarge, 1);
+        }
+        close(sink, CLOSE_TOO_BIG, "message larger than the limit").await;
+    } else {
+        close(sink, CLOSE_PROTOCOL_ERROR, "malformed WebSocket frame").await;
     }
+}
+
+fn error(code: ErrorCode, field: Option<&str>, message: impl Into<String>) -> WsError {
+    WsError { code, field: field.map(str::to_string), message: message.into() }
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -117,37 +115,28 @@ async fn driver_socket(socket: WebSocket, state: AppState) {
         let text = match message {
             Some(Ok(Message::Text(text))) => text,
             Some(Ok(Message::Binary(_))) => {
-                let e = error(
-                    ErrorCode::InvalidJson,
-                    Some("message"),
-                    "send JSON text frames, not binary",
-                );
-                let msg = DriverServerMsg::Error {
-                    seq: None,
-                    index: None,
-                    error: e,
-                };
+                metrics.ping_rejected(ErrorCode::InvalidJson, 1);
+                let e = error(ErrorCode::InvalidJson, Some("message"), "send JSON text frames, not binary");
+                let msg = DriverServerMsg::Error { seq: None, index: None, error: e };
                 if send_json(&mut sink, &msg, kind, &metrics).await.is_err() {
                     return;
                 }
                 continue;
             }
-            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+            Some(Err(e)) => return close_after_read_error(&mut sink, e, &metrics, kind).await,
+            Some(Ok(Message::Close(_))) | None => return,
             Some(Ok(_)) => continue,
         };
         let replies = match decode::driver_message(&text, state.ingest.max_batch()) {
-            Err((seq, invalid)) => vec![DriverServerMsg::Error {
-                seq,
-                index: None,
-                error: invalid.into(),
-            }],
+            Err((seq, invalid)) => {
+                metrics.ping_rejected(invalid.code, 1);
+                vec![DriverServerMsg::Error { seq, index: None, error: invalid.into() }]
+            }
             Ok(message) => {
                 let mut replies = Vec::new();
                 let n = message.pings.len();
                 if state.ingest.queue_depth() + n > state.ingest.queue_capacity() {
-                    let slow = DriverServerMsg::SlowDown {
-                        retry_after_ms: wait.as_millis() as u64,
-                    };
+                    let slow = DriverServerMsg::SlowDown { retry_after_ms: wait.as_millis() as u64 };
                     if send_json(&mut sink, &slow, kind, &metrics).await.is_err() {
                         return;
                     }
@@ -156,28 +145,15 @@ async fn driver_socket(socket: WebSocket, state: AppState) {
                 match state.ingest.submit_pings(message.pings) {
                     Ok(report) => {
                         for r in report.rejected {
-                            let error = WsError {
-                                code: r.code,
-                                field: r.field,
-                                message: r.message,
-                            };
+                            let error = WsError { code: r.code, field: r.field, message: r.message };
                             let index = Some(r.index).filter(|_| n > 1);
-                            replies.push(DriverServerMsg::Error {
-                                seq: message.seq,
-                                index,
-                                error,
-                            });
+                            replies.push(DriverServerMsg::Error { seq: message.seq, index, error });
                         }
-                        replies.push(DriverServerMsg::Ack {
-                            seq: message.seq,
-                            accepted: report.accepted,
-                        });
+                        replies.push(DriverServerMsg::Ack { seq: message.seq, accepted: report.accepted });
                     }
-                    Err(e) => replies.push(DriverServerMsg::Error {
-                        seq: message.seq,
-                        index: None,
-                        error: e.to_ws_error(),
-                    }),
+                    Err(e) => {
+                        replies.push(DriverServerMsg::Error { seq: message.seq, index: None, error: e.to_ws_error() })
+                    }
                 }
                 replies
             }
@@ -227,7 +203,8 @@ async fn heat_socket(socket: WebSocket, state: AppState) {
             message = stream.next() => {
                 let text = match message {
                     Some(Ok(Message::Text(text))) => text,
-                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                    Some(Err(e)) => return close_after_read_error(&mut sink, e, &metrics, kind).await,
+                    Some(Ok(Message::Close(_))) | None => return,
                     Some(Ok(_)) => continue,
                 };
                 let outcome = match serde_json::from_str::<HeatClientMsg>(&text) {
@@ -275,30 +252,16 @@ async fn heat_socket(socket: WebSocket, state: AppState) {
 
 async fn send_snapshot(sink: &mut Sink, state: &AppState, sub: &mut Subscribed) -> Result<(), ()> {
     let view = &sub.view;
-    let Some(snapshot): Option<HeatSnapshot> = state
-        .engine
-        .snapshot(view.key, view.bbox, view.tiles.clone())
-        .await
+    let Some(snapshot): Option<HeatSnapshot> = state.engine.snapshot(view.key, view.bbox, view.tiles.clone()).await
     else {
         return Err(());
     };
     sub.seen = snapshot.seq;
-    send_json(
-        sink,
-        &HeatServerMsg::Snapshot(snapshot),
-        SocketKind::Heat,
-        &state.metrics,
-    )
-    .await
+    send_json(sink, &HeatServerMsg::Snapshot(snapshot), SocketKind::Heat, &state.metrics).await
 }
 
 /// Sends the frames of a tick whose regions the viewer's box overlaps (a totals-only frame if none).
-async fn forward(
-    sink: &mut Sink,
-    sub: &Subscribed,
-    tick: &TickFrames,
-    metrics: &Metrics,
-) -> Result<(), ()> {
+async fn forward(sink: &mut Sink, sub: &Subscribed, tick: &TickFrames, metrics: &Metrics) -> Result<(), ()> {
     if tick.seq <= sub.seen {
         return Ok(());
     }
@@ -349,7 +312,8 @@ async fn track_socket(socket: WebSocket, state: AppState, driver_id: String) {
                 return;
             }
             message = stream.next() => match message {
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                Some(Err(e)) => return close_after_read_error(&mut sink, e, &metrics, kind).await,
+                Some(Ok(Message::Close(_))) | None => return,
                 Some(Ok(_)) => continue,
             },
             update = updates.recv() => {

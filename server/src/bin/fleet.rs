@@ -35,12 +35,7 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let client = reqwest::Client::new();
-    let mut fleet = Fleet::new(
-        &args.prefix,
-        args.drivers,
-        args.orders_per_min,
-        now_ms() as u64,
-    );
+    let mut fleet = Fleet::new(&args.prefix, args.drivers, args.orders_per_min, now_ms() as u64);
     let period = Duration::from_secs_f64(args.ping_secs.max(0.05));
     let started = std::time::Instant::now();
     let mut every = tokio::time::interval(period);
@@ -57,10 +52,7 @@ async fn main() -> anyhow::Result<()> {
         let pings = fleet.step(period.as_secs_f64(), now);
         let orders = fleet.orders(period.as_secs_f64(), now);
         sent += pings.len() as u64;
-        for (path, body) in [
-            ("pings", serde_json::to_vec(&pings)?),
-            ("orders", serde_json::to_vec(&orders)?),
-        ] {
+        for (path, body) in [("pings", serde_json::to_vec(&pings)?), ("orders", serde_json::to_vec(&orders)?)] {
             let response = client
                 .post(format!("{}/api/{path}", args.url.trim_end_matches('/')))
                 .header("content-type", "application/json")
@@ -74,18 +66,10 @@ async fn main() -> anyhow::Result<()> {
                         accepted += u64::from(report.accepted);
                     }
                     if !report.rejected.is_empty() {
-                        eprintln!(
-                            "{path}: {} rejected, first: {:?}",
-                            report.rejected.len(),
-                            report.rejected[0]
-                        );
+                        eprintln!("{path}: {} rejected, first: {:?}", report.rejected.len(), report.rejected[0]);
                     }
                 }
-                Ok(r) => eprintln!(
-                    "{path}: HTTP {} {}",
-                    r.status(),
-                    r.text().await.unwrap_or_default()
-                ),
+                Ok(r) => eprintln!("{path}: HTTP {} {}", r.status(), r.text().await.unwrap_or_default()),
                 Err(e) => eprintln!("{path}: {e}"),
             }
         }

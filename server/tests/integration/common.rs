@@ -45,10 +45,7 @@ pub async fn post(server: &Running, path: &str, body: impl Into<reqwest::Body>) 
         .expect("request");
     let status = response.status().as_u16();
     let text = response.text().await.expect("body");
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
+    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
 }
 
 pub async fn post_json(server: &Running, path: &str, body: &Value) -> (u16, Value) {
@@ -59,18 +56,12 @@ pub async fn get(server: &Running, path: &str) -> (u16, Value) {
     let response = reqwest::get(url(server, path)).await.expect("request");
     let status = response.status().as_u16();
     let text = response.text().await.expect("body");
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
+    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
 }
 
 pub async fn get_text(server: &Running, path: &str) -> (u16, String) {
     let response = reqwest::get(url(server, path)).await.expect("request");
-    (
-        response.status().as_u16(),
-        response.text().await.expect("body"),
-    )
+    (response.status().as_u16(), response.text().await.expect("body"))
 }
 
 /// Awaits `check` returning `Some` within `secs` seconds, polling.
@@ -94,14 +85,7 @@ where
 /// A metric's value from `/metrics` (0 when absent).
 pub async fn metric(server: &Running, name_and_labels: &str) -> f64 {
     let (_, text) = get_text(server, "/metrics").await;
-    text.lines()
-        .find_map(|line| {
-            line.strip_prefix(name_and_labels)?
-                .strip_prefix(' ')?
-                .parse()
-                .ok()
-        })
-        .unwrap_or(0.0)
+    text.lines().find_map(|line| line.strip_prefix(name_and_labels)?.strip_prefix(' ')?.parse().ok()).unwrap_or(0.0)
 }
 
 pub struct Socket {
@@ -110,31 +94,21 @@ pub struct Socket {
 
 impl Socket {
     pub async fn connect(server: &Running, path: &str) -> Socket {
-        let (inner, _) = connect_async(format!("ws://{}{path}", server.addr))
-            .await
-            .expect("websocket connects");
+        let (inner, _) = connect_async(format!("ws://{}{path}", server.addr)).await.expect("websocket connects");
         Socket { inner }
     }
 
     pub async fn send(&mut self, value: &Value) {
-        self.inner
-            .send(Message::Text(value.to_string().into()))
-            .await
-            .expect("send");
+        self.inner.send(Message::Text(value.to_string().into())).await.expect("send");
     }
 
     pub async fn send_text(&mut self, text: &str) {
-        self.inner
-            .send(Message::Text(text.to_string().into()))
-            .await
-            .expect("send");
+        self.inner.send(Message::Text(text.to_string().into())).await.expect("send");
     }
 
     /// The next JSON message (skipping control frames), within 5 s.
     pub async fn next(&mut self) -> Value {
-        self.try_next(Duration::from_secs(5))
-            .await
-            .expect("a message within 5 s")
+        self.try_next(Duration::from_secs(5)).await.expect("a message within 5 s")
     }
 
     pub async fn next_as<T: DeserializeOwned>(&mut self) -> T {
@@ -145,14 +119,9 @@ impl Socket {
     pub async fn try_next(&mut self, wait: Duration) -> Option<Value> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
-            let message = tokio::time::timeout_at(deadline, self.inner.next())
-                .await
-                .ok()??
-                .ok()?;
+            let message = tokio::time::timeout_at(deadline, self.inner.next()).await.ok()??.ok()?;
             match message {
-                Message::Text(text) => {
-                    return Some(serde_json::from_str(&text).expect("JSON message"))
-                }
+                Message::Text(text) => return Some(serde_json::from_str(&text).expect("JSON message")),
                 Message::Close(_) => return None,
                 _ => continue,
             }
@@ -160,12 +129,7 @@ impl Socket {
     }
 
     /// Reads messages until one satisfies `pred`, within `secs` seconds.
-    pub async fn until(
-        &mut self,
-        secs: u64,
-        what: &str,
-        mut pred: impl FnMut(&Value) -> bool,
-    ) -> Value {
+    pub async fn until(&mut self, secs: u64, what: &str, mut pred: impl FnMut(&Value) -> bool) -> Value {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -184,9 +148,7 @@ impl Socket {
             match tokio::time::timeout_at(deadline, self.inner.next()).await {
                 Err(_) => return None,
                 Ok(None) | Ok(Some(Err(_))) => return Some(1006),
-                Ok(Some(Ok(Message::Close(frame)))) => {
-                    return Some(frame.map_or(1005, |f| u16::from(f.code)))
-                }
+                Ok(Some(Ok(Message::Close(frame)))) => return Some(frame.map_or(1005, |f| u16::from(f.code))),
                 Ok(Some(Ok(_))) => continue,
             }
         }

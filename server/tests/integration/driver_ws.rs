@@ -15,26 +15,14 @@ async fn pings_are_acked_and_a_bad_one_does_not_close_the_socket() {
     good["type"] = json!("ping");
     good["seq"] = json!(1);
     ws.send(&good).await;
-    assert_eq!(
-        ws.next().await,
-        json!({"type": "ack", "seq": 1, "accepted": 1})
-    );
+    assert_eq!(ws.next().await, json!({"type": "ack", "seq": 1, "accepted": 1}));
 
     ws.send(&json!({"type": "ping", "seq": 2, "driver_id": "ws-driver", "lat": 6.5, "lon": 200.0, "ts": now_ms()}))
         .await;
     let error = ws.next().await;
-    assert_eq!(
-        (error["type"].as_str(), error["seq"].as_u64()),
-        (Some("error"), Some(2))
-    );
-    assert_eq!(
-        (error["code"].as_str(), error["field"].as_str()),
-        (Some("lon_out_of_range"), Some("lon"))
-    );
-    assert_eq!(
-        ws.next().await,
-        json!({"type": "ack", "seq": 2, "accepted": 0})
-    );
+    assert_eq!((error["type"].as_str(), error["seq"].as_u64()), (Some("error"), Some(2)));
+    assert_eq!((error["code"].as_str(), error["field"].as_str()), (Some("lon_out_of_range"), Some("lon")));
+    assert_eq!(ws.next().await, json!({"type": "ack", "seq": 2, "accepted": 0}));
 
     ws.send_text("this is not json").await;
     assert_eq!(ws.next().await["code"], "invalid_json");
@@ -45,24 +33,11 @@ async fn pings_are_acked_and_a_bad_one_does_not_close_the_socket() {
     ]}))
     .await;
     let error = ws.next().await;
-    assert_eq!(
-        (error["index"].as_u64(), error["field"].as_str()),
-        (Some(1), Some("lat")),
-        "{error}"
-    );
-    assert_eq!(
-        ws.next().await,
-        json!({"type": "ack", "seq": 3, "accepted": 2})
-    );
+    assert_eq!((error["index"].as_u64(), error["field"].as_str()), (Some(1), Some("lat")), "{error}");
+    assert_eq!(ws.next().await, json!({"type": "ack", "seq": 3, "accepted": 2}));
 
-    eventually(5, "ws-c is known", || async {
-        (get(&server, "/api/drivers/ws-c").await.0 == 200).then_some(())
-    })
-    .await;
-    assert_eq!(
-        metric(&server, "pulsemap_subscribers{kind=\"driver\"}").await,
-        1.0
-    );
+    eventually(5, "ws-c is known", || async { (get(&server, "/api/drivers/ws-c").await.0 == 200).then_some(()) }).await;
+    assert_eq!(metric(&server, "pulsemap_subscribers{kind=\"driver\"}").await, 1.0);
     server.stop().await;
 }
 
@@ -73,25 +48,15 @@ async fn a_full_queue_says_slow_down_and_refuses_with_a_code() {
     config.queue_wait_ms = 100;
     let server = start(config).await;
     let mut ws = Socket::connect(&server, "/ws/driver").await;
-    ws.send(
-        &json!({"type": "batch", "seq": 9, "pings": [ping("s1", 6.5, 3.3), ping("s2", 6.5, 3.3)]}),
-    )
-    .await;
+    ws.send(&json!({"type": "batch", "seq": 9, "pings": [ping("s1", 6.5, 3.3), ping("s2", 6.5, 3.3)]})).await;
     let slow = ws.next().await;
     assert_eq!(slow["type"], "slow_down", "{slow}");
     assert!(slow["retry_after_ms"].as_u64().unwrap() > 0);
     let refused = ws.next().await;
-    assert_eq!(
-        (refused["code"].as_str(), refused["seq"].as_u64()),
-        (Some("queue_full"), Some(9)),
-        "{refused}"
-    );
+    assert_eq!((refused["code"].as_str(), refused["seq"].as_u64()), (Some("queue_full"), Some(9)), "{refused}");
     // The socket stays usable for what fits.
     ws.send(&json!({"type": "ping", "seq": 10, "driver_id": "s1", "lat": 6.5, "lon": 3.3, "ts": now_ms()})).await;
-    assert_eq!(
-        ws.next().await,
-        json!({"type": "ack", "seq": 10, "accepted": 1})
-    );
+    assert_eq!(ws.next().await, json!({"type": "ack", "seq": 10, "accepted": 1}));
     server.stop().await;
 }
 
@@ -102,4 +67,16 @@ async fn shutdown_closes_driver_sockets_with_going_away() {
     let stopping = tokio::spawn(server.stop());
     assert_eq!(ws.closed_within(Duration::from_secs(5)).await, Some(1001));
     stopping.await.unwrap();
+}
+
+#[tokio::test]
+async fn an_oversized_message_closes_with_1009_and_is_counted() {
+    let mut config = config();
+    config.max_ws_message_bytes = 1_024;
+    let server = start(config).await;
+    let mut ws = Socket::connect(&server, "/ws/driver").await;
+    ws.send_text(&format!("{{\"type\":\"ping\",\"driver_id\":\"{}\"}}", "x".repeat(4_096))).await;
+    assert_eq!(ws.closed_within(Duration::from_secs(5)).await, Some(1009));
+    assert_eq!(metric(&server, "pulsemap_pings_rejected_total{reason=\"body_too_large\"}").await, 1.0);
+    server.stop().await;
 }

@@ -15,19 +15,14 @@ fn geohash(lat: f64, lon: f64, len: usize) -> String {
 }
 
 fn cell_value(cells: &Value, cell: &str) -> Option<u64> {
-    cells
-        .as_array()?
-        .iter()
-        .find(|c| c[0] == cell)
-        .and_then(|c| c[1].as_u64())
+    cells.as_array()?.iter().find(|c| c[0] == cell).and_then(|c| c[1].as_u64())
 }
 
 #[tokio::test]
 async fn snapshot_then_deltas_of_changed_cells_with_exact_counts() {
     let server = start(config()).await;
     let mut ws = Socket::connect(&server, "/ws/heat").await;
-    ws.send(&json!({"type": "subscribe", "layer": "drivers", "precision": 6, "bbox": lagos()}))
-        .await;
+    ws.send(&json!({"type": "subscribe", "layer": "drivers", "precision": 6, "bbox": lagos()})).await;
     let snapshot = ws.next().await;
     assert_eq!(snapshot["type"], "snapshot", "{snapshot}");
     assert_eq!(snapshot["cells"], json!([]));
@@ -50,36 +45,20 @@ async fn snapshot_then_deltas_of_changed_cells_with_exact_counts() {
         assert_eq!(delta["type"], "delta", "{delta}");
         assert!(delta["seq"].as_u64().unwrap() > snapshot["seq"].as_u64().unwrap());
         for cell in delta["cells"].as_array().unwrap() {
-            seen.insert(
-                cell[0].as_str().unwrap().to_string(),
-                cell[1].as_u64().unwrap(),
-            );
+            seen.insert(cell[0].as_str().unwrap().to_string(), cell[1].as_u64().unwrap());
         }
     }
     assert_eq!(seen.len(), 2, "only the changed cells: {seen:?}");
 
     // h4 drives out of its cell: the cell empties (0) and Yaba is not re-sent.
-    assert_eq!(
-        post_json(&server, "/api/pings", &json!([ping("h4", 6.60, 3.35)]))
-            .await
-            .0,
-        202
-    );
-    let delta = ws
-        .until(5, "lekki emptied", |d| {
-            cell_value(&d["cells"], &lekki_cell).is_some()
-        })
-        .await;
+    assert_eq!(post_json(&server, "/api/pings", &json!([ping("h4", 6.60, 3.35)])).await.0, 202);
+    let delta = ws.until(5, "lekki emptied", |d| cell_value(&d["cells"], &lekki_cell).is_some()).await;
     assert_eq!(cell_value(&delta["cells"], &lekki_cell), Some(0));
     assert_eq!(cell_value(&delta["cells"], &yaba_cell), None);
     assert_eq!(delta["totals"]["drivers_online"], 4);
 
     // The HTTP snapshot agrees.
-    let (status, body) = get(
-        &server,
-        "/api/heat?layer=drivers&precision=6&bbox=6.38,3.25,6.70,3.60",
-    )
-    .await;
+    let (status, body) = get(&server, "/api/heat?layer=drivers&precision=6&bbox=6.38,3.25,6.70,3.60").await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(cell_value(&body["cells"], &yaba_cell), Some(3));
     assert_eq!(cell_value(&body["cells"], &lekki_cell), None);
@@ -90,19 +69,11 @@ async fn snapshot_then_deltas_of_changed_cells_with_exact_counts() {
 #[tokio::test]
 async fn resubscribing_moves_the_box_and_changes_precision() {
     let server = start(config()).await;
-    post_json(
-        &server,
-        "/api/pings",
-        &json!([ping("r1", 6.5095, 3.3711), ping("r2", 9.05, 7.49)]),
-    )
-    .await;
-    eventually(5, "both drivers known", || async {
-        (get(&server, "/api/drivers/r2").await.0 == 200).then_some(())
-    })
-    .await;
-    let mut ws = Socket::connect(&server, "/ws/heat").await;
-    ws.send(&json!({"type": "subscribe", "layer": "drivers", "zoom": 12, "bbox": lagos()}))
+    post_json(&server, "/api/pings", &json!([ping("r1", 6.5095, 3.3711), ping("r2", 9.05, 7.49)])).await;
+    eventually(5, "both drivers known", || async { (get(&server, "/api/drivers/r2").await.0 == 200).then_some(()) })
         .await;
+    let mut ws = Socket::connect(&server, "/ws/heat").await;
+    ws.send(&json!({"type": "subscribe", "layer": "drivers", "zoom": 12, "bbox": lagos()})).await;
     let snap = ws.until(5, "snapshot", |m| m["type"] == "snapshot").await;
     assert_eq!(snap["cells"], json!([[geohash(6.5095, 3.3711, 6), 1]]));
 
@@ -120,37 +91,20 @@ async fn resubscribing_moves_the_box_and_changes_precision() {
     let lagos_cell = geohash(6.5095, 3.3711, 5);
     let mut saw_lagos_total = false;
     while let Some(msg) = ws.try_next(Duration::from_millis(300)).await {
-        assert_eq!(
-            cell_value(&msg["cells"], &lagos_cell),
-            None,
-            "a cell outside the box arrived: {msg}"
-        );
+        assert_eq!(cell_value(&msg["cells"], &lagos_cell), None, "a cell outside the box arrived: {msg}");
         saw_lagos_total |= msg["totals"]["drivers_online"] == 3;
     }
-    assert!(
-        saw_lagos_total,
-        "the city-wide totals still reach the viewer"
-    );
+    assert!(saw_lagos_total, "the city-wide totals still reach the viewer");
 
     // Bad subscriptions get coded errors and the socket stays open.
-    ws.send(&json!({"type": "subscribe", "layer": "drivers", "window_min": 7, "bbox": lagos()}))
-        .await;
-    assert_eq!(
-        ws.until(5, "error", |m| m["type"] == "error").await["code"],
-        "window_invalid"
-    );
+    ws.send(&json!({"type": "subscribe", "layer": "drivers", "window_min": 7, "bbox": lagos()})).await;
+    assert_eq!(ws.until(5, "error", |m| m["type"] == "error").await["code"], "window_invalid");
     ws.send(&json!({"type": "subscribe", "precision": 8,
         "bbox": {"south": -80, "west": -170, "north": 80, "east": 170}}))
         .await;
-    assert_eq!(
-        ws.until(5, "error", |m| m["type"] == "error").await["code"],
-        "bbox_too_large"
-    );
+    assert_eq!(ws.until(5, "error", |m| m["type"] == "error").await["code"], "bbox_too_large");
     ws.send(&json!({"type": "resync"})).await;
-    assert_eq!(
-        ws.until(5, "snapshot", |m| m["type"] == "snapshot").await["precision"],
-        5
-    );
+    assert_eq!(ws.until(5, "snapshot", |m| m["type"] == "snapshot").await["precision"], 5);
     server.stop().await;
 }
 
@@ -168,28 +122,20 @@ async fn the_orders_layer_counts_events_per_window() {
     let cell = geohash(vi.0, vi.1, 7);
     for (window, expected) in [(1, 1), (5, 2), (15, 3), (60, 3)] {
         let body = eventually(5, "orders aggregated", || async {
-            let (_, body) =
-                get(&server, &format!("/api/heat?layer=orders&window_min={window}&precision=7&bbox=6.38,3.25,6.70,3.60"))
-                    .await;
+            let (_, body) = get(
+                &server,
+                &format!("/api/heat?layer=orders&window_min={window}&precision=7&bbox=6.38,3.25,6.70,3.60"),
+            )
+            .await;
             (body["totals"]["orders"][3] == 3).then_some(body)
         })
         .await;
-        assert_eq!(
-            cell_value(&body["cells"], &cell),
-            Some(expected),
-            "window {window}: {body}"
-        );
+        assert_eq!(cell_value(&body["cells"], &cell), Some(expected), "window {window}: {body}");
     }
     let (status, body) = get(&server, "/api/heat?layer=trucks&bbox=6.38,3.25,6.70,3.60").await;
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (400, Some("layer_invalid"))
-    );
+    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("layer_invalid")));
     let (status, body) = get(&server, "/api/heat?layer=orders&bbox=6.38,3.25").await;
-    assert_eq!(
-        (status, body["error"]["field"].as_str()),
-        (400, Some("bbox"))
-    );
+    assert_eq!((status, body["error"]["field"].as_str()), (400, Some("bbox")));
     server.stop().await;
 }
 
@@ -199,24 +145,86 @@ async fn viewers_of_one_key_share_frames_and_all_receive_them() {
     let mut viewers = Vec::new();
     for _ in 0..20 {
         let mut ws = Socket::connect(&server, "/ws/heat").await;
-        ws.send(&json!({"type": "subscribe", "layer": "drivers", "precision": 7, "bbox": lagos()}))
-            .await;
+        ws.send(&json!({"type": "subscribe", "layer": "drivers", "precision": 7, "bbox": lagos()})).await;
         assert_eq!(ws.next().await["type"], "snapshot");
         viewers.push(ws);
     }
     post_json(&server, "/api/pings", &json!([ping("fan", 6.45, 3.40)])).await;
     let cell = geohash(6.45, 3.40, 7);
     for ws in &mut viewers {
-        let delta = ws
-            .until(5, "the fan-out delta", |m| {
-                cell_value(&m["cells"], &cell).is_some()
-            })
-            .await;
+        let delta = ws.until(5, "the fan-out delta", |m| cell_value(&m["cells"], &cell).is_some()).await;
         assert_eq!(cell_value(&delta["cells"], &cell), Some(1));
     }
-    assert_eq!(
-        metric(&server, "pulsemap_subscribers{kind=\"heat\"}").await,
-        20.0
-    );
+    assert_eq!(metric(&server, "pulsemap_subscribers{kind=\"heat\"}").await, 20.0);
+    server.stop().await;
+}
+
+/// A viewer that stops reading falls out of the shared ring instead of growing a buffer on the server; when it
+/// reads again it gets a fresh snapshot, then deltas as before.
+#[tokio::test]
+async fn a_stalled_viewer_is_resynced_with_a_snapshot() {
+    let mut config = config();
+    config.tick_ms = 10;
+    config.viewer_buffer = 2;
+    config.rate_per_sec = 1_000.0;
+    let server = start(config).await;
+
+    // A client whose kernel receive buffer is tiny, so the server's sends back up quickly.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4_096).unwrap();
+    let stream = socket.connect(server.addr).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async(format!("ws://{}/ws/heat", server.addr), stream).await.unwrap();
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let subscribe = json!({"type": "subscribe", "layer": "drivers", "precision": 7, "bbox": lagos()});
+    ws.send(Message::Text(subscribe.to_string().into())).await.unwrap();
+
+    // Churn: 2,000 drivers jumping around Lagos every 20 ms while the viewer reads nothing, until the server's
+    // sends to it are stuck (its byte count stops growing) and more ticks than the ring holds have passed.
+    let mut rng = fastrand::Rng::with_seed(3);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(8);
+    let (mut last_bytes, mut stuck_rounds) = (-1.0, 0);
+    while stuck_rounds < 10 {
+        assert!(tokio::time::Instant::now() < deadline, "the server's sends never backed up");
+        let batch: Vec<Value> =
+            (0..2_000).map(|i| ping(&format!("churn-{i}"), 6.40 + rng.f64() * 0.28, 3.27 + rng.f64() * 0.31)).collect();
+        post_json(&server, "/api/pings", &Value::Array(batch)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let bytes = metric(&server, "pulsemap_bytes_sent_total{kind=\"heat\"}").await;
+        stuck_rounds = if bytes == last_bytes { stuck_rounds + 1 } else { 0 };
+        last_bytes = bytes;
+    }
+    assert_eq!(metric(&server, "pulsemap_subscribers{kind=\"heat\"}").await, 1.0, "still connected");
+
+    // Reading again: after the backlog, a snapshot (the resync) arrives, then deltas flow again.
+    let mut snapshots = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    // The first snapshot answers the subscription; the second is the resync.
+    while snapshots < 2 {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let message = tokio::time::timeout(left, ws.next()).await.expect("messages keep coming").unwrap().unwrap();
+        if let Message::Text(text) = message {
+            let value: Value = serde_json::from_str(&text).unwrap();
+            if value["type"] == "snapshot" {
+                snapshots += 1;
+                if snapshots == 2 {
+                    assert!(value["cells"].as_array().unwrap().len() > 100, "the resync carries the churned city");
+                }
+            }
+        }
+    }
+    assert!(metric(&server, "pulsemap_heat_resyncs_total").await >= 1.0);
+    post_json(&server, "/api/pings", &json!([ping("after-resync", 6.5, 3.3)])).await;
+    let cell = geohash(6.5, 3.3, 7);
+    loop {
+        let message =
+            tokio::time::timeout(Duration::from_secs(5), ws.next()).await.expect("deltas resume").unwrap().unwrap();
+        if let Message::Text(text) = message {
+            let value: Value = serde_json::from_str(&text).unwrap();
+            if cell_value(&value["cells"], &cell).is_some() {
+                break;
+            }
+        }
+    }
     server.stop().await;
 }

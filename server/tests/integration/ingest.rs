@@ -24,11 +24,7 @@ async fn a_batch_keeps_valid_pings_and_names_each_bad_one() {
         .unwrap()
         .iter()
         .map(|r| {
-            (
-                r["index"].as_u64().unwrap(),
-                r["field"].as_str().unwrap().into(),
-                r["code"].as_str().unwrap().into(),
-            )
+            (r["index"].as_u64().unwrap(), r["field"].as_str().unwrap().into(), r["code"].as_str().unwrap().into())
         })
         .collect();
     let expected = [
@@ -38,10 +34,7 @@ async fn a_batch_keeps_valid_pings_and_names_each_bad_one() {
         (4, "ts", "ts_in_future"),
         (5, "driver_id", "driver_id_invalid"),
     ];
-    assert_eq!(
-        rejected,
-        expected.map(|(i, f, c)| (i, f.to_string(), c.to_string()))
-    );
+    assert_eq!(rejected, expected.map(|(i, f, c)| (i, f.to_string(), c.to_string())));
     // The valid ones were aggregated.
     for (id, lat) in [("good-1", 6.52), ("good-2", 6.45)] {
         let fix = eventually(5, "the driver is known", || async {
@@ -52,14 +45,7 @@ async fn a_batch_keeps_valid_pings_and_names_each_bad_one() {
         assert_eq!(fix["lat"], lat);
         assert_eq!(fix["online"], true);
     }
-    assert_eq!(
-        metric(
-            &server,
-            "pulsemap_pings_rejected_total{reason=\"null_island\"}"
-        )
-        .await,
-        1.0
-    );
+    assert_eq!(metric(&server, "pulsemap_pings_rejected_total{reason=\"null_island\"}").await, 1.0);
     assert_eq!(metric(&server, "pulsemap_pings_accepted_total").await, 2.0);
     server.stop().await;
 }
@@ -72,34 +58,18 @@ async fn whole_body_errors_have_json_bodies_and_the_right_status() {
     let server = start(config).await;
 
     let (status, body) = post(&server, "/api/pings", "[{").await;
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (400, Some("invalid_json")),
-        "{body}"
-    );
+    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("invalid_json")), "{body}");
 
     let (status, body) = post(&server, "/api/pings", r#"{"driver_id":"a"}"#).await;
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (400, Some("invalid_json")),
-        "{body}"
-    );
+    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("invalid_json")), "{body}");
 
     let big = format!("[{}]", vec![ping("d", 6.5, 3.3).to_string(); 40].join(","));
     let (status, body) = post(&server, "/api/pings", big).await;
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (413, Some("body_too_large")),
-        "{body}"
-    );
+    assert_eq!((status, body["error"]["code"].as_str()), (413, Some("body_too_large")), "{body}");
 
     let four = Value::Array((0..4).map(|i| ping(&format!("d{i}"), 6.5, 3.3)).collect());
     let (status, body) = post_json(&server, "/api/pings", &four).await;
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (413, Some("batch_too_large")),
-        "{body}"
-    );
+    assert_eq!((status, body["error"]["code"].as_str()), (413, Some("batch_too_large")), "{body}");
     assert_eq!(body["error"]["field"], "body");
     server.stop().await;
 }
@@ -122,14 +92,7 @@ async fn a_full_queue_answers_503_with_retry_after_and_accepts_nothing() {
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["error"]["code"], "queue_full");
     assert_eq!(metric(&server, "pulsemap_pings_accepted_total").await, 0.0);
-    assert_eq!(
-        metric(
-            &server,
-            "pulsemap_pings_rejected_total{reason=\"queue_full\"}"
-        )
-        .await,
-        4.0
-    );
+    assert_eq!(metric(&server, "pulsemap_pings_rejected_total{reason=\"queue_full\"}").await, 4.0);
     // A batch that fits is taken.
     let (status, report) = post_json(&server, "/api/pings", &json!([ping("q9", 6.5, 3.3)])).await;
     assert_eq!((status, report["accepted"].as_u64()), (202, Some(1)));
@@ -146,10 +109,7 @@ async fn each_driver_is_rate_limited_on_its_own() {
     batch.push(ping("quiet", 6.5, 3.3));
     let (status, report) = post_json(&server, "/api/pings", &Value::Array(batch)).await;
     assert_eq!(status, 202);
-    assert_eq!(
-        report["accepted"], 4,
-        "3 of chatty's burst + quiet: {report}"
-    );
+    assert_eq!(report["accepted"], 4, "3 of chatty's burst + quiet: {report}");
     let codes: Vec<(u64, &str)> = report["rejected"]
         .as_array()
         .unwrap()
@@ -172,12 +132,7 @@ async fn orders_are_validated_and_counted() {
     let (status, report) = post_json(&server, "/api/orders", &body).await;
     assert_eq!(status, 202);
     assert_eq!(report["accepted"], 2);
-    let codes: Vec<&str> = report["rejected"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["code"].as_str().unwrap())
-        .collect();
+    let codes: Vec<&str> = report["rejected"].as_array().unwrap().iter().map(|r| r["code"].as_str().unwrap()).collect();
     assert_eq!(codes, vec!["ts_too_old", "lon_out_of_range"]);
     eventually(5, "two orders aggregated", || async {
         (metric(&server, "pulsemap_orders_aggregated_total").await == 2.0).then_some(())
@@ -189,12 +144,7 @@ async fn orders_are_validated_and_counted() {
 #[tokio::test]
 async fn the_server_function_takes_the_same_path() {
     let server = start(config()).await;
-    let (status, reply) = post_json(
-        &server,
-        "/fn/send_ping",
-        &json!({"ping": ping("fn-driver", 6.5, 3.3)}),
-    )
-    .await;
+    let (status, reply) = post_json(&server, "/fn/send_ping", &json!({"ping": ping("fn-driver", 6.5, 3.3)})).await;
     assert_eq!(status, 200, "{reply}");
     assert_eq!(reply, json!("Accepted"));
     let (status, reply) = post_json(

@@ -44,25 +44,15 @@ async fn stopping_drains_every_accepted_ping_into_the_engine() {
     let state = server.state.clone();
     let mut accepted = 0;
     for round in 0..20 {
-        let batch = Value::Array(
-            (0..500)
-                .map(|i| ping(&format!("drain-{round}-{i}"), 6.5, 3.3))
-                .collect(),
-        );
+        let batch = Value::Array((0..500).map(|i| ping(&format!("drain-{round}-{i}"), 6.5, 3.3)).collect());
         let (status, report) = post_json(&server, "/api/pings", &batch).await;
         assert_eq!(status, 202);
         accepted += report["accepted"].as_u64().unwrap();
     }
     assert_eq!(accepted, 10_000);
     server.stop().await;
-    let aggregated = state
-        .metrics
-        .pings_aggregated
-        .load(std::sync::atomic::Ordering::Relaxed);
-    assert_eq!(
-        aggregated, accepted,
-        "every accepted ping reached the engine before exit"
-    );
+    let aggregated = state.metrics.pings_aggregated.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(aggregated, accepted, "every accepted ping reached the engine before exit");
     assert_eq!(state.ingest.queue_depth(), 0);
 }
 
@@ -75,31 +65,14 @@ async fn the_demo_fleet_makes_lagos_live() {
     config.demo_orders_per_min = 6_000.0;
     let server = start(config).await;
     let body = eventually(10, "40 demo drivers online with orders", || async {
-        let (_, body) = get(
-            &server,
-            "/api/heat?layer=orders&window_min=1&precision=5&bbox=6.30,3.20,6.75,3.60",
-        )
-        .await;
-        (body["totals"]["drivers_online"] == 40 && body["totals"]["orders"][0].as_u64() > Some(0))
-            .then_some(body)
+        let (_, body) = get(&server, "/api/heat?layer=orders&window_min=1&precision=5&bbox=6.30,3.20,6.75,3.60").await;
+        (body["totals"]["drivers_online"] == 40 && body["totals"]["orders"][0].as_u64() > Some(0)).then_some(body)
     })
     .await;
     assert!(!body["cells"].as_array().unwrap().is_empty(), "{body}");
-    let (_, drivers) = get(
-        &server,
-        "/api/heat?layer=drivers&precision=5&bbox=6.30,3.20,6.75,3.60",
-    )
-    .await;
-    let total: u64 = drivers["cells"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c[1].as_u64().unwrap())
-        .sum();
-    assert_eq!(
-        total, 40,
-        "every demo driver is in exactly one cell of Lagos"
-    );
+    let (_, drivers) = get(&server, "/api/heat?layer=drivers&precision=5&bbox=6.30,3.20,6.75,3.60").await;
+    let total: u64 = drivers["cells"].as_array().unwrap().iter().map(|c| c[1].as_u64().unwrap()).sum();
+    assert_eq!(total, 40, "every demo driver is in exactly one cell of Lagos");
     server.stop().await;
 }
 
@@ -109,13 +82,56 @@ async fn the_homepage_is_server_rendered_with_hydration_scripts() {
     let (status, html) = get_text(&server, "/").await;
     assert_eq!(status, 200);
     assert!(html.contains("<h1>pulsemap</h1>"), "{html}");
-    assert!(
-        html.contains("/pkg/pulsemap.js"),
-        "hydration script link: {html}"
-    );
+    assert!(html.contains("/pkg/pulsemap.js"), "hydration script link: {html}");
     assert!(html.contains("/pkg/pulsemap_bg.wasm"), "{html}");
     assert!(html.contains("/pkg/pulsemap.css"), "{html}");
     let (status, _) = get_text(&server, "/no-such-page").await;
     assert_eq!(status, 404);
     server.stop().await;
+}
+
+/// The real binary, stopped by SIGTERM while its queue is full of work: it logs every accepted ping aggregated.
+#[tokio::test]
+async fn sigterm_on_the_binary_drains_the_queue_before_exit() {
+    use std::process::Stdio;
+    use tokio::io::{AsyncBufReadExt, BufReader};
+
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pulsemap"))
+        .args(["--addr", "127.0.0.1:0", "--tick-ms", "1000", "--log-format", "json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the pulsemap binary starts");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let addr = loop {
+        let line = lines.next_line().await.unwrap().expect("the server logs its address");
+        let entry: Value = serde_json::from_str(&line).expect("JSON logs");
+        if let Some(addr) = entry["fields"]["addr"].as_str() {
+            break addr.to_string();
+        }
+    };
+    let client = reqwest::Client::new();
+    let mut accepted = 0;
+    for round in 0..10 {
+        let batch = Value::Array((0..1_000).map(|i| ping(&format!("term-{round}-{i}"), 6.5, 3.3)).collect());
+        let response = client.post(format!("http://{addr}/api/pings")).json(&batch).send().await.unwrap();
+        assert_eq!(response.status().as_u16(), 202);
+        accepted += response.json::<Value>().await.unwrap()["accepted"].as_u64().unwrap();
+    }
+    let pid = child.id().expect("running").to_string();
+    let status = tokio::process::Command::new("kill").args(["-TERM", &pid]).status().await.unwrap();
+    assert!(status.success());
+    let mut stopped = None;
+    while let Some(line) = lines.next_line().await.unwrap() {
+        let entry: Value = serde_json::from_str(&line).unwrap();
+        if entry["fields"]["message"] == "stopped" {
+            stopped = Some(entry["fields"].clone());
+        }
+    }
+    assert!(child.wait().await.unwrap().success(), "exits 0 after SIGTERM");
+    let stopped = stopped.expect("a final `stopped` log line");
+    assert_eq!(accepted, 10_000);
+    assert_eq!(stopped["pings_accepted"], accepted);
+    assert_eq!(stopped["pings_aggregated"], accepted, "{stopped}");
 }
