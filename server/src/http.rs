@@ -50,6 +50,8 @@ pub fn router(state: AppState) -> Router {
             move || app::shell(leptos.clone()),
         )
         .fallback(leptos_axum::file_and_error_handler::<AppState, _>(app::shell))
+        // One span per request (method, path, status, latency) at debug level: RUST_LOG=tower_http=debug.
+        .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
 }
 

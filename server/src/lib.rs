@@ -123,17 +123,30 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     Ok(Running { addr, state, serve, engine: engine_task })
 }
 
-/// Periodic chores that keep memory bounded.
+/// Periodic chores: keep the rate limiter's memory bounded, and log a one-line summary for operators.
 fn spawn_housekeeping(state: &AppState) {
     let ingest = state.ingest.clone();
+    let metrics = state.metrics.clone();
     let shutdown = state.shutdown.clone();
     tokio::spawn(async move {
-        let mut every = tokio::time::interval(Duration::from_secs(30));
+        let period = Duration::from_secs(60);
+        let mut every = tokio::time::interval(period);
+        let count = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        let mut last_pings = 0;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = every.tick() => ingest.purge_idle_rate_limits(),
+                _ = every.tick() => {}
             }
+            ingest.purge_idle_rate_limits();
+            let pings = count(&metrics.pings_aggregated);
+            tracing::info!(
+                pings_per_sec = (pings - last_pings) as f64 / period.as_secs_f64(),
+                drivers_online = count(&metrics.drivers_online),
+                queue_depth = ingest.queue_depth(),
+                "engine summary"
+            );
+            last_pings = pings;
         }
     });
 }

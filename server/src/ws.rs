@@ -38,6 +38,15 @@ const CLOSE_TOO_BIG: u16 = 1009;
 
 type Sink = SplitSink<WebSocket, Message>;
 
+/// Logs a socket's end however its task ends.
+struct ClosedLog(&'static str);
+
+impl Drop for ClosedLog {
+    fn drop(&mut self) {
+        tracing::debug!(kind = self.0, "socket closed");
+    }
+}
+
 /// Bounds both directions of a socket: the largest message the client may send, and the bytes queued toward it.
 fn limited(upgrade: WebSocketUpgrade, state: &AppState) -> WebSocketUpgrade {
     let max = state.config.max_ws_message_bytes;
@@ -99,6 +108,8 @@ pub async fn driver(upgrade: WebSocketUpgrade, State(state): State<AppState>) ->
 }
 
 async fn driver_socket(socket: WebSocket, state: AppState) {
+    tracing::debug!(kind = "driver", "socket opened");
+    let _closed = ClosedLog("driver");
     let metrics = state.metrics.clone();
     let _guard = metrics.subscriber(SocketKind::Driver);
     let (mut sink, mut stream) = socket.split();
@@ -189,6 +200,8 @@ async fn next_frames(sub: &mut Option<Subscribed>) -> Result<Arc<TickFrames>, Re
 }
 
 async fn heat_socket(socket: WebSocket, state: AppState) {
+    tracing::debug!(kind = "heat", "socket opened");
+    let _closed = ClosedLog("heat");
     let metrics = state.metrics.clone();
     let _guard = metrics.subscriber(SocketKind::Heat);
     let kind = SocketKind::Heat;
@@ -235,8 +248,9 @@ async fn heat_socket(socket: WebSocket, state: AppState) {
                 let current = sub.as_mut().expect("frames only flow to a subscribed socket");
                 let sent = match frames {
                     Ok(tick) => forward(&mut sink, current, &tick, &metrics).await,
-                    Err(RecvError::Lagged(_)) => {
+                    Err(RecvError::Lagged(missed)) => {
                         // Fell behind: the missed deltas are gone, a snapshot replaces them.
+                        tracing::debug!(missed, "heat viewer fell behind; resyncing with a snapshot");
                         metrics.heat_resyncs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         send_snapshot(&mut sink, &state, current).await
                     }
@@ -294,6 +308,8 @@ pub async fn track(
 }
 
 async fn track_socket(socket: WebSocket, state: AppState, driver_id: String) {
+    tracing::debug!(kind = "track", %driver_id, "socket opened");
+    let _closed = ClosedLog("track");
     let metrics = state.metrics.clone();
     let _guard = metrics.subscriber(SocketKind::Track);
     let kind = SocketKind::Track;
