@@ -24,7 +24,7 @@ use crate::{
     decode::{self, FromObject},
     error::ApiError,
     ingest::{Ingest, QueueError},
-    metrics::Metrics,
+    metrics::{Gauges, Metrics},
     viewport::{parse_bbox, resolve},
     ws, AppState,
 };
@@ -150,6 +150,10 @@ async fn healthz(State(state): State<AppState>) -> Response {
 
 /// `GET /metrics`: Prometheus text.
 async fn metrics(State(state): State<AppState>) -> Response {
-    let body = state.metrics.render(state.ingest.queue_depth(), state.ingest.queue_capacity());
+    let body = state.metrics.render(Gauges {
+        queue_depth: state.ingest.queue_depth(),
+        queue_capacity: state.ingest.queue_capacity(),
+        heat_backlog_ticks: state.engine.hub.backlog(),
+    });
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }

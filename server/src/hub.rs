@@ -48,6 +48,11 @@ impl Hub {
         self.heat[key.index()].receiver_count() > 0
     }
 
+    /// Ticks of frames held for the slowest viewer of any key: never more than the buffer.
+    pub fn backlog(&self) -> usize {
+        self.heat.iter().map(broadcast::Sender::len).max().unwrap_or(0)
+    }
+
     pub fn publish(&self, key: HeatKey, frames: TickFrames) {
         // An error means the last viewer left between the check and the send: nothing to deliver.
         let _ = self.heat[key.index()].send(Arc::new(frames));

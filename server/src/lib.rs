@@ -130,7 +130,7 @@ fn spawn_housekeeping(state: &AppState) {
     let shutdown = state.shutdown.clone();
     tokio::spawn(async move {
         let period = Duration::from_secs(60);
-        let mut every = tokio::time::interval(period);
+        let mut every = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         let count = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
         let mut last_pings = 0;
         loop {

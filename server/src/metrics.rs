@@ -45,6 +45,13 @@ pub struct Metrics {
     tick_sum_micros: AtomicU64,
 }
 
+/// Gauges owned by other parts, read when rendering.
+pub struct Gauges {
+    pub queue_depth: usize,
+    pub queue_capacity: usize,
+    pub heat_backlog_ticks: usize,
+}
+
 fn code_index(code: ErrorCode) -> usize {
     ErrorCode::ALL.iter().position(|c| *c == code).expect("every code is in ALL")
 }
@@ -93,8 +100,9 @@ impl Metrics {
         }
     }
 
-    /// The Prometheus text exposition of every metric.
-    pub fn render(&self, queue_depth: usize, queue_capacity: usize) -> String {
+    /// The Prometheus text exposition of every metric, with the gauges read from their owners.
+    pub fn render(&self, gauges: Gauges) -> String {
+        let Gauges { queue_depth, queue_capacity, heat_backlog_ticks } = gauges;
         let mut out = String::with_capacity(8 * 1024);
         let mut counter = |name: &str, help: &str, kind: &str, samples: &[(String, f64)]| {
             let _ = writeln!(out, "# HELP pulsemap_{name} {help}\n# TYPE pulsemap_{name} {kind}");
@@ -153,6 +161,12 @@ impl Metrics {
             "Items the ingest queue holds before refusing.",
             "gauge",
             &one(queue_capacity as u64),
+        );
+        counter(
+            "heat_backlog_ticks",
+            "Ticks of heat frames held for the slowest viewer (bounded by --viewer-buffer).",
+            "gauge",
+            &one(heat_backlog_ticks as u64),
         );
         counter(
             "drivers_online",

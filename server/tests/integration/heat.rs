@@ -192,10 +192,14 @@ async fn a_stalled_viewer_is_resynced_with_a_snapshot() {
         post_json(&server, "/api/pings", &Value::Array(batch)).await;
         tokio::time::sleep(Duration::from_millis(10)).await;
         let bytes = metric(&server, "pulsemap_bytes_sent_total{kind=\"heat\"}").await;
+        // However long the stall, the server holds at most `viewer_buffer` ticks of frames for it.
+        assert!(metric(&server, "pulsemap_heat_backlog_ticks").await <= 2.0);
         stuck_rounds = if bytes == last_bytes { stuck_rounds + 1 } else { 0 };
         last_bytes = bytes;
     }
     assert_eq!(metric(&server, "pulsemap_subscribers{kind=\"heat\"}").await, 1.0, "still connected");
+    let ticks_during_stall = metric(&server, "pulsemap_tick_duration_seconds_count").await;
+    assert!(ticks_during_stall > 20.0, "many more ticks than the ring holds went by ({ticks_during_stall})");
 
     // Reading again: after the backlog, a snapshot (the resync) arrives, then deltas flow again.
     let mut snapshots = 0;

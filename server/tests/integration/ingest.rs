@@ -161,3 +161,39 @@ async fn the_server_function_takes_the_same_path() {
     .await;
     server.stop().await;
 }
+
+/// One validation path, one engine: the same fix sent by the server function, the batch endpoint and the driver
+/// socket lands in the same cell.
+#[tokio::test]
+async fn the_three_ingest_paths_land_in_the_same_cell() {
+    let server = start(config()).await;
+    let (lat, lon) = (6.45310, 3.39562);
+    let (status, reply) = post_json(&server, "/fn/send_ping", &json!({"ping": ping("via-fn", lat, lon)})).await;
+    assert_eq!((status, reply), (200, json!("Accepted")));
+    let (status, report) = post_json(&server, "/api/pings", &json!([ping("via-batch", lat, lon)])).await;
+    assert_eq!((status, report["accepted"].as_u64()), (202, Some(1)));
+    let mut ws = Socket::connect(&server, "/ws/driver").await;
+    let mut message = ping("via-socket", lat, lon);
+    message["type"] = json!("ping");
+    ws.send(&message).await;
+    assert_eq!(ws.next().await["type"], "ack");
+
+    let cell = geohash::encode(geohash::Coord { x: lon, y: lat }, 8).unwrap();
+    let body = eventually(5, "three drivers in one cell", || async {
+        let (_, body) = get(
+            &server,
+            &format!(
+                "/api/heat?layer=drivers&precision=8&bbox={},{},{},{}",
+                lat - 0.001,
+                lon - 0.001,
+                lat + 0.001,
+                lon + 0.001
+            ),
+        )
+        .await;
+        (body["totals"]["drivers_online"] == 3).then_some(body)
+    })
+    .await;
+    assert_eq!(body["cells"], json!([[cell, 3]]));
+    server.stop().await;
+}

@@ -70,6 +70,16 @@ async fn the_demo_fleet_makes_lagos_live() {
     })
     .await;
     assert!(!body["cells"].as_array().unwrap().is_empty(), "{body}");
+    // And a heat viewer sees the fleet move: deltas with cells keep streaming.
+    let mut ws = Socket::connect(&server, "/ws/heat").await;
+    let city = json!({"south": 6.30, "west": 3.20, "north": 6.75, "east": 3.60});
+    ws.send(&json!({"type": "subscribe", "layer": "drivers", "zoom": 14, "bbox": city})).await;
+    assert_eq!(ws.next().await["type"], "snapshot");
+    for _ in 0..3 {
+        let delta =
+            ws.until(5, "a delta with moving drivers", |m| m["cells"].as_array().is_some_and(|c| !c.is_empty())).await;
+        assert_eq!(delta["type"], "delta");
+    }
     let (_, drivers) = get(&server, "/api/heat?layer=drivers&precision=5&bbox=6.30,3.20,6.75,3.60").await;
     let total: u64 = drivers["cells"].as_array().unwrap().iter().map(|c| c[1].as_u64().unwrap()).sum();
     assert_eq!(total, 40, "every demo driver is in exactly one cell of Lagos");
