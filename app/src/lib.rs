@@ -7,7 +7,11 @@
 
 pub mod pages;
 pub mod protocol;
+pub mod settings;
 pub mod validate;
+
+#[cfg(feature = "hydrate")]
+pub mod client;
 
 #[cfg(feature = "ssr")]
 pub mod ingest;

@@ -241,6 +241,32 @@ pub struct DriverFix {
     pub last_seen_ms: i64,
 }
 
+/// One online driver near a point, as `GET /api/drivers/near` lists them (nearest first).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NearDriver {
+    pub driver_id: String,
+    pub lat: f64,
+    pub lon: f64,
+    /// Great-circle distance from the query point, in metres.
+    pub distance_m: f64,
+    pub last_seen_ms: i64,
+}
+
+/// The answer of `GET /api/drivers/near`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NearDrivers {
+    pub drivers: Vec<NearDriver>,
+}
+
+/// Great-circle distance between two points, in metres (haversine, mean Earth radius).
+pub fn distance_m(lat1: f64, lon1: f64, lat2: f64, lon2: f64) -> f64 {
+    let (p1, p2) = (lat1.to_radians(), lat2.to_radians());
+    let dp = p2 - p1;
+    let dl = (lon2 - lon1).to_radians();
+    let a = (dp / 2.0).sin().powi(2) + p1.cos() * p2.cos() * (dl / 2.0).sin().powi(2);
+    2.0 * 6_371_008.8 * a.sqrt().asin()
+}
+
 /// Messages the server sends on `/ws/track/{driver_id}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]

@@ -82,6 +82,22 @@ pub struct Config {
     #[arg(long, env = "PULSEMAP_QUEUE_WAIT_MS", default_value_t = 2_000)]
     pub queue_wait_ms: u64,
 
+    /// Map tile URL template for the pages; `none` draws the maps on a plain background.
+    #[arg(long, env = "PULSEMAP_TILE_URL", default_value = "https://tile.openstreetmap.org/{z}/{x}/{y}.png")]
+    pub tile_url: String,
+
+    /// Attribution shown for the map tiles.
+    #[arg(long, env = "PULSEMAP_TILE_ATTRIBUTION", default_value = "&copy; OpenStreetMap contributors")]
+    pub tile_attribution: String,
+
+    /// The driver page does not send fixes less accurate than this, in metres.
+    #[arg(long, env = "PULSEMAP_DRIVER_MAX_ACCURACY_M", default_value_t = 100.0)]
+    pub driver_max_accuracy_m: f64,
+
+    /// While sharing, the driver page sends at least one ping this often, in seconds.
+    #[arg(long, env = "PULSEMAP_DRIVER_HEARTBEAT_SECS", default_value_t = 10.0)]
+    pub driver_heartbeat_secs: f64,
+
     /// Folder of the built site (wasm, js, css, static files), relative to the working directory.
     #[arg(long, env = "PULSEMAP_SITE_ROOT", default_value = env!("PULSEMAP_SITE_ROOT_DEFAULT"))]
     pub site_root: PathBuf,
@@ -107,6 +123,18 @@ impl Config {
         Limits {
             max_future_ms: self.max_future_secs as i64 * 1000,
             max_age_ms: i64::from(*app::protocol::WINDOWS_MIN.iter().max().expect("windows")) * 60_000,
+        }
+    }
+
+    /// What the pages are told at render time.
+    pub fn site_settings(&self) -> app::settings::SiteSettings {
+        let tiles = self.tile_url.trim();
+        app::settings::SiteSettings {
+            tile_url: (!tiles.is_empty() && tiles != "none").then(|| tiles.to_string()),
+            tile_attribution: self.tile_attribution.clone(),
+            max_accuracy_m: self.driver_max_accuracy_m,
+            heartbeat_secs: self.driver_heartbeat_secs,
+            stale_after_secs: self.stale_after_secs,
         }
     }
 

@@ -7,7 +7,9 @@
 
 use std::{collections::HashMap, sync::Arc, time::Instant};
 
-use app::protocol::{BBox, DriverFix, HeatDelta, HeatServerMsg, HeatSnapshot, Layer, OrderEvent, Ping, TrackMsg};
+use app::protocol::{
+    BBox, DriverFix, HeatDelta, HeatServerMsg, HeatSnapshot, Layer, NearDriver, OrderEvent, Ping, TrackMsg,
+};
 use axum::extract::ws::Utf8Bytes;
 use tokio::{
     sync::{broadcast, mpsc, oneshot},
@@ -40,6 +42,8 @@ pub enum Command {
     Track { driver_id: String, reply: oneshot::Sender<(TrackMsg, broadcast::Receiver<Utf8Bytes>)> },
     /// A driver's last fix.
     Driver { driver_id: String, reply: oneshot::Sender<Option<DriverFix>> },
+    /// Online drivers within `radius_m` of a point, nearest first, at most `limit`.
+    Near { lat: f64, lon: f64, radius_m: f64, limit: usize, reply: oneshot::Sender<Vec<NearDriver>> },
 }
 
 /// How sockets and handlers reach the engine.
@@ -66,6 +70,10 @@ impl EngineHandle {
 
     pub async fn driver(&self, driver_id: String) -> Option<Option<DriverFix>> {
         self.ask(|reply| Command::Driver { driver_id, reply }).await
+    }
+
+    pub async fn near(&self, lat: f64, lon: f64, radius_m: f64, limit: usize) -> Option<Vec<NearDriver>> {
+        self.ask(|reply| Command::Near { lat, lon, radius_m, limit, reply }).await
     }
 }
 
@@ -301,6 +309,9 @@ impl Engine {
             }
             Command::Driver { driver_id, reply } => {
                 let _ = reply.send(self.presence.get(&driver_id).map(|s| s.to_fix()));
+            }
+            Command::Near { lat, lon, radius_m, limit, reply } => {
+                let _ = reply.send(self.presence.near(lat, lon, radius_m, limit));
             }
         }
     }

@@ -32,24 +32,25 @@ use crate::{
 pub fn router(state: AppState) -> Router {
     let routes = generate_route_list(app::App);
     let sink = SharedPingSink(state.ingest.clone());
+    let settings = state.config.site_settings();
+    let shell = move |options| app::shell(options, settings.clone());
     let leptos = state.leptos.clone();
     Router::new()
         .route("/api/pings", post(post_pings))
         .route("/api/orders", post(post_orders))
         .route("/api/heat", get(get_heat))
+        .route("/api/drivers/near", get(get_near))
         .route("/api/drivers/{id}", get(get_driver))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/ws/driver", get(ws::driver))
         .route("/ws/heat", get(ws::heat))
         .route("/ws/track/{driver_id}", get(ws::track))
-        .leptos_routes_with_context(
-            &state,
-            routes,
-            move || provide_context(sink.clone()),
-            move || app::shell(leptos.clone()),
-        )
-        .fallback(leptos_axum::file_and_error_handler::<AppState, _>(app::shell))
+        .leptos_routes_with_context(&state, routes, move || provide_context(sink.clone()), {
+            let shell = shell.clone();
+            move || shell(leptos.clone())
+        })
+        .fallback(leptos_axum::file_and_error_handler::<AppState, _>(shell))
         // One span per request (method, path, status, latency) at debug level: RUST_LOG=tower_http=debug.
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
@@ -133,6 +134,41 @@ async fn get_driver(State(state): State<AppState>, Path(id): Path<String>) -> Re
         Some(fix) => Ok(Json(fix).into_response()),
         None => Err(ApiError::field(ErrorCode::NotFound, "driver_id", format!("no driver {id} is known"))),
     }
+}
+
+/// `GET /api/drivers/near?lat=&lon=&radius_m=&limit=`: online drivers nearest first (radius default 5 km, at most
+/// 50 km; limit default 20, at most 100).
+async fn get_near(
+    State(state): State<AppState>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let number =
+        |field: &'static str, default: Option<f64>| -> Result<f64, ApiError> {
+            match query.get(field) {
+                Some(v) => v.parse::<f64>().ok().filter(|v| v.is_finite()).ok_or_else(|| {
+                    ApiError::field(ErrorCode::InvalidField, field, format!("{field} must be a number"))
+                }),
+                None => default
+                    .ok_or_else(|| ApiError::field(ErrorCode::InvalidField, field, format!("{field} is required"))),
+            }
+        };
+    let (lat, lon) = (number("lat", None)?, number("lon", None)?);
+    if !(-90.0..=90.0).contains(&lat) {
+        return Err(ApiError::field(ErrorCode::LatOutOfRange, "lat", "lat must be in [-90, 90]"));
+    }
+    if !(-180.0..=180.0).contains(&lon) {
+        return Err(ApiError::field(ErrorCode::LonOutOfRange, "lon", "lon must be in [-180, 180]"));
+    }
+    let radius_m = number("radius_m", Some(5_000.0))?;
+    if !(0.0..=50_000.0).contains(&radius_m) {
+        return Err(ApiError::field(ErrorCode::InvalidField, "radius_m", "radius_m must be in [0, 50000]"));
+    }
+    let limit = number("limit", Some(20.0))?;
+    if !(1.0..=100.0).contains(&limit) {
+        return Err(ApiError::field(ErrorCode::InvalidField, "limit", "limit must be in [1, 100]"));
+    }
+    let drivers = state.engine.near(lat, lon, radius_m, limit as usize).await.ok_or_else(stopping)?;
+    Ok(Json(app::protocol::NearDrivers { drivers }).into_response())
 }
 
 /// `GET /healthz`: liveness plus the few numbers an operator checks first.

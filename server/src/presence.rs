@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use app::protocol::{DriverFix, Ping};
+use app::protocol::{distance_m, DriverFix, NearDriver, Ping};
 
 use crate::cell::Cell;
 
@@ -91,6 +91,29 @@ impl PresenceMap {
         }
     }
 
+    /// Online drivers within `radius_m` of a point, nearest first, at most `limit` (a scan: the embedded store's
+    /// answer to what a shared store does with a geo index).
+    pub fn near(&self, lat: f64, lon: f64, radius_m: f64, limit: usize) -> Vec<NearDriver> {
+        let mut found: Vec<NearDriver> = self
+            .drivers
+            .values()
+            .filter(|s| s.online)
+            .filter_map(|s| {
+                let d = distance_m(lat, lon, s.fix.lat, s.fix.lon);
+                (d <= radius_m).then(|| NearDriver {
+                    driver_id: s.fix.driver_id.clone(),
+                    lat: s.fix.lat,
+                    lon: s.fix.lon,
+                    distance_m: d,
+                    last_seen_ms: s.last_seen_ms,
+                })
+            })
+            .collect();
+        found.sort_by(|a, b| a.distance_m.total_cmp(&b.distance_m).then_with(|| a.driver_id.cmp(&b.driver_id)));
+        found.truncate(limit);
+        found
+    }
+
     /// Takes offline every driver not heard from since `now_ms - stale_ms` (calling `went_offline` for each,
     /// whose cell must be uncounted) and forgets offline drivers older than `forget_ms`.
     pub fn expire(&mut self, now_ms: i64, stale_ms: i64, forget_ms: i64, mut went_offline: impl FnMut(&DriverState)) {
@@ -130,6 +153,21 @@ mod tests {
         assert_eq!(change, PresenceChange::default());
         assert_eq!(presence.get("d").unwrap().cell, b);
         assert_eq!(presence.online(), 1);
+    }
+
+    #[test]
+    fn near_lists_online_drivers_nearest_first() {
+        let mut presence = PresenceMap::default();
+        presence.apply(ping("far", 6.60, 1), 0);
+        presence.apply(ping("near", 6.501, 1), 0);
+        presence.apply(ping("mid", 6.52, 1), 0);
+        presence.apply(ping("gone", 6.50, 1), 0);
+        presence.expire(10, 30_000, 60_000, |_| {});
+        let names = |v: Vec<NearDriver>| v.into_iter().map(|d| d.driver_id).collect::<Vec<_>>();
+        assert_eq!(names(presence.near(6.50, 3.3, 50_000.0, 10)), vec!["gone", "near", "mid", "far"]);
+        assert_eq!(names(presence.near(6.50, 3.3, 5_000.0, 2)), vec!["gone", "near"]);
+        presence.drivers.get_mut("gone").unwrap().online = false;
+        assert_eq!(names(presence.near(6.50, 3.3, 5_000.0, 10)), vec!["near", "mid"]);
     }
 
     #[test]

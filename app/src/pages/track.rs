@@ -1,0 +1,168 @@
+//! `/track/{driver_id}`: follow one driver on a map. `/track`: pick an online driver near the map's centre.
+
+use leptos::prelude::*;
+use leptos_meta::Title;
+use leptos_router::hooks::use_params_map;
+
+use super::{Badge, Link};
+use crate::protocol::NearDriver;
+
+/// What the tracking view shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Presence {
+    /// No fix known yet.
+    #[default]
+    Waiting,
+    Online,
+    Offline,
+}
+
+#[derive(Clone, Copy)]
+pub struct TrackSignals {
+    pub link: RwSignal<Link>,
+    pub presence: RwSignal<Presence>,
+    /// Server time (unix ms) of the last fix, to show "last update Ns ago".
+    pub last_seen_ms: RwSignal<Option<i64>>,
+    /// The browser clock, ticking once a second.
+    pub now_ms: RwSignal<i64>,
+    /// Keep the map centred on the driver.
+    pub follow: RwSignal<bool>,
+    /// `lat, lon ± accuracy` of the last fix.
+    pub position: RwSignal<String>,
+    /// Fixes received on this page.
+    pub fixes: RwSignal<u64>,
+}
+
+#[component]
+pub fn TrackPage() -> impl IntoView {
+    let params = use_params_map();
+    let driver_id = params.read_untracked().get("id").unwrap_or_default();
+    let s = TrackSignals {
+        link: RwSignal::new(Link::Connecting),
+        presence: RwSignal::new(Presence::Waiting),
+        last_seen_ms: RwSignal::new(None),
+        now_ms: RwSignal::new(0),
+        follow: RwSignal::new(true),
+        position: RwSignal::new("—".into()),
+        fixes: RwSignal::new(0),
+    };
+    let map_ref = NodeRef::<leptos::html::Div>::new();
+    #[cfg(feature = "hydrate")]
+    {
+        let driver_id = driver_id.clone();
+        Effect::new(move |started: Option<bool>| {
+            if started == Some(true) {
+                return true;
+            }
+            match map_ref.get() {
+                Some(element) => {
+                    crate::client::track::start(element, driver_id.clone(), s);
+                    true
+                }
+                None => false,
+            }
+        });
+    }
+    let ago = move || match (s.last_seen_ms.get(), s.now_ms.get()) {
+        (Some(seen), now) if now > 0 => {
+            let secs = ((now - seen).max(0) / 1000) as u64;
+            match secs {
+                0 => "last update just now".to_string(),
+                s if s < 120 => format!("last update {s}s ago"),
+                s => format!("last update {}m ago", s / 60),
+            }
+        }
+        (Some(_), _) => "last update: just now".to_string(),
+        (None, _) => "no update yet".to_string(),
+    };
+    let state = move || match s.presence.get() {
+        Presence::Waiting => ("waiting", "Waiting for this driver to share their location…"),
+        Presence::Online => ("online", "On the move"),
+        Presence::Offline => ("offline", "Offline: the driver stopped sharing or lost signal"),
+    };
+    view! {
+        <Title text=format!("Tracking {driver_id} — pulsemap")/>
+        <main class="page track">
+            <header class="page-head">
+                <a class="brand" href="/" rel="external">"pulsemap"</a>
+                <h1>"Tracking " <code id="tracked-id">{driver_id.clone()}</code></h1>
+                <Badge link=s.link/>
+            </header>
+            <div id="track-map" class="map tall" node_ref=map_ref aria-label="The driver's position"></div>
+            <section class="card row">
+                <p id="driver-state" class=move || format!("state {}", state().0) role="status">{move || state().1}</p>
+                <p id="last-update">{ago}</p>
+                <p id="driver-position">{move || s.position.get()}</p>
+                <label class="toggle">
+                    <input
+                        id="follow"
+                        type="checkbox"
+                        prop:checked=move || s.follow.get()
+                        on:change=move |ev| s.follow.set(event_target_checked(&ev))
+                    />
+                    " Follow"
+                </label>
+            </section>
+        </main>
+    }
+}
+
+/// `/track` with no id: online drivers near the map's centre, nearest first, and a box to type an id.
+#[component]
+pub fn TrackPicker() -> impl IntoView {
+    let drivers = RwSignal::new(Vec::<NearDriver>::new());
+    let status = RwSignal::new("Looking for drivers near the map's centre…".to_string());
+    let typed = RwSignal::new(String::new());
+    let map_ref = NodeRef::<leptos::html::Div>::new();
+    #[cfg(feature = "hydrate")]
+    Effect::new(move |started: Option<bool>| {
+        if started == Some(true) {
+            return true;
+        }
+        match map_ref.get() {
+            Some(element) => {
+                crate::client::track::start_picker(element, drivers, status);
+                true
+            }
+            None => false,
+        }
+    });
+    view! {
+        <Title text="Track a driver — pulsemap"/>
+        <main class="page track">
+            <header class="page-head">
+                <a class="brand" href="/" rel="external">"pulsemap"</a>
+                <h1>"Track a driver"</h1>
+            </header>
+            <form class="card row" method="get" action="/track" on:submit=move |ev| {
+                ev.prevent_default();
+                let id = typed.get_untracked();
+                let id = id.trim();
+                if !id.is_empty() {
+                    #[cfg(feature = "hydrate")]
+                    crate::client::go_to(&format!("/track/{id}"));
+                }
+            }>
+                <label>
+                    "Driver id "
+                    <input id="driver-id-input" type="text" autocomplete="off" placeholder="drv-…"
+                        prop:value=move || typed.get()
+                        on:input=move |ev| typed.set(event_target_value(&ev))/>
+                </label>
+                <button class="button primary" type="submit">"Track"</button>
+            </form>
+            <div id="picker-map" class="map small" node_ref=map_ref aria-label="Drivers near the centre"></div>
+            <section class="card">
+                <p id="picker-status" role="status">{move || status.get()}</p>
+                <ul class="drivers" id="near-drivers">
+                    <For each=move || drivers.get() key=|d| d.driver_id.clone() let:d>
+                        <li>
+                            <a href=format!("/track/{}", d.driver_id) rel="external">{d.driver_id.clone()}</a>
+                            <span class="muted">{format!(" · {:.1} km away", d.distance_m / 1000.0)}</span>
+                        </li>
+                    </For>
+                </ul>
+            </section>
+        </main>
+    }
+}
