@@ -19,9 +19,12 @@ export function artifact(name) {
   return join(dir, name);
 }
 
-/** Starts pulsemap from the repository root (so it finds target/site) and resolves once it listens. */
+/**
+ * Starts pulsemap from the repository root (so it finds target/site) and resolves once it listens. Map tiles
+ * are off: the machine has no internet and the tests must not depend on tiles.
+ */
 export async function startServer(args = []) {
-  const child = spawn(serverBin, ['--addr', '127.0.0.1:0', ...args], {
+  const child = spawn(serverBin, ['--addr', '127.0.0.1:0', '--tile-url', 'none', ...args], {
     cwd: root,
     env: { ...process.env, RUST_LOG: 'info', NO_COLOR: '1' },
     stdio: ['ignore', 'pipe', 'pipe'],
@@ -52,11 +55,13 @@ export async function startServer(args = []) {
 }
 
 /** A fresh headless chromium with its own profile; `close()` removes the profile. */
-export async function startBrowser() {
+export async function startBrowser(contextOptions = {}) {
   const profile = mkdtempSync(join(tmpdir(), 'pulsemap-chromium-'));
   const context = await chromium.launchPersistentContext(profile, {
     executablePath: chromiumPath,
     headless: true,
+    viewport: { width: 1280, height: 800 },
+    ...contextOptions,
     args: [
       '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
       '--disable-component-update', '--disable-sync',
@@ -83,4 +88,66 @@ export async function openPage(browser, server) {
     if (!url.startsWith(origin) && !url.startsWith('data:')) problems.foreignRequests.push(url);
   });
   return { page, problems };
+}
+
+/** POSTs JSON to the server; resolves to `{ status, body }`. */
+export async function postJson(server, path, body) {
+  const response = await fetch(`${server.url}${path}`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify(body),
+  });
+  return { status: response.status, body: await response.json() };
+}
+
+export async function getJson(server, path) {
+  const response = await fetch(`${server.url}${path}`);
+  return { status: response.status, body: await response.json() };
+}
+
+/** A metric's value from /metrics (0 when absent). */
+export async function metric(server, nameAndLabels) {
+  const text = await (await fetch(`${server.url}/metrics`)).text();
+  const line = text.split('\n').find((l) => l.startsWith(`${nameAndLabels} `));
+  return line ? Number(line.slice(nameAndLabels.length + 1)) : 0;
+}
+
+export const ping = (driverId, lat, lon, ts = Date.now()) => ({ driver_id: driverId, lat, lon, ts, accuracy_m: 8 });
+
+/** Polls `check` until it returns a truthy value, or fails after `ms` with `what`. */
+export async function eventually(what, check, ms = 10_000) {
+  const deadline = Date.now() + ms;
+  let last;
+  while (Date.now() < deadline) {
+    last = await check();
+    if (last) return last;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`timed out waiting for: ${what} (last: ${JSON.stringify(last)})`);
+}
+
+/**
+ * The highest alpha of the heat canvas in a square of `radius` px around where (lat, lon) is on screen, or -1
+ * when the page has no heat canvas yet.
+ */
+export async function heatAlphaAt(page, lat, lon, radius = 4) {
+  return page.evaluate(({ lat, lon, radius }) => {
+    const canvas = document.querySelector('canvas.leaflet-heatmap-layer');
+    if (!canvas || !window.pulsemapMap) return -1;
+    const p = window.pulsemapMap.latLngToContainerPoint([lat, lon]);
+    const mapRect = document.querySelector('#map').getBoundingClientRect();
+    const canvasRect = canvas.getBoundingClientRect();
+    const x = Math.round(p.x + mapRect.left - canvasRect.left);
+    const y = Math.round(p.y + mapRect.top - canvasRect.top);
+    const size = radius * 2 + 1;
+    const data = canvas.getContext('2d').getImageData(x - radius, y - radius, size, size).data;
+    let max = 0;
+    for (let i = 3; i < data.length; i += 4) max = Math.max(max, data[i]);
+    return max;
+  }, { lat, lon, radius });
+}
+
+/** Hydration is done when the wasm has exposed the map. */
+export async function hydrated(page) {
+  await page.waitForFunction(() => window.pulsemapMap !== undefined, null, { timeout: 20_000 });
 }

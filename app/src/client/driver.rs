@@ -42,8 +42,7 @@ struct Session {
     driver_id: String,
     map: Map,
     marker: Option<(Marker, Circle)>,
-    /// The geolocation watch and the callbacks it calls (kept alive until the watch is cleared).
-    watch: Option<(i32, Closure<dyn FnMut(web_sys::Position)>, Closure<dyn FnMut(web_sys::PositionError)>)>,
+    watch: Option<Watch>,
     socket: Option<live::LiveSocket>,
     /// Waiting for a connection, oldest first.
     queue: VecDeque<Ping>,
@@ -52,6 +51,8 @@ struct Session {
     next_seq: u64,
     /// The newest fix good enough to send (the heartbeat repeats it).
     last_fix: Option<Ping>,
+    /// `last_fix` moved far enough to be worth sending, but came too soon after the previous ping.
+    move_pending: bool,
     /// When (browser ms) and where the last ping was sent.
     last_sent: Option<(f64, f64, f64)>,
     /// A server-function delivery is under way.
@@ -59,6 +60,13 @@ struct Session {
 }
 
 type Shared = Rc<RefCell<Session>>;
+
+/// A geolocation watch and the callbacks it calls (kept alive until the watch is cleared).
+struct Watch {
+    id: i32,
+    _on_fix: Closure<dyn FnMut(web_sys::Position)>,
+    _on_error: Closure<dyn FnMut(web_sys::PositionError)>,
+}
 
 /// The driver id this browser keeps (made once, then read back from localStorage).
 fn driver_id() -> String {
@@ -94,6 +102,7 @@ pub fn start(element: web_sys::HtmlDivElement, s: DriverSignals) {
         in_flight: BTreeMap::new(),
         next_seq: 1,
         last_fix: None,
+        move_pending: false,
         last_sent: None,
         fallback_busy: false,
     }));
@@ -149,7 +158,7 @@ fn begin(this: &Shared) {
     s.sharing.set(Sharing::Locating);
     let socket = live::open("/ws/driver", handlers(this));
     let mut session = this.borrow_mut();
-    session.watch = Some((watch_id, on_fix, on_error));
+    session.watch = Some(Watch { id: watch_id, _on_fix: on_fix, _on_error: on_error });
     session.socket = Some(socket);
 }
 
@@ -168,9 +177,9 @@ fn end(this: &Shared) {
         (watch, socket)
     };
     let s = this.borrow().s;
-    if let Some((id, _, _)) = &watch {
+    if let Some(watch) = &watch {
         if let Ok(geolocation) = web_sys::window().expect("window").navigator().geolocation() {
-            geolocation.clear_watch(*id);
+            geolocation.clear_watch(watch.id);
         }
     }
     if let Some(socket) = socket {
@@ -249,6 +258,8 @@ impl Session {
                 marker.set_lat_lng(&at);
                 circle.set_lat_lng(&at);
                 circle.set_radius(accuracy);
+                // The driver's own map follows them.
+                self.map.set_view(&at, self.map.get_zoom());
             }
             None => {
                 let marker = Marker::new(&at);
@@ -297,36 +308,40 @@ fn on_position(this: &Shared, position: web_sys::Position) {
             s.error.set(format!("This fix cannot be sent: {}", invalid.message));
             return;
         }
-        session.last_fix = Some(ping.clone());
-        let due = match session.last_sent {
-            None => true,
-            Some((when, last_lat, last_lon)) => {
-                let elapsed = now_ms() - when;
-                elapsed >= MIN_INTERVAL_MS
-                    && (distance_m(last_lat, last_lon, lat, lon) >= MIN_MOVE_M
-                        || elapsed >= session.settings.heartbeat_secs * 1000.0)
-            }
-        };
-        if !due {
-            return;
-        }
-        session.enqueue(ping);
+        // A good fix answers any earlier location trouble.
+        s.error.set(String::new());
+        session.move_pending = session
+            .last_sent
+            .is_none_or(|(_, last_lat, last_lon)| distance_m(last_lat, last_lon, lat, lon) >= MIN_MOVE_M);
+        session.last_fix = Some(ping);
+        session.send_due();
     }
     flush(this);
 }
 
-/// Once a second: repeat the last fix if nothing was sent for the heartbeat time, and retry queued fixes.
+impl Session {
+    /// Queues the last fix if it is due: a move, at most one ping per second; else the heartbeat's repeat.
+    fn send_due(&mut self) {
+        let Some(fix) = self.last_fix.clone() else { return };
+        let since = self.last_sent.map_or(f64::INFINITY, |(when, _, _)| now_ms() - when);
+        if self.move_pending && since >= MIN_INTERVAL_MS {
+            self.move_pending = false;
+            self.enqueue(fix);
+        } else if since >= self.settings.heartbeat_secs * 1000.0 {
+            // Still here: a fresh timestamp on the same position keeps the driver online.
+            self.enqueue(Ping { ts: now_ms() as i64, ..fix });
+        }
+    }
+}
+
+/// Once a second: send a move that had to wait, or the heartbeat; and retry queued fixes.
 fn heartbeat(this: &Shared) {
     {
         let mut session = this.borrow_mut();
         if session.watch.is_none() {
             return;
         }
-        let heartbeat_ms = session.settings.heartbeat_secs * 1000.0;
-        let idle = session.last_sent.is_none_or(|(when, _, _)| now_ms() - when >= heartbeat_ms);
-        if let (true, Some(fix)) = (idle, session.last_fix.clone()) {
-            session.enqueue(Ping { ts: now_ms() as i64, ..fix });
-        }
+        session.send_due();
     }
     flush(this);
 }

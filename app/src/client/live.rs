@@ -4,7 +4,7 @@
 use std::{cell::Cell, rc::Rc};
 
 use futures::{channel::mpsc, FutureExt, SinkExt, StreamExt};
-use gloo_net::websocket::{futures::WebSocket, Message};
+use gloo_net::websocket::{futures::WebSocket, Message, State};
 use leptos::task::spawn_local;
 
 use super::{browser_online, sleep, ws_url};
@@ -59,6 +59,19 @@ fn backoff_ms(attempt: u32) -> u32 {
     base + (js_sys::Math::random() * 0.3 * f64::from(base)) as u32
 }
 
+/// Opens a WebSocket and waits for its handshake; `None` if it fails or does not open within 10 s.
+async fn connect(url: &str) -> Option<WebSocket> {
+    let ws = WebSocket::open(url).ok()?;
+    for _ in 0..500 {
+        match ws.state() {
+            State::Open => return Some(ws),
+            State::Connecting => sleep(20).await,
+            State::Closing | State::Closed => return None,
+        }
+    }
+    None
+}
+
 /// Opens `path` on this server and keeps it open until the returned socket is closed or dropped.
 pub fn open(path: &str, mut handlers: Handlers) -> LiveSocket {
     let url = ws_url(path);
@@ -69,31 +82,19 @@ pub fn open(path: &str, mut handlers: Handlers) -> LiveSocket {
     spawn_local(async move {
         let mut attempt = 0u32;
         while !closed.get() {
-            if let Ok(ws) = WebSocket::open(&url) {
+            if let Some(ws) = connect(&url).await {
                 let (mut sink, mut stream) = ws.split();
                 // Anything queued while down was meant for the old connection.
                 while queue.try_recv().is_ok() {}
-                let mut opened = false;
+                attempt = 0;
+                live.set(true);
+                (handlers.on_link)(Link::Live);
                 let mut ok = true;
                 for text in (handlers.on_open)() {
-                    // The first send waits for the handshake: success means the socket is open.
                     if sink.send(Message::Text(text)).await.is_err() {
                         ok = false;
                         break;
                     }
-                    opened = true;
-                }
-                let mark_open = |opened: &mut bool, attempt: &mut u32, handlers: &mut Handlers| {
-                    if !*opened {
-                        *opened = true;
-                        *attempt = 0;
-                        live.set(true);
-                        (handlers.on_link)(Link::Live);
-                    }
-                };
-                if opened {
-                    opened = false;
-                    mark_open(&mut opened, &mut attempt, &mut handlers);
                 }
                 while ok && !closed.get() {
                     futures::select! {
@@ -102,10 +103,7 @@ pub fn open(path: &str, mut handlers: Handlers) -> LiveSocket {
                             None => ok = false,
                         },
                         incoming = stream.next().fuse() => match incoming {
-                            Some(Ok(Message::Text(text))) => {
-                                mark_open(&mut opened, &mut attempt, &mut handlers);
-                                (handlers.on_message)(&text);
-                            }
+                            Some(Ok(Message::Text(text))) => (handlers.on_message)(&text),
                             Some(Ok(Message::Bytes(_))) => {}
                             Some(Err(_)) | None => ok = false,
                         },

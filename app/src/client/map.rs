@@ -55,6 +55,8 @@ pub fn new_map(element: &web_sys::HtmlElement, center: (f64, f64), zoom: f64, se
     options.set_prefer_canvas(true);
     options.set_min_zoom(4.0);
     options.set_max_zoom(19.0);
+    // Window resizes reach the container, and `keep_sized` handles those (skipping 0x0 sizes).
+    options.set_track_resize(false);
     let map = Map::new_with_element(element, &options).expect("a fresh container for the map");
     if let Some(url) = &settings.tile_url {
         let tile_options = TileLayerOptions::new();
@@ -66,11 +68,16 @@ pub fn new_map(element: &web_sys::HtmlElement, center: (f64, f64), zoom: f64, se
     map
 }
 
-/// Tells Leaflet when the container's size changes (e.g. from 0x0 when a hidden tab is shown).
+/// Tells Leaflet when the container's size changes (e.g. when a hidden tab is shown). A 0x0 size is never passed
+/// on: Leaflet.heat's own redraw on `moveend` would read pixels from a 0-wide canvas and throw; the map keeps
+/// its last size until the container has an area again.
 fn keep_sized(element: &web_sys::HtmlElement, map: &Map) {
     let map = map.clone();
+    let container = element.clone();
     let on_resize = Closure::<dyn FnMut(Array, web_sys::ResizeObserver)>::new(move |_, _| {
-        map.invalidate_size(false);
+        if container.client_width() > 0 && container.client_height() > 0 {
+            map.invalidate_size(false);
+        }
     });
     if let Ok(observer) = web_sys::ResizeObserver::new(on_resize.as_ref().unchecked_ref()) {
         observer.observe(element);

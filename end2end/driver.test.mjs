@@ -1,0 +1,90 @@
+// Enter as Driver in a real browser: the emulated phone position streams to the server, moving it moves the
+// driver, Stop really stops, and a denied permission says what to do.
+
+import assert from 'node:assert/strict';
+import { after, before, test } from 'node:test';
+import { artifact, eventually, getJson, hydrated, metric, openPage, startBrowser, startServer } from './harness.mjs';
+
+let server;
+before(async () => {
+  server = await startServer(['--tick-ms', '100']);
+});
+after(async () => {
+  await server?.stop();
+});
+
+async function driverIdOf(page) {
+  return eventually('the page made a driver id', async () => (await page.textContent('#driver-id')) || false);
+}
+
+test('sharing streams the emulated position; moving it moves the driver; Stop stops', async () => {
+  const browser = await startBrowser({
+    permissions: ['geolocation'],
+    geolocation: { latitude: 6.5, longitude: 3.35, accuracy: 12 },
+  });
+  try {
+    const { page, problems } = await openPage(browser, server);
+    await page.goto(`${server.url}/driver`);
+    await hydrated(page);
+    const id = await driverIdOf(page);
+    assert.match(id, /^drv-[0-9a-f]{8}$/);
+    assert.equal(await page.getAttribute('#share-link', 'href'), `${server.url}/track/${id}`);
+
+    await page.click('#share-toggle');
+    const first = await eventually('the server knows the driver', async () => {
+      const { status, body } = await getJson(server, `/api/drivers/${id}`);
+      return status === 200 && body;
+    });
+    assert.equal(first.lat, 6.5);
+    assert.equal(first.lon, 3.35);
+    assert.equal(await page.textContent('#share-state'), 'sharing your location');
+    await eventually('acknowledged on the page', async () => Number(await page.textContent('#fixes-acked')) >= 1);
+    assert.equal(await page.textContent('#link-badge'), 'live');
+
+    await browser.context.setGeolocation({ latitude: 6.45, longitude: 3.4, accuracy: 9 });
+    await eventually('the server follows the move', async () => {
+      const { body } = await getJson(server, `/api/drivers/${id}`);
+      return body.lat === 6.45 && body.lon === 3.4;
+    });
+    await page.waitForTimeout(500); // the map pans to the driver
+    await page.screenshot({ path: artifact('driver.png') });
+
+    // The id survives a reload (localStorage).
+    await page.reload();
+    await hydrated(page);
+    assert.equal(await driverIdOf(page), id);
+    await page.click('#share-toggle');
+    await eventually('sharing again', async () => (await page.textContent('#share-state')) === 'sharing your location');
+
+    await page.click('#share-toggle');
+    assert.equal(await page.textContent('#share-state'), 'stopped');
+    await eventually('the driver socket closed', async () => (await metric(server, 'pulsemap_subscribers{kind="driver"}')) === 0);
+    const before = await metric(server, 'pulsemap_pings_accepted_total');
+    await browser.context.setGeolocation({ latitude: 6.46, longitude: 3.41, accuracy: 9 });
+    await new Promise((r) => setTimeout(r, 2_500));
+    assert.equal(await metric(server, 'pulsemap_pings_accepted_total'), before, 'no ping after Stop');
+    assert.equal((await getJson(server, `/api/drivers/${id}`)).body.lat, 6.45);
+    assert.deepEqual(problems.consoleErrors, []);
+    assert.deepEqual(problems.foreignRequests, []);
+  } finally {
+    await browser.close();
+  }
+});
+
+test('a denied location permission shows what to do', async () => {
+  const browser = await startBrowser();
+  try {
+    const { page, problems } = await openPage(browser, server);
+    await page.goto(`${server.url}/driver`);
+    await hydrated(page);
+    await driverIdOf(page);
+    await page.click('#share-toggle');
+    await eventually('the permission message', async () => /permission was denied/.test(await page.textContent('#last-error')));
+    assert.match(await page.textContent('#last-error'), /Allow location for this site/);
+    await eventually('back to a start button', async () => (await page.textContent('#share-toggle')).includes('Start sharing'));
+    await page.screenshot({ path: artifact('driver-denied.png') });
+    assert.deepEqual(problems.consoleErrors, []);
+  } finally {
+    await browser.close();
+  }
+});

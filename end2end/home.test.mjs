@@ -1,0 +1,100 @@
+// The homepage in a real browser: heat drawn where pings land and cleared when the cell empties, the legend and
+// counters, layer and window switches, a 0x0 map that survives, and no request leaving the machine.
+
+import assert from 'node:assert/strict';
+import { writeFileSync } from 'node:fs';
+import { after, before, test } from 'node:test';
+import {
+  artifact, eventually, heatAlphaAt, hydrated, openPage, ping, postJson, startBrowser, startServer,
+} from './harness.mjs';
+
+let server;
+let browser;
+before(async () => {
+  server = await startServer(['--tick-ms', '100']);
+  browser = await startBrowser();
+});
+after(async () => {
+  await browser?.close();
+  await server?.stop();
+});
+
+const YABA = [6.5095, 3.3711];
+const VI = [6.4281, 3.4219];
+const IKEJA = [6.6018, 3.3515];
+const text = (page, selector) => page.textContent(selector);
+
+test('heat appears where drivers are, counters and legend match, and an emptied cell clears', async () => {
+  const { page, problems } = await openPage(browser, server);
+  await page.goto(server.url);
+  await hydrated(page);
+  await page.waitForFunction(() => document.querySelector('#link-badge').textContent === 'live');
+  const firstFrameFrom = Date.now();
+
+  const drivers = ['h-1', 'h-2', 'h-3'].map((id) => ping(id, ...YABA));
+  assert.equal((await postJson(server, '/api/pings', drivers)).status, 202);
+  await eventually('three drivers counted', async () => (await text(page, '#drivers-online')) === '3');
+  await eventually('legend top is 3 drivers in one cell', async () => (await text(page, '#legend-max')) === '3');
+  const alpha = await eventually('heat drawn at Yaba', async () => (await heatAlphaAt(page, ...YABA)) > 0 && 1);
+  assert.ok(alpha);
+  writeFileSync(artifact('first-heat-frame.json'), JSON.stringify({
+    pageLoadToFirstHeatMs: await page.evaluate(() => window.pulsemapFirstHeatMs),
+    pingToHeatMs: Date.now() - firstFrameFrom,
+  }));
+  // Far from any heat, nothing is drawn.
+  assert.equal(await heatAlphaAt(page, ...IKEJA), 0);
+  await page.screenshot({ path: artifact('homepage.png') });
+
+  // The drivers drive out of the city: the cell empties and its heat clears.
+  await postJson(server, '/api/pings', ['h-1', 'h-2', 'h-3'].map((id) => ping(id, 7.9, 4.5)));
+  await eventually('Yaba cleared', async () => (await heatAlphaAt(page, ...YABA)) === 0);
+  await eventually('legend back to nothing in view', async () => (await text(page, '#legend-max')) === '0');
+  assert.equal(await text(page, '#drivers-online'), '3', 'still online, just elsewhere');
+  assert.deepEqual(problems.consoleErrors, []);
+  assert.deepEqual(problems.foreignRequests, []);
+});
+
+test('layer and window switches change what is drawn and counted', async () => {
+  const { page, problems } = await openPage(browser, server);
+  await page.goto(server.url);
+  await hydrated(page);
+  const now = Date.now();
+  await postJson(server, '/api/pings', [ping('sw-1', ...YABA)]);
+  await postJson(server, '/api/orders', [
+    { lat: VI[0], lon: VI[1], ts: now },
+    { lat: VI[0], lon: VI[1], ts: now },
+    { lat: IKEJA[0], lon: IKEJA[1], ts: now - 10 * 60_000 },
+  ]);
+  await eventually('the driver drawn', async () => (await heatAlphaAt(page, ...YABA)) > 0);
+  assert.equal(await heatAlphaAt(page, ...VI), 0, 'orders are not on the drivers layer');
+
+  await page.click('#layer-orders');
+  assert.equal(await page.getAttribute('#layer-orders', 'aria-pressed'), 'true');
+  await eventually('orders drawn at VI', async () => (await heatAlphaAt(page, ...VI)) > 0);
+  await eventually('the driver gone from the orders layer', async () => (await heatAlphaAt(page, ...YABA)) === 0);
+  assert.equal(await heatAlphaAt(page, ...IKEJA), 0, 'a 10-minute-old order is outside the 5-minute window');
+  await eventually('5-min count', async () => (await text(page, '#orders-count')) === '2');
+  assert.equal(await text(page, '#legend-max'), '2');
+
+  await page.selectOption('#window', '15');
+  await eventually('the old order drawn in the 15-minute window', async () => (await heatAlphaAt(page, ...IKEJA)) > 0);
+  await eventually('15-min count', async () => (await text(page, '#orders-count')) === '3');
+  assert.match(await text(page, '.counters'), /orders in the last 15 min/);
+  await page.screenshot({ path: artifact('homepage-orders.png') });
+  assert.deepEqual(problems.consoleErrors, []);
+  assert.deepEqual(problems.foreignRequests, []);
+});
+
+test('a 0x0 map does not crash and draws once it has a size again', async () => {
+  const { page, problems } = await openPage(browser, server);
+  await page.goto(server.url);
+  await hydrated(page);
+  await page.evaluate(() => { document.querySelector('#map').style.cssText = 'width:0;height:0'; });
+  await postJson(server, '/api/pings', [ping('zero-1', 6.55, 3.35)]);
+  // Deltas keep arriving while the map has no area.
+  await eventually('the counter still updates', async () => Number(await text(page, '#drivers-online')) >= 1);
+  await page.waitForTimeout(500);
+  await page.evaluate(() => { document.querySelector('#map').style.cssText = ''; });
+  await eventually('heat drawn after the map is shown again', async () => (await heatAlphaAt(page, 6.55, 3.35)) > 0);
+  assert.deepEqual(problems.consoleErrors, []);
+});
