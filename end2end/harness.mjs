@@ -23,8 +23,8 @@ export function artifact(name) {
  * Starts pulsemap from the repository root (so it finds target/site) and resolves once it listens. Map tiles
  * are off: the machine has no internet and the tests must not depend on tiles.
  */
-export async function startServer(args = []) {
-  const child = spawn(serverBin, ['--addr', '127.0.0.1:0', '--tile-url', 'none', ...args], {
+export async function startServer(args = [], { port = 0 } = {}) {
+  const child = spawn(serverBin, ['--addr', `127.0.0.1:${port}`, '--tile-url', 'none', ...args], {
     cwd: root,
     env: { ...process.env, RUST_LOG: 'info', NO_COLOR: '1' },
     stdio: ['ignore', 'pipe', 'pipe'],
@@ -46,10 +46,14 @@ export async function startServer(args = []) {
   });
   return {
     url,
+    port: Number(new URL(url).port),
     log: () => log,
+    /** SIGTERM, then wait for the exit; a no-op when it already exited. */
     async stop() {
+      if (child.exitCode !== null || child.signalCode !== null) return;
+      const exited = new Promise((resolve) => child.once('exit', resolve));
       child.kill('SIGTERM');
-      await new Promise((resolve) => child.once('exit', resolve));
+      await exited;
     },
   };
 }

@@ -98,3 +98,19 @@ test('a 0x0 map does not crash and draws once it has a size again', async () => 
   await eventually('heat drawn after the map is shown again', async () => (await heatAlphaAt(page, 6.55, 3.35)) > 0);
   assert.deepEqual(problems.consoleErrors, []);
 });
+
+test('panning moves the subscription, and the buttons lead to the other pages', async () => {
+  await postJson(server, '/api/pings', [ping('abuja-1', 9.0579, 7.4951)]);
+  const { page, problems } = await openPage(browser, server);
+  await page.goto(server.url);
+  await hydrated(page);
+  await page.waitForFunction(() => document.querySelector('#link-badge').textContent === 'live');
+  await page.evaluate(() => window.pulsemapMap.setView([9.0579, 7.4951], 12));
+  await eventually('heat drawn in Abuja after the pan', async () => (await heatAlphaAt(page, 9.0579, 7.4951)) > 0);
+  await page.click('#enter-driver');
+  await page.waitForURL(`${server.url}/driver`);
+  await page.goto(server.url);
+  await page.click('#track-driver');
+  await page.waitForURL(`${server.url}/track`);
+  assert.deepEqual(problems.consoleErrors, []);
+});
