@@ -2,6 +2,8 @@
 
 # The build cache lives outside the clone, so a fresh clone (and CI) reuses it. Tests never rely on it being warm.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/pulsemap/target}"
+# The scripts build once per run: incremental caches would only grow the build directory.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 # npm's binaryen (wasm-opt 132) must win over Debian's binaryen 108, which breaks the release wasm.
 export PATH="$PWD/node_modules/.bin:$HOME/.cargo/bin:$PATH"
 # Leptos names the wasm file `<name>_bg.wasm` unless LEPTOS_OUTPUT_NAME was set when the server was compiled

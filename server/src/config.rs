@@ -82,6 +82,19 @@ pub struct Config {
     #[arg(long, env = "PULSEMAP_QUEUE_WAIT_MS", default_value_t = 2_000)]
     pub queue_wait_ms: u64,
 
+    /// Redis URL (`redis://host:6379/0`): run as one of many instances sharing this Redis. Without it the
+    /// embedded store keeps everything in this process.
+    #[arg(long, env = "PULSEMAP_REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    /// Prefix of every Redis key and channel, so several deployments (or tests) can share one Redis.
+    #[arg(long, env = "PULSEMAP_REDIS_PREFIX", default_value = "pulsemap")]
+    pub redis_prefix: String,
+
+    /// How long to keep retrying Redis at start before giving up with an error, in seconds.
+    #[arg(long, env = "PULSEMAP_REDIS_CONNECT_SECS", default_value_t = 60)]
+    pub redis_connect_secs: u64,
+
     /// Map tile URL template for the pages; `none` draws the maps on a plain background.
     #[arg(long, env = "PULSEMAP_TILE_URL", default_value = "https://tile.openstreetmap.org/{z}/{x}/{y}.png")]
     pub tile_url: String,

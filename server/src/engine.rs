@@ -91,13 +91,41 @@ impl EngineTask {
     }
 }
 
-pub fn spawn(config: &Config, queue: QueueReceiver, metrics: Arc<Metrics>, store: Store) -> (EngineHandle, EngineTask) {
+/// What the engine receives from a shared store: other instances' work.
+pub struct Remote {
+    /// The heat as of the moment the store was loaded.
+    pub loaded: Vec<Increment>,
+    /// Every tick's increments from every instance, in order.
+    pub increments: mpsc::Receiver<Vec<Increment>>,
+    /// Tracking messages for drivers tracked here, from the instances that heard them.
+    pub tracking: mpsc::UnboundedReceiver<crate::store::redis::TrackEnvelope>,
+}
+
+pub fn spawn(
+    config: &Config,
+    queue: QueueReceiver,
+    metrics: Arc<Metrics>,
+    store: Store,
+    remote: Option<Remote>,
+) -> (EngineHandle, EngineTask) {
     let (commands, command_rx) = mpsc::channel(4096);
     let hub = Arc::new(Hub::new(config.viewer_buffer));
     let stop = CancellationToken::new();
+    let mut heat = HeatState::new(now_ms());
+    let (increments, tracking) = match remote {
+        Some(remote) => {
+            for increment in remote.loaded {
+                heat.apply(increment);
+            }
+            (Some(remote.increments), Some(remote.tracking))
+        }
+        None => (None, None),
+    };
     let engine = Engine {
         presence: PresenceMap::default(),
-        heat: HeatState::new(now_ms()),
+        heat,
+        remote_increments: increments,
+        remote_tracking: tracking,
         trackers: HashMap::new(),
         store,
         hub: hub.clone(),
@@ -114,6 +142,10 @@ pub fn spawn(config: &Config, queue: QueueReceiver, metrics: Arc<Metrics>, store
 struct Engine {
     presence: PresenceMap,
     heat: HeatState,
+    /// From a shared store: every instance's increments (the only way the heat changes then).
+    remote_increments: Option<mpsc::Receiver<Vec<Increment>>>,
+    /// From a shared store: fixes of drivers tracked here, heard by other instances.
+    remote_tracking: Option<mpsc::UnboundedReceiver<crate::store::redis::TrackEnvelope>>,
     /// Per tracked driver, the channel its trackers listen on (removed when the last tracker leaves).
     trackers: HashMap<String, broadcast::Sender<Utf8Bytes>>,
     store: Store,
@@ -125,6 +157,20 @@ struct Engine {
     forget_ms: i64,
     /// Totals at the last tick, to send a totals-only frame when they change without a cell changing in view.
     last_totals: Option<app::protocol::Totals>,
+}
+
+async fn recv_opt<T>(rx: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn recv_opt_unbounded<T>(rx: &mut Option<mpsc::UnboundedReceiver<T>>) -> Option<T> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 fn encode<T: serde::Serialize>(value: &T) -> Utf8Bytes {
@@ -145,12 +191,18 @@ impl Engine {
             tokio::select! {
                 biased;
                 _ = stop.cancelled() => break,
-                _ = ticker.tick() => self.tick().await,
+                _ = ticker.tick() => self.tick(),
                 Some(command) = commands.recv() => self.answer(command),
                 item = queue.rx.recv() => match item {
                     Some(item) => self.take(item, &queue),
                     None => break,
                 },
+                Some(increments) = recv_opt(&mut self.remote_increments) => {
+                    for increment in increments {
+                        self.heat.apply(increment);
+                    }
+                }
+                Some(envelope) = recv_opt_unbounded(&mut self.remote_tracking) => self.relay_remote_track(envelope),
             }
         }
         // Drain: no new items are accepted, every queued one is applied and published.
@@ -160,7 +212,7 @@ impl Engine {
             drained += item.count() as u64;
             self.take(item, &queue);
         }
-        self.tick().await;
+        self.tick();
         tracing::info!(drained, "engine drained its queue");
         drained
     }
@@ -177,8 +229,10 @@ impl Engine {
     fn apply_pings(&mut self, pings: Vec<Ping>) {
         let now = now_ms();
         let n = pings.len() as u64;
+        let shared = self.store.redis().is_some();
         for ping in pings {
-            let driver_id = self.trackers.contains_key(&ping.driver_id).then(|| ping.driver_id.clone());
+            let tracked = shared || self.trackers.contains_key(&ping.driver_id);
+            let driver_id = tracked.then(|| ping.driver_id.clone());
             let change = self.presence.apply(ping, now);
             if let Some(cell) = change.left {
                 self.store.record(Increment::Driver { cell, delta: -1 }, &mut self.heat);
@@ -186,14 +240,15 @@ impl Engine {
             if let Some(cell) = change.entered {
                 self.store.record(Increment::Driver { cell, delta: 1 }, &mut self.heat);
             }
-            if let Some(driver_id) = driver_id {
-                if change.came_online {
-                    self.publish_track(&driver_id, TrackMsg::Online { driver_id: driver_id.clone() });
-                }
-                if change.moved {
-                    if let Some(state) = self.presence.get(&driver_id) {
-                        let fix = TrackMsg::Fix(state.to_fix());
-                        self.publish_track(&driver_id, fix);
+            let Some(driver_id) = driver_id else { continue };
+            if change.came_online {
+                self.publish_track(&driver_id, TrackMsg::Online { driver_id: driver_id.clone() });
+            }
+            if change.moved || change.came_online {
+                if let Some(fix) = self.presence.get(&driver_id).map(|s| s.to_fix()) {
+                    self.store.record_fix(fix.clone());
+                    if change.moved {
+                        self.publish_track(&driver_id, TrackMsg::Fix(fix));
                     }
                 }
             }
@@ -207,40 +262,82 @@ impl Engine {
         for order in orders {
             // A clock slightly ahead counts now, not in a slot the window has not reached.
             let slot = slot_of(order.ts.min(now));
-            self.store.record(Increment::Order { cell: Cell::at(order.lat, order.lon), slot }, &mut self.heat);
+            let cell = Cell::at(order.lat, order.lon);
+            self.store.record(Increment::Order { cell, slot, count: 1 }, &mut self.heat);
         }
         self.metrics.orders_aggregated.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// Delivers a tracking message to this instance's trackers of the driver and, with a shared store, to the
+    /// other instances' (through the driver's channel).
     fn publish_track(&mut self, driver_id: &str, msg: TrackMsg) {
+        self.deliver_track(driver_id, &msg);
+        if let Some(redis) = self.store.redis() {
+            redis.publish_tracking(driver_id, msg);
+        }
+    }
+
+    fn deliver_track(&mut self, driver_id: &str, msg: &TrackMsg) {
         if let Some(tx) = self.trackers.get(driver_id) {
-            if tx.send(encode(&msg)).is_err() {
-                self.trackers.remove(driver_id);
+            if tx.send(encode(msg)).is_err() {
+                self.drop_tracker(driver_id);
             }
         }
     }
 
-    async fn tick(&mut self) {
+    /// A message another instance published for a driver tracked here.
+    fn relay_remote_track(&mut self, envelope: crate::store::redis::TrackEnvelope) {
+        let mine = self.store.redis().is_some_and(|r| r.instance == envelope.origin);
+        let driver_id = match &envelope.msg {
+            TrackMsg::Fix(fix) => fix.driver_id.clone(),
+            TrackMsg::Online { driver_id } | TrackMsg::Offline { driver_id, .. } | TrackMsg::Unknown { driver_id } => {
+                driver_id.clone()
+            }
+            TrackMsg::Error(_) => return,
+        };
+        if !mine {
+            self.deliver_track(&driver_id, &envelope.msg);
+        }
+    }
+
+    /// The last local tracker of a driver left: stop listening for it.
+    fn drop_tracker(&mut self, driver_id: &str) {
+        if self.trackers.remove(driver_id).is_some() {
+            if let Some(redis) = self.store.redis() {
+                redis.unsubscribe_tracking(driver_id);
+            }
+        }
+    }
+
+    fn tick(&mut self) {
         let started = Instant::now();
         let now = now_ms();
         // Staleness: drivers not heard from go offline and leave the drivers layer.
         let mut offline = Vec::new();
-        self.presence.expire(now, self.stale_ms, self.forget_ms, |state| {
-            offline.push((state.fix.driver_id.clone(), state.cell, state.last_seen_ms));
+        let forgotten = self.presence.expire(now, self.stale_ms, self.forget_ms, |state| {
+            offline.push((state.to_fix(), state.cell));
         });
-        for (driver_id, cell, last_seen_ms) in offline {
+        for (fix, cell) in offline {
             self.store.record(Increment::Driver { cell, delta: -1 }, &mut self.heat);
-            let msg = TrackMsg::Offline { driver_id: driver_id.clone(), last_seen_ms };
+            let msg = TrackMsg::Offline { driver_id: fix.driver_id.clone(), last_seen_ms: fix.last_seen_ms };
+            let driver_id = fix.driver_id.clone();
+            self.store.record_fix(fix);
             self.publish_track(&driver_id, msg);
         }
-        self.heat.advance(now);
-        if let Err(error) = self.store.flush(&mut self.heat).await {
-            tracing::warn!(%error, "store flush failed; will retry next tick");
+        for driver_id in forgotten {
+            self.store.record_forgotten(driver_id);
         }
+        self.heat.advance(now);
+        self.store.flush();
         self.seq += 1;
         self.publish_heat();
-        self.trackers.retain(|_, tx| tx.receiver_count() > 0);
-        self.metrics.drivers_online.store(self.presence.online(), std::sync::atomic::Ordering::Relaxed);
+        let idle: Vec<String> =
+            self.trackers.iter().filter(|(_, tx)| tx.receiver_count() == 0).map(|(id, _)| id.clone()).collect();
+        for driver_id in idle {
+            self.drop_tracker(&driver_id);
+        }
+        // City-wide (every instance's drivers with a shared store), as the heat counts them.
+        self.metrics.drivers_online.store(self.heat.totals().drivers_online, std::sync::atomic::Ordering::Relaxed);
         self.metrics.observe_tick(started.elapsed());
     }
 
@@ -296,6 +393,11 @@ impl Engine {
                 let _ = reply.send(snapshot);
             }
             Command::Track { driver_id, reply } => {
+                if !self.trackers.contains_key(&driver_id) {
+                    if let Some(redis) = self.store.redis() {
+                        redis.subscribe_tracking(&driver_id);
+                    }
+                }
                 let rx = self
                     .trackers
                     .entry(driver_id.clone())

@@ -56,8 +56,8 @@ impl HeatKey {
 pub enum Increment {
     /// A driver started (+1) or stopped (-1) being counted in this finest cell.
     Driver { cell: Cell, delta: i32 },
-    /// One order in this finest cell, in this window slot.
-    Order { cell: Cell, slot: i64 },
+    /// `count` orders in this finest cell, in this window slot.
+    Order { cell: Cell, slot: i64, count: u32 },
 }
 
 pub struct HeatState {
@@ -103,13 +103,14 @@ impl HeatState {
                     self.bump(HeatKey::new(Layer::Drivers, 0, p).index(), cell.prefix(p), i64::from(delta));
                 }
             }
-            Increment::Order { cell, slot } => {
-                let counted = self.window.add(slot, cell);
+            Increment::Order { cell, slot, count } => {
+                let counted = self.window.add(slot, cell, count);
                 for (w, window_min) in WINDOWS_MIN.iter().enumerate() {
                     if counted[w] {
-                        self.orders[w] += 1;
+                        self.orders[w] += i64::from(count);
                         for p in precisions() {
-                            self.bump(HeatKey::new(Layer::Orders, *window_min, p).index(), cell.prefix(p), 1);
+                            let key = HeatKey::new(Layer::Orders, *window_min, p).index();
+                            self.bump(key, cell.prefix(p), i64::from(count));
                         }
                     }
                 }
@@ -197,7 +198,7 @@ mod tests {
         let now = 1_800_000_000_000;
         let mut heat = HeatState::new(now);
         let cell = Cell::at(6.45, 3.42);
-        heat.apply(Increment::Order { cell, slot: crate::window::slot_of(now) });
+        heat.apply(Increment::Order { cell, slot: crate::window::slot_of(now), count: 1 });
         let one = HeatKey::new(Layer::Orders, 1, 5);
         let five = HeatKey::new(Layer::Orders, 5, 5);
         assert_eq!((heat.get(one, cell.prefix(5)), heat.get(five, cell.prefix(5))), (1, 1));

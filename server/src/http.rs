@@ -130,7 +130,12 @@ fn stopping() -> ApiError {
 /// `GET /api/drivers/{id}`: the driver's last fix, or 404.
 async fn get_driver(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
     check_driver_id(&id)?;
-    match state.engine.driver(id.clone()).await.ok_or_else(stopping)? {
+    let mut fix = state.engine.driver(id.clone()).await.ok_or_else(stopping)?;
+    if let (None, Some(redis)) = (&fix, &state.redis) {
+        // Heard by another instance.
+        fix = redis.driver(&id).await;
+    }
+    match fix {
         Some(fix) => Ok(Json(fix).into_response()),
         None => Err(ApiError::field(ErrorCode::NotFound, "driver_id", format!("no driver {id} is known"))),
     }
@@ -167,15 +172,26 @@ async fn get_near(
     if !(1.0..=100.0).contains(&limit) {
         return Err(ApiError::field(ErrorCode::InvalidField, "limit", "limit must be in [1, 100]"));
     }
-    let drivers = state.engine.near(lat, lon, radius_m, limit as usize).await.ok_or_else(stopping)?;
+    let drivers = match &state.redis {
+        Some(redis) => redis
+            .near(lat, lon, radius_m, limit as usize, state.config.stale_after_ms())
+            .await
+            .map_err(|e| ApiError::new(ErrorCode::ShuttingDown, format!("Redis is unavailable: {e}")).retry_after(1))?,
+        None => state.engine.near(lat, lon, radius_m, limit as usize).await.ok_or_else(stopping)?,
+    };
     Ok(Json(app::protocol::NearDrivers { drivers }).into_response())
 }
 
 /// `GET /healthz`: liveness plus the few numbers an operator checks first.
 async fn healthz(State(state): State<AppState>) -> Response {
+    let redis = match &state.redis {
+        Some(redis) => Some(redis.ping().await),
+        None => None,
+    };
     Json(json!({
-        "status": "ok",
+        "status": if redis == Some(false) { "degraded" } else { "ok" },
         "store": state.store_name,
+        "redis": redis.map(|up| if up { "up" } else { "down" }),
         "uptime_secs": state.started.elapsed().as_secs(),
         "queue_depth": state.ingest.queue_depth(),
         "queue_capacity": state.ingest.queue_capacity(),
@@ -186,10 +202,13 @@ async fn healthz(State(state): State<AppState>) -> Response {
 
 /// `GET /metrics`: Prometheus text.
 async fn metrics(State(state): State<AppState>) -> Response {
-    let body = state.metrics.render(Gauges {
+    let mut body = state.metrics.render(Gauges {
         queue_depth: state.ingest.queue_depth(),
         queue_capacity: state.ingest.queue_capacity(),
         heat_backlog_ticks: state.engine.hub.backlog(),
     });
+    if let Some(redis) = &state.redis {
+        body.push_str(&redis.stats.render());
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }

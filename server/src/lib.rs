@@ -47,6 +47,8 @@ pub struct AppState {
     pub engine: EngineHandle,
     pub metrics: Arc<Metrics>,
     pub store_name: &'static str,
+    /// The shared store, when this instance runs on Redis.
+    pub redis: Option<store::redis::RedisHandle>,
     /// Cancelled when the server begins to shut down: sockets close, the demo fleet stops.
     pub shutdown: CancellationToken,
     pub started: std::time::Instant,
@@ -74,6 +76,8 @@ pub struct Running {
     pub state: AppState,
     serve: JoinHandle<std::io::Result<()>>,
     engine: EngineTask,
+    /// Finishes once the last tick is written to Redis.
+    redis_writer: Option<JoinHandle<()>>,
 }
 
 impl Running {
@@ -86,7 +90,13 @@ impl Running {
             Err(_) => tracing::warn!("connections did not close within 15 s; stopping anyway"),
             _ => {}
         }
-        self.engine.drain().await
+        let drained = self.engine.drain().await;
+        if let Some(writer) = self.redis_writer {
+            if tokio::time::timeout(Duration::from_secs(10), writer).await.is_err() {
+                tracing::warn!("the last ticks could not be written to Redis within 10 s");
+            }
+        }
+        drained
     }
 }
 
@@ -98,9 +108,19 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let metrics = Arc::new(Metrics::default());
     let (ingest, queue) = Ingest::new(&config, metrics.clone());
     let ingest = Arc::new(ingest);
-    let store = store::Store::Memory;
+    let (store, remote, redis_writer) = match &config.redis_url {
+        None => (store::Store::Memory, None, None),
+        Some(url) => {
+            let started = connect_redis(url, &config).await?;
+            let remote =
+                engine::Remote { loaded: started.loaded, increments: started.remote, tracking: started.tracking };
+            let store = store::Store::Redis(Box::new(store::RedisStore::new(started.handle, started.writer)));
+            (store, Some(remote), Some(started.writer_done))
+        }
+    };
     let store_name = store.describe();
-    let (engine, engine_task) = engine::spawn(&config, queue, metrics.clone(), store);
+    let redis = store.redis().cloned();
+    let (engine, engine_task) = engine::spawn(&config, queue, metrics.clone(), store, remote);
     let state = AppState {
         leptos: leptos_options(&config, addr),
         config: Arc::new(config),
@@ -108,6 +128,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         engine,
         metrics,
         store_name,
+        redis,
         shutdown: CancellationToken::new(),
         started: std::time::Instant::now(),
     };
@@ -120,7 +141,29 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let serve = tokio::spawn(async move {
         axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await
     });
-    Ok(Running { addr, state, serve, engine: engine_task })
+    Ok(Running { addr, state, serve, engine: engine_task, redis_writer })
+}
+
+/// Connects to Redis, retrying with backoff for `--redis-connect-secs` before giving up with the last error.
+async fn connect_redis(url: &str, config: &Config) -> anyhow::Result<store::redis::Started> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(config.redis_connect_secs);
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match store::redis::start(url, &config.redis_prefix).await {
+            Ok(started) => return Ok(started),
+            Err(error) if tokio::time::Instant::now() + backoff < deadline => {
+                tracing::warn!(%error, retry_in_ms = backoff.as_millis() as u64, "Redis is not reachable yet");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            Err(error) => {
+                return Err(error.context(format!(
+                    "gave up on Redis after {} s (--redis-connect-secs); is it running at {url}?",
+                    config.redis_connect_secs
+                )))
+            }
+        }
+    }
 }
 
 /// Periodic chores: keep the rate limiter's memory bounded, and log a one-line summary for operators.

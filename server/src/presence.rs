@@ -115,19 +115,31 @@ impl PresenceMap {
     }
 
     /// Takes offline every driver not heard from since `now_ms - stale_ms` (calling `went_offline` for each,
-    /// whose cell must be uncounted) and forgets offline drivers older than `forget_ms`.
-    pub fn expire(&mut self, now_ms: i64, stale_ms: i64, forget_ms: i64, mut went_offline: impl FnMut(&DriverState)) {
+    /// whose cell must be uncounted) and forgets offline drivers older than `forget_ms`, returning their ids.
+    pub fn expire(
+        &mut self,
+        now_ms: i64,
+        stale_ms: i64,
+        forget_ms: i64,
+        mut went_offline: impl FnMut(&DriverState),
+    ) -> Vec<String> {
         let stale_before = now_ms - stale_ms;
         let forget_before = now_ms - forget_ms;
         let online = &mut self.online;
-        self.drivers.retain(|_, state| {
+        let mut forgotten = Vec::new();
+        self.drivers.retain(|id, state| {
             if state.online && state.last_seen_ms < stale_before {
                 state.online = false;
                 *online -= 1;
                 went_offline(state);
             }
-            state.online || state.last_seen_ms >= forget_before
+            let keep = state.online || state.last_seen_ms >= forget_before;
+            if !keep {
+                forgotten.push(id.clone());
+            }
+            keep
         });
+        forgotten
     }
 }
 

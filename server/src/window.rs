@@ -40,11 +40,12 @@ impl RollingWindow {
         RollingWindow { slots: BTreeMap::new(), first: WINDOWS_MIN.map(|w| current - slots_in(w) + 1) }
     }
 
-    /// Records an event in `slot`; returns, per window, whether it counts there (the caller adds it to totals).
-    pub fn add(&mut self, slot: i64, cell: Cell) -> [bool; WINDOWS_MIN.len()] {
+    /// Records `n` events in `slot`; returns, per window, whether they count there (the caller adds them to
+    /// totals).
+    pub fn add(&mut self, slot: i64, cell: Cell, n: u32) -> [bool; WINDOWS_MIN.len()] {
         let counts = self.first.map(|first| slot >= first);
         if counts.iter().any(|c| *c) {
-            *self.slots.entry(slot).or_default().entry(cell).or_default() += 1;
+            *self.slots.entry(slot).or_default().entry(cell).or_default() += n;
         }
         counts
     }
@@ -79,7 +80,7 @@ mod tests {
         let t0 = 1_800_000_000_000;
         let cell = Cell::at(6.5, 3.3);
         let mut window = RollingWindow::new(t0);
-        assert_eq!(window.add(slot_of(t0), cell), [true; 4]);
+        assert_eq!(window.add(slot_of(t0), cell, 1), [true; 4]);
         // 61 minutes of time in one step and in small steps must expire the same counts.
         let mut expired = Vec::new();
         for minute in 1..=61 {
@@ -100,9 +101,9 @@ mod tests {
     fn an_old_event_counts_only_in_windows_that_still_cover_it() {
         let t0 = 1_800_000_000_000;
         let mut window = RollingWindow::new(t0);
-        let counts = window.add(slot_of(t0 - 3 * 60_000), Cell::at(6.5, 3.3));
+        let counts = window.add(slot_of(t0 - 3 * 60_000), Cell::at(6.5, 3.3), 1);
         assert_eq!(counts, [false, true, true, true]);
-        let counts = window.add(slot_of(t0 - 2 * 60 * 60_000), Cell::at(6.5, 3.3));
+        let counts = window.add(slot_of(t0 - 2 * 60 * 60_000), Cell::at(6.5, 3.3), 1);
         assert_eq!(counts, [false; 4]);
     }
 }

@@ -314,10 +314,16 @@ async fn track_socket(socket: WebSocket, state: AppState, driver_id: String) {
     let _guard = metrics.subscriber(SocketKind::Track);
     let kind = SocketKind::Track;
     let (mut sink, mut stream) = socket.split();
-    let Some((now, mut updates)) = state.engine.track(driver_id.clone()).await else {
+    let Some((mut now, mut updates)) = state.engine.track(driver_id.clone()).await else {
         close(&mut sink, CLOSE_GOING_AWAY, "server shutting down").await;
         return;
     };
+    if let (TrackMsg::Unknown { .. }, Some(redis)) = (&now, &state.redis) {
+        // Not pinging this instance: its last fix is in Redis, if anywhere.
+        if let Some(fix) = redis.driver(&driver_id).await {
+            now = TrackMsg::Fix(fix);
+        }
+    }
     if send_json(&mut sink, &now, kind, &metrics).await.is_err() {
         return;
     }

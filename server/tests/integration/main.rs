@@ -6,4 +6,5 @@ mod driver_ws;
 mod heat;
 mod ingest;
 mod ops;
+mod redis;
 mod track;

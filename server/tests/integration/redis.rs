@@ -1,0 +1,204 @@
+//! Scale-out on Redis: two instances in one process on a real (throwaway) redis-server.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::common::*;
+
+const LAGOS: &str = "6.30,3.20,6.75,3.60";
+
+fn lagos() -> Value {
+    json!({"south": 6.30, "west": 3.20, "north": 6.75, "east": 3.60})
+}
+
+fn geohash(lat: f64, lon: f64, len: usize) -> String {
+    geohash::encode(geohash::Coord { x: lon, y: lat }, len).unwrap()
+}
+
+async fn snapshot(server: &pulsemap::Running, layer: &str) -> Value {
+    let (status, body) = get(server, &format!("/api/heat?layer={layer}&window_min=60&precision=7&bbox={LAGOS}")).await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+/// Cells and totals, without the tick number (which differs between instances).
+fn content(snapshot: &Value) -> (Value, Value) {
+    let mut cells = snapshot["cells"].as_array().unwrap().clone();
+    cells.sort_by_key(|c| c[0].as_str().unwrap().to_string());
+    (Value::Array(cells), snapshot["totals"].clone())
+}
+
+#[tokio::test]
+async fn pings_into_one_instance_show_up_on_the_other_and_tracking_follows() {
+    let redis = RedisServer::start();
+    let a = start(redis_config(&redis, "two")).await;
+    let b = start(redis_config(&redis, "two")).await;
+
+    let mut viewer = Socket::connect(&b, "/ws/heat").await;
+    viewer.send(&json!({"type": "subscribe", "layer": "drivers", "precision": 7, "bbox": lagos()})).await;
+    assert_eq!(viewer.next().await["type"], "snapshot");
+    let mut tracker = Socket::connect(&b, "/ws/track/moving-1").await;
+    assert_eq!(tracker.next().await["type"], "unknown");
+
+    let yaba = (6.5095, 3.3711);
+    let pings =
+        json!([ping("moving-1", yaba.0, yaba.1), ping("still-2", yaba.0, yaba.1), ping("still-3", yaba.0, yaba.1)]);
+    assert_eq!(post_json(&a, "/api/pings", &pings).await.0, 202);
+    let cell = geohash(yaba.0, yaba.1, 7);
+    let delta = viewer
+        .until(10, "B sees A's three drivers", |m| {
+            m["cells"].as_array().is_some_and(|c| c.iter().any(|c| c[0] == cell && c[1] == 3))
+        })
+        .await;
+    assert_eq!(delta["totals"]["drivers_online"], 3);
+
+    let fix = tracker.until(10, "B's tracker gets the fix A heard", |m| m["type"] == "fix").await;
+    assert_eq!((fix["driver_id"].as_str(), fix["lat"].as_f64()), (Some("moving-1"), Some(yaba.0)));
+    post_json(&a, "/api/pings", &json!([ping("moving-1", 6.51, 3.38), ping("still-2", 6.6, 3.3)])).await;
+    let fix = tracker.until(10, "the next fix", |m| m["type"] == "fix" && m["lat"] == 6.51).await;
+    assert_eq!(fix["lon"], 3.38);
+    assert!(
+        tracker.try_next(Duration::from_millis(300)).await.is_none_or(|m| m["driver_id"] == "moving-1"),
+        "only the tracked driver"
+    );
+
+    // B listens on exactly the channel of the driver its socket tracks, and drops it when the socket goes.
+    let mut conn = redis.connection().await;
+    let channels: Vec<String> =
+        redis::cmd("PUBSUB").arg("CHANNELS").arg("two:trk:*").query_async(&mut conn).await.unwrap();
+    assert_eq!(channels, vec!["two:trk:moving-1".to_string()]);
+    drop(tracker);
+    eventually(10, "the channel is released", || {
+        let mut conn = conn.clone();
+        async move {
+            let channels: Vec<String> =
+                redis::cmd("PUBSUB").arg("CHANNELS").arg("two:trk:*").query_async(&mut conn).await.unwrap();
+            channels.is_empty().then_some(())
+        }
+    })
+    .await;
+
+    // Orders posted to B count on A, and driver lookups work from either side.
+    let now = now_ms();
+    post_json(
+        &b,
+        "/api/orders",
+        &json!([{"lat": 6.43, "lon": 3.42, "ts": now}, {"lat": 6.43, "lon": 3.42, "ts": now}]),
+    )
+    .await;
+    let on_a = eventually(10, "A counts B's orders", || async {
+        let body = snapshot(&a, "orders").await;
+        (body["totals"]["orders"][0] == 2).then_some(body)
+    })
+    .await;
+    assert_eq!(on_a["cells"], json!([[geohash(6.43, 3.42, 7), 2]]));
+    let (status, fix) = get(&b, "/api/drivers/still-3").await;
+    assert_eq!((status, fix["lat"].as_f64()), (200, Some(yaba.0)));
+    let (_, metrics) = get_text(&a, "/metrics").await;
+    for line in
+        ["pulsemap_redis_up 1", "pulsemap_redis_tick_flushes_total", "pulsemap_redis_tick_pipeline_commands_total"]
+    {
+        assert!(metrics.contains(line), "missing {line}");
+    }
+    assert!(metric(&a, "pulsemap_redis_stream_entries_total").await >= 2.0);
+    assert_eq!(metric(&b, "pulsemap_redis_track_channels").await, 0.0, "the tracker left");
+    let (_, health) = get(&b, "/healthz").await;
+    assert_eq!((health["store"].as_str(), health["redis"].as_str()), (Some("redis"), Some("up")));
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn a_restarted_instance_loads_the_window_and_resumes_without_gap_or_double_count() {
+    let redis = RedisServer::start();
+    let a = start(redis_config(&redis, "restart")).await;
+    let b = start(redis_config(&redis, "restart")).await;
+    let now = now_ms();
+    post_json(&a, "/api/pings", &json!([ping("r-1", 6.50, 3.37), ping("r-2", 6.45, 3.40)])).await;
+    post_json(&a, "/api/orders", &json!([{"lat": 6.44, "lon": 3.41, "ts": now - 120_000}])).await;
+    eventually(10, "B caught up", || async {
+        (snapshot(&b, "drivers").await["totals"]["drivers_online"] == 2).then_some(())
+    })
+    .await;
+    b.stop().await;
+
+    // While B is down, A keeps taking pings and orders, including moves out of counted cells.
+    for round in 0..5 {
+        let pings: Vec<Value> = (0..20)
+            .map(|i| ping(&format!("d-{i}"), 6.40 + 0.01 * f64::from(round), 3.30 + 0.01 * f64::from(i)))
+            .collect();
+        post_json(&a, "/api/pings", &Value::Array(pings)).await;
+        post_json(&a, "/api/orders", &json!([{"lat": 6.5, "lon": 3.3 + 0.01 * f64::from(round), "ts": now_ms()}]))
+            .await;
+        tokio::time::sleep(Duration::from_millis(60)).await;
+    }
+    post_json(&a, "/api/pings", &json!([ping("r-1", 6.52, 3.39)])).await;
+    let b2 = start(redis_config(&redis, "restart")).await;
+    // Once A's last tick is in, both views are the same, cell by cell; r-1's last move is in both.
+    let r1_cell = geohash(6.52, 3.39, 7);
+    for layer in ["drivers", "orders"] {
+        let (on_a, on_b) = eventually(10, "B' matches A", || {
+            let (a, b2, r1_cell) = (&a, &b2, r1_cell.clone());
+            async move {
+                let (on_a, on_b) = (snapshot(a, layer).await, snapshot(b2, layer).await);
+                let settled =
+                    layer == "orders" || on_a["cells"].as_array().unwrap().iter().any(|c| c[0] == r1_cell.as_str());
+                (settled && content(&on_a) == content(&on_b)).then_some((on_a, on_b))
+            }
+        })
+        .await;
+        assert_eq!(content(&on_a), content(&on_b), "{layer}");
+    }
+    let drivers = snapshot(&b2, "drivers").await;
+    assert_eq!(drivers["totals"]["drivers_online"], 22, "every driver once");
+    let counted: u64 = drivers["cells"].as_array().unwrap().iter().map(|c| c[1].as_u64().unwrap()).sum();
+    assert_eq!(counted, 22, "each driver in exactly one cell: no gap, no double count");
+    let expected_orders = snapshot(&a, "orders").await["totals"]["orders"].clone();
+    assert_eq!(expected_orders, json!([5, 6, 6, 6]), "1 order 2 min ago + 5 now, none counted twice");
+    a.stop().await;
+    b2.stop().await;
+}
+
+#[tokio::test]
+async fn nearest_drivers_come_in_the_same_order_from_both_stores() {
+    let redis = RedisServer::start();
+    let shared = start(redis_config(&redis, "near")).await;
+    let embedded = start(config()).await;
+    let pings = json!([
+        ping("n-far", 6.60, 3.30),
+        ping("n-near", 6.5250, 3.3800),
+        ping("n-mid", 6.54, 3.39),
+        ping("n-next", 6.5262, 3.3815),
+        ping("n-out", 9.05, 7.49),
+    ]);
+    for server in [&shared, &embedded] {
+        assert_eq!(post_json(server, "/api/pings", &pings).await.0, 202);
+    }
+    let path = "/api/drivers/near?lat=6.5244&lon=3.3792&radius_m=20000&limit=10";
+    let ids = |body: &Value| -> Vec<String> {
+        body["drivers"].as_array().unwrap().iter().map(|d| d["driver_id"].as_str().unwrap().to_string()).collect()
+    };
+    let from_redis = eventually(10, "the geo set has them", || async {
+        let (_, body) = get(&shared, path).await;
+        (body["drivers"].as_array().is_some_and(|d| d.len() == 4)).then_some(body)
+    })
+    .await;
+    let (_, from_memory) = get(&embedded, path).await;
+    assert_eq!(ids(&from_redis), vec!["n-near", "n-next", "n-mid", "n-far"]);
+    assert_eq!(ids(&from_redis), ids(&from_memory));
+    let (status, body) = get(&shared, "/api/drivers/near?lat=95&lon=3").await;
+    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("lat_out_of_range")));
+    shared.stop().await;
+    embedded.stop().await;
+}
+
+#[tokio::test]
+async fn without_redis_at_start_the_server_says_so() {
+    let mut config = config();
+    config.redis_url = Some("redis://127.0.0.1:1/0".into());
+    config.redis_connect_secs = 1;
+    let error = pulsemap::start(config).await.err().expect("no Redis, no start");
+    let message = format!("{error:#}");
+    assert!(message.contains("gave up on Redis") && message.contains("127.0.0.1:1"), "{message}");
+}
