@@ -89,6 +89,11 @@ impl Keys {
     fn track_prefix(&self) -> String {
         format!("{}:trk:", self.prefix)
     }
+
+    /// Who tracks whom: members `driver|instance`, scored by when the entry lapses unless refreshed.
+    fn tracked(&self) -> String {
+        format!("{}:tracked", self.prefix)
+    }
 }
 
 /// What one tick changed, summed: the heat increments and the presence updates.
@@ -185,6 +190,8 @@ pub struct RedisStats {
     pub flush_micros: AtomicU64,
     pub stream_entries_applied: AtomicU64,
     pub track_channels: AtomicU64,
+    /// Drivers tracked on any instance, as of the last registry refresh.
+    pub tracked_anywhere: AtomicU64,
 }
 
 impl RedisStats {
@@ -208,7 +215,9 @@ impl RedisStats {
              # HELP pulsemap_redis_stream_entries_total Stream entries (ticks of every instance) applied here.\n\
              # TYPE pulsemap_redis_stream_entries_total counter\npulsemap_redis_stream_entries_total {}\n\
              # HELP pulsemap_redis_track_channels Driver channels this instance subscribes to.\n\
-             # TYPE pulsemap_redis_track_channels gauge\npulsemap_redis_track_channels {}\n",
+             # TYPE pulsemap_redis_track_channels gauge\npulsemap_redis_track_channels {}\n\
+             # HELP pulsemap_redis_tracked_drivers Drivers tracked on any instance (only their fixes are published).\n\
+             # TYPE pulsemap_redis_tracked_drivers gauge\npulsemap_redis_tracked_drivers {}\n",
             u8::from(self.connected.load(Relaxed)),
             v(&self.round_trips),
             v(&self.errors),
@@ -216,6 +225,7 @@ impl RedisStats {
             v(&self.flush_micros) as f64 / 1e6,
             v(&self.stream_entries_applied),
             v(&self.track_channels),
+            v(&self.tracked_anywhere),
         )
     }
 }
@@ -230,6 +240,55 @@ pub struct RedisHandle {
     track_subscriptions: mpsc::UnboundedSender<TrackSubscription>,
     /// `(channel, payload)` to PUBLISH; a task pipelines whatever is pending.
     publications: mpsc::UnboundedSender<(String, String)>,
+    /// Drivers tracked by a socket on any instance (refreshed every tick): only their fixes are published.
+    tracked_anywhere: Arc<parking_lot::RwLock<HashSet<String>>>,
+    /// Drivers tracked by this instance's sockets.
+    tracked_here: Arc<parking_lot::Mutex<HashSet<String>>>,
+}
+
+/// How long an instance's claim to track a driver lasts without a refresh (a crashed instance's claims lapse).
+const TRACK_CLAIM_MS: i64 = 5_000;
+/// How often the tracked registry is refreshed (and so how soon another instance starts publishing a driver).
+const TRACK_REFRESH: Duration = Duration::from_millis(250);
+
+/// Keeps this instance's claims in the tracked registry alive and reads everyone's, every `TRACK_REFRESH`.
+async fn refresh_tracked(
+    mut conn: ConnectionManager,
+    keys: Keys,
+    instance: String,
+    stats: Arc<RedisStats>,
+    here: Arc<parking_lot::Mutex<HashSet<String>>>,
+    anywhere: Arc<parking_lot::RwLock<HashSet<String>>>,
+) {
+    let mut every = tokio::time::interval(TRACK_REFRESH);
+    loop {
+        every.tick().await;
+        let now = now_ms();
+        let mut pipe = redis::pipe();
+        let mine: Vec<String> = here.lock().iter().cloned().collect();
+        if !mine.is_empty() {
+            let mut zadd = redis::cmd("ZADD");
+            zadd.arg(keys.tracked());
+            for driver in &mine {
+                zadd.arg(now + TRACK_CLAIM_MS).arg(format!("{driver}|{instance}"));
+            }
+            pipe.add_command(zadd).ignore();
+        }
+        pipe.cmd("ZREMRANGEBYSCORE").arg(keys.tracked()).arg("-inf").arg(now).ignore();
+        pipe.cmd("ZRANGE").arg(keys.tracked()).arg(0).arg(-1);
+        stats.round_trips.fetch_add(1, Relaxed);
+        match pipe.query_async::<(Vec<String>,)>(&mut conn).await {
+            Ok((claims,)) => {
+                let drivers: HashSet<String> =
+                    claims.iter().filter_map(|c| c.rsplit_once('|').map(|(d, _)| d.to_string())).collect();
+                stats.tracked_anywhere.store(drivers.len() as u64, Relaxed);
+                *anywhere.write() = drivers;
+            }
+            Err(_) => {
+                stats.errors.fetch_add(1, Relaxed);
+            }
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -281,10 +340,29 @@ pub async fn start(url: &str, prefix: &str) -> anyhow::Result<Started> {
     tokio::spawn(publish(conn.clone(), stats.clone(), pending));
     let (remote_tx, remote) = mpsc::channel(1024);
     tokio::spawn(read_stream(client.clone(), keys.clone(), loaded_id, stats.clone(), remote_tx));
+    let tracked_anywhere = Arc::new(parking_lot::RwLock::new(HashSet::new()));
+    let tracked_here = Arc::new(parking_lot::Mutex::new(HashSet::new()));
+    tokio::spawn(refresh_tracked(
+        conn.clone(),
+        keys.clone(),
+        instance.clone(),
+        stats.clone(),
+        tracked_here.clone(),
+        tracked_anywhere.clone(),
+    ));
     let (subscriptions_tx, subscriptions) = mpsc::unbounded_channel();
     let (tracking_tx, tracking) = mpsc::unbounded_channel();
     tokio::spawn(follow_tracked(client, keys.clone(), stats.clone(), subscriptions, tracking_tx));
-    let handle = RedisHandle { keys, instance, conn, stats, track_subscriptions: subscriptions_tx, publications };
+    let handle = RedisHandle {
+        keys,
+        instance,
+        conn,
+        stats,
+        track_subscriptions: subscriptions_tx,
+        publications,
+        tracked_anywhere,
+        tracked_here,
+    };
     Ok(Started { handle, loaded, remote, tracking, writer, writer_done })
 }
 
@@ -607,17 +685,40 @@ async fn follow_tracked(
 }
 
 impl RedisHandle {
-    /// Starts receiving a driver's fixes from other instances.
+    /// Starts receiving a driver's fixes from other instances, and claims the driver in the tracked registry
+    /// at once so the instance hearing it starts publishing (within one refresh).
     pub fn subscribe_tracking(&self, driver_id: &str) {
+        self.tracked_here.lock().insert(driver_id.to_string());
+        self.tracked_anywhere.write().insert(driver_id.to_string());
         let _ = self.track_subscriptions.send(TrackSubscription::Subscribe(driver_id.to_string()));
+        let mut conn = self.conn.clone();
+        let (key, member) = (self.keys.tracked(), format!("{driver_id}|{}", self.instance));
+        tokio::spawn(async move {
+            let _ = conn.zadd::<_, _, _, ()>(key, member, now_ms() + TRACK_CLAIM_MS).await;
+        });
     }
 
     pub fn unsubscribe_tracking(&self, driver_id: &str) {
+        self.tracked_here.lock().remove(driver_id);
         let _ = self.track_subscriptions.send(TrackSubscription::Unsubscribe(driver_id.to_string()));
+        let mut conn = self.conn.clone();
+        let (key, member) = (self.keys.tracked(), format!("{driver_id}|{}", self.instance));
+        tokio::spawn(async move {
+            let _ = conn.zrem::<_, _, ()>(key, member).await;
+        });
     }
 
-    /// Publishes a tracking message for instances whose sockets track this driver.
+    /// Whether a socket on any instance tracks this driver (as of the last refresh).
+    pub fn is_tracked(&self, driver_id: &str) -> bool {
+        self.tracked_anywhere.read().contains(driver_id)
+    }
+
+    /// Publishes a tracking message for the instances whose sockets track this driver; drivers nobody tracks
+    /// cost Redis nothing.
     pub fn publish_tracking(&self, driver_id: &str, msg: TrackMsg) {
+        if !self.is_tracked(driver_id) {
+            return;
+        }
         let payload =
             serde_json::to_string(&TrackEnvelope { origin: self.instance.clone(), msg }).expect("messages serialise");
         let _ = self.publications.send((self.keys.track_channel(driver_id), payload));

@@ -40,6 +40,11 @@ async fn pings_into_one_instance_show_up_on_the_other_and_tracking_follows() {
     assert_eq!(viewer.next().await["type"], "snapshot");
     let mut tracker = Socket::connect(&b, "/ws/track/moving-1").await;
     assert_eq!(tracker.next().await["type"], "unknown");
+    // A publishes only drivers some instance tracks: wait until A has seen B's claim.
+    eventually(10, "A knows moving-1 is tracked", || async {
+        (metric(&a, "pulsemap_redis_tracked_drivers").await == 1.0).then_some(())
+    })
+    .await;
 
     let yaba = (6.5095, 3.3711);
     let pings =
@@ -103,6 +108,26 @@ async fn pings_into_one_instance_show_up_on_the_other_and_tracking_follows() {
     }
     assert!(metric(&a, "pulsemap_redis_stream_entries_total").await >= 2.0);
     assert_eq!(metric(&b, "pulsemap_redis_track_channels").await, 0.0, "the tracker left");
+    eventually(10, "the claim is gone everywhere", || async {
+        (metric(&a, "pulsemap_redis_tracked_drivers").await == 0.0).then_some(())
+    })
+    .await;
+    // Nobody tracks anyone now: pings cost no PUBLISH.
+    let publishes = |info: String| -> u64 {
+        info.lines()
+            .find_map(|l| l.strip_prefix("cmdstat_publish:calls="))
+            .and_then(|rest| rest.split(',').next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    let before: String = redis::cmd("INFO").arg("commandstats").query_async(&mut conn).await.unwrap();
+    post_json(&a, "/api/pings", &json!([ping("moving-1", 6.52, 3.39), ping("still-3", 6.6, 3.3)])).await;
+    eventually(10, "the pings aggregated", || async {
+        (metric(&a, "pulsemap_pings_aggregated_total").await >= 7.0).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let after: String = redis::cmd("INFO").arg("commandstats").query_async(&mut conn).await.unwrap();
+    assert_eq!(publishes(after), publishes(before), "no PUBLISH for untracked drivers");
     let (_, health) = get(&b, "/healthz").await;
     assert_eq!((health["store"].as_str(), health["redis"].as_str()), (Some("redis"), Some("up")));
     a.stop().await;
