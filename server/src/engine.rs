@@ -96,7 +96,7 @@ pub struct Remote {
     /// The heat as of the moment the store was loaded.
     pub loaded: Vec<Increment>,
     /// Every tick's increments from every instance, in order.
-    pub increments: mpsc::Receiver<Vec<Increment>>,
+    pub increments: mpsc::Receiver<crate::store::redis::RemoteEvent>,
     /// Tracking messages for drivers tracked here, from the instances that heard them.
     pub tracking: mpsc::UnboundedReceiver<crate::store::redis::TrackEnvelope>,
 }
@@ -143,7 +143,7 @@ struct Engine {
     presence: PresenceMap,
     heat: HeatState,
     /// From a shared store: every instance's increments (the only way the heat changes then).
-    remote_increments: Option<mpsc::Receiver<Vec<Increment>>>,
+    remote_increments: Option<mpsc::Receiver<crate::store::redis::RemoteEvent>>,
     /// From a shared store: fixes of drivers tracked here, heard by other instances.
     remote_tracking: Option<mpsc::UnboundedReceiver<crate::store::redis::TrackEnvelope>>,
     /// Per tracked driver, the channel its trackers listen on (removed when the last tracker leaves).
@@ -197,11 +197,7 @@ impl Engine {
                     Some(item) => self.take(item, &queue),
                     None => break,
                 },
-                Some(increments) = recv_opt(&mut self.remote_increments) => {
-                    for increment in increments {
-                        self.heat.apply(increment);
-                    }
-                }
+                Some(event) = recv_opt(&mut self.remote_increments) => self.apply_remote(event),
                 Some(envelope) = recv_opt_unbounded(&mut self.remote_tracking) => self.relay_remote_track(envelope),
             }
         }
@@ -266,6 +262,29 @@ impl Engine {
             self.store.record(Increment::Order { cell, slot, count: 1 }, &mut self.heat);
         }
         self.metrics.orders_aggregated.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn apply_remote(&mut self, event: crate::store::redis::RemoteEvent) {
+        use crate::store::redis::RemoteEvent;
+        match event {
+            RemoteEvent::Increments(increments) => {
+                for increment in increments {
+                    self.heat.apply(increment);
+                }
+            }
+            RemoteEvent::Reset(loaded) => {
+                // Redis lost its data: start over from what it holds now, write back this instance's share
+                // (it comes back through the stream like any tick), and resync every viewer.
+                self.heat = HeatState::new(now_ms());
+                for increment in loaded {
+                    self.heat.apply(increment);
+                }
+                self.store.reseed(&self.presence);
+                self.last_totals = None;
+                self.seq += 1;
+                self.hub.resync_all(self.seq);
+            }
+        }
     }
 
     /// Delivers a tracking message to this instance's trackers of the driver and, with a shared store, to the
@@ -374,7 +393,7 @@ impl Engine {
             if totals_changed {
                 frames.push(TileFrame { tile: None, text: delta(String::new(), Vec::new()) });
             }
-            self.hub.publish(key, TickFrames { seq: self.seq, frames });
+            self.hub.publish(key, TickFrames { seq: self.seq, frames, resync: false });
         }
     }
 

@@ -29,6 +29,8 @@ pub struct TileFrame {
 pub struct TickFrames {
     pub seq: u64,
     pub frames: Vec<TileFrame>,
+    /// The heat was rebuilt (after a store reset): every viewer needs a fresh snapshot, not deltas.
+    pub resync: bool,
 }
 
 pub struct Hub {
@@ -51,6 +53,13 @@ impl Hub {
     /// Ticks of frames held for the slowest viewer of any key: never more than the buffer.
     pub fn backlog(&self) -> usize {
         self.heat.iter().map(broadcast::Sender::len).max().unwrap_or(0)
+    }
+
+    /// Tells every viewer of every key to take a fresh snapshot.
+    pub fn resync_all(&self, seq: u64) {
+        for sender in &self.heat {
+            let _ = sender.send(Arc::new(TickFrames { seq, frames: Vec::new(), resync: true }));
+        }
     }
 
     pub fn publish(&self, key: HeatKey, frames: TickFrames) {

@@ -62,6 +62,11 @@ impl PresenceMap {
         self.online
     }
 
+    /// Every driver known here, online or not.
+    pub fn states(&self) -> impl Iterator<Item = &DriverState> {
+        self.drivers.values()
+    }
+
     /// Applies a validated ping received at `now_ms` (server clock).
     pub fn apply(&mut self, ping: Ping, now_ms: i64) -> PresenceChange {
         let cell = Cell::at(ping.lat, ping.lon);

@@ -247,6 +247,7 @@ async fn heat_socket(socket: WebSocket, state: AppState) {
             frames = next_frames(&mut sub) => {
                 let current = sub.as_mut().expect("frames only flow to a subscribed socket");
                 let sent = match frames {
+                    Ok(tick) if tick.resync => send_snapshot(&mut sink, &state, current).await,
                     Ok(tick) => forward(&mut sink, current, &tick, &metrics).await,
                     Err(RecvError::Lagged(missed)) => {
                         // Fell behind: the missed deltas are gone, a snapshot replaces them.

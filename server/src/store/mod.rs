@@ -7,10 +7,17 @@
 
 pub mod redis;
 
+use std::collections::HashMap;
+
 use app::protocol::DriverFix;
 use tokio::sync::mpsc;
 
-use crate::heat::{HeatState, Increment};
+use crate::{
+    cell::Cell,
+    heat::{HeatState, Increment},
+    presence::PresenceMap,
+    window::{slot_of, SLOT_MS},
+};
 
 pub enum Store {
     /// State lives in this process only.
@@ -23,12 +30,15 @@ pub enum Store {
 pub struct RedisStore {
     pub handle: redis::RedisHandle,
     batch: redis::TickBatch,
-    writer: mpsc::UnboundedSender<redis::TickBatch>,
+    writer: mpsc::UnboundedSender<redis::WriterMsg>,
+    /// The orders this instance took that are still inside the longest window: its share to write back if
+    /// Redis loses its data.
+    own_orders: HashMap<(Cell, i64), u32>,
 }
 
 impl RedisStore {
-    pub fn new(handle: redis::RedisHandle, writer: mpsc::UnboundedSender<redis::TickBatch>) -> RedisStore {
-        RedisStore { handle, batch: redis::TickBatch::default(), writer }
+    pub fn new(handle: redis::RedisHandle, writer: mpsc::UnboundedSender<redis::WriterMsg>) -> RedisStore {
+        RedisStore { handle, batch: redis::TickBatch::default(), writer, own_orders: HashMap::new() }
     }
 }
 
@@ -50,7 +60,31 @@ impl Store {
     pub fn record(&mut self, increment: Increment, heat: &mut HeatState) {
         match self {
             Store::Memory => heat.apply(increment),
-            Store::Redis(r) => r.batch.record(increment),
+            Store::Redis(r) => {
+                if let Increment::Order { cell, slot, count } = increment {
+                    *r.own_orders.entry((cell, slot)).or_default() += count;
+                }
+                r.batch.record(increment);
+            }
+        }
+    }
+
+    /// After Redis lost its data: this instance's whole share (its online drivers, its orders still in the
+    /// window, its drivers' fixes) replaces whatever it had not written yet.
+    pub fn reseed(&mut self, presence: &PresenceMap) {
+        if let Store::Redis(r) = self {
+            let mut share = redis::TickBatch::default();
+            for state in presence.states() {
+                if state.online {
+                    share.record(Increment::Driver { cell: state.cell, delta: 1 });
+                }
+                share.fix(state.to_fix());
+            }
+            for ((cell, slot), count) in &r.own_orders {
+                share.record(Increment::Order { cell: *cell, slot: *slot, count: *count });
+            }
+            r.batch = redis::TickBatch::default();
+            let _ = r.writer.send(redis::WriterMsg::Reseed(share));
         }
     }
 
@@ -72,7 +106,9 @@ impl Store {
     pub fn flush(&mut self) {
         if let Store::Redis(r) = self {
             let batch = std::mem::take(&mut r.batch);
-            let _ = r.writer.send(batch);
+            let _ = r.writer.send(redis::WriterMsg::Tick(batch));
+            let oldest = slot_of(crate::now_ms()) - 60 * 60_000 / SLOT_MS;
+            r.own_orders.retain(|(_, slot), _| *slot >= oldest);
         }
     }
 }

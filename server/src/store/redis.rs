@@ -90,6 +90,11 @@ impl Keys {
         format!("{}:trk:", self.prefix)
     }
 
+    /// The data generation: set once by the first instance on a Redis; a Redis that lost its data has none.
+    fn epoch(&self) -> String {
+        format!("{}:epoch", self.prefix)
+    }
+
     /// Who tracks whom: members `driver|instance`, scored by when the entry lapses unless refreshed.
     fn tracked(&self) -> String {
         format!("{}:tracked", self.prefix)
@@ -169,6 +174,38 @@ impl StreamEntry {
         });
         drivers.chain(orders).collect()
     }
+}
+
+/// What the stream reader hands the engine.
+#[derive(Debug)]
+pub enum RemoteEvent {
+    /// One tick of some instance (this one included), in stream order.
+    Increments(Vec<Increment>),
+    /// Redis lost its data (restarted without persistence): here is the heat as it now is. The engine starts
+    /// over from it and writes back its own share ([`crate::store::Store::reseed`]).
+    Reset(Vec<Increment>),
+}
+
+/// What the engine hands the writer.
+#[derive(Debug)]
+pub enum WriterMsg {
+    Tick(TickBatch),
+    /// This instance's whole share of the state after a reset; replaces whatever was pending.
+    Reseed(TickBatch),
+}
+
+/// The epoch this instance writes under, shared by its writer and reader.
+type Epoch = Arc<parking_lot::Mutex<String>>;
+
+/// Makes sure the Redis has an epoch (the first instance sets it) and returns it.
+async fn establish_epoch(conn: &mut impl redis::aio::ConnectionLike, keys: &Keys) -> redis::RedisResult<String> {
+    let _: Value = redis::cmd("SET")
+        .arg(keys.epoch())
+        .arg(format!("{:016x}", fastrand::u64(..)))
+        .arg("NX")
+        .query_async(conn)
+        .await?;
+    redis::cmd("GET").arg(keys.epoch()).query_async(conn).await
 }
 
 /// A tracking message that crossed Redis, with the instance it came from (which has already delivered it
@@ -302,12 +339,12 @@ pub struct Started {
     pub handle: RedisHandle,
     /// The heat as of `loaded_id`, to apply before serving.
     pub loaded: Vec<Increment>,
-    /// Each later tick's increments, from every instance, in stream order.
-    pub remote: mpsc::Receiver<Vec<Increment>>,
+    /// Each later tick's increments, from every instance, in stream order (and resets after a data loss).
+    pub remote: mpsc::Receiver<RemoteEvent>,
     /// Tracking messages from other instances for drivers tracked here.
     pub tracking: mpsc::UnboundedReceiver<TrackEnvelope>,
     /// The tick batches the engine hands over, written in order.
-    pub writer: mpsc::UnboundedSender<TickBatch>,
+    pub writer: mpsc::UnboundedSender<WriterMsg>,
     /// Ends once the writer has written everything handed to it (after the engine drops `writer`).
     pub writer_done: tokio::task::JoinHandle<()>,
 }
@@ -330,16 +367,28 @@ pub async fn start(url: &str, prefix: &str) -> anyhow::Result<Started> {
     let keys = Keys::new(prefix);
     let stats = Arc::new(RedisStats::default());
     stats.connected.store(true, Relaxed);
+    let epoch: Epoch = Arc::new(parking_lot::Mutex::new(establish_epoch(&mut conn, &keys).await?));
     let (loaded, loaded_id) = load(&mut conn, &keys).await?;
     tracing::info!(url, prefix, cells = loaded.len(), stream_id = %loaded_id, "loaded the heat from Redis");
     let instance = format!("{:016x}", fastrand::u64(..));
 
     let (writer, batches) = mpsc::unbounded_channel();
-    let writer_done = tokio::spawn(write_ticks(conn.clone(), keys.clone(), instance.clone(), stats.clone(), batches));
+    // The writer's own connection: WATCH state is per connection.
+    let writer_conn = client
+        .get_connection_manager_with_config(
+            redis::aio::ConnectionManagerConfig::new()
+                .set_number_of_retries(2)
+                .set_max_delay(Duration::from_millis(500))
+                .set_connection_timeout(Some(Duration::from_secs(1)))
+                .set_response_timeout(Some(Duration::from_secs(5))),
+        )
+        .await?;
+    let writer_done =
+        tokio::spawn(write_ticks(writer_conn, keys.clone(), instance.clone(), stats.clone(), epoch.clone(), batches));
     let (publications, pending) = mpsc::unbounded_channel();
     tokio::spawn(publish(conn.clone(), stats.clone(), pending));
     let (remote_tx, remote) = mpsc::channel(1024);
-    tokio::spawn(read_stream(client.clone(), keys.clone(), loaded_id, stats.clone(), remote_tx));
+    tokio::spawn(read_stream(client.clone(), keys.clone(), loaded_id, stats.clone(), epoch, remote_tx));
     let tracked_anywhere = Arc::new(parking_lot::RwLock::new(HashSet::new()));
     let tracked_here = Arc::new(parking_lot::Mutex::new(HashSet::new()));
     tokio::spawn(refresh_tracked(
@@ -367,10 +416,13 @@ pub async fn start(url: &str, prefix: &str) -> anyhow::Result<Started> {
 }
 
 /// Reads the heat and the last stream id in one transaction, so the heat is exactly "as of" that id.
-async fn load(conn: &mut ConnectionManager, keys: &Keys) -> anyhow::Result<(Vec<Increment>, String)> {
+async fn load(
+    conn: &mut (impl redis::aio::ConnectionLike + Send),
+    keys: &Keys,
+) -> anyhow::Result<(Vec<Increment>, String)> {
     let current = slot_of(now_ms());
     loop {
-        let regions: Vec<String> = conn.smembers(keys.regions()).await?;
+        let regions: Vec<String> = redis::cmd("SMEMBERS").arg(keys.regions()).query_async(conn).await?;
         let mut pipe = redis::pipe();
         pipe.atomic().cmd("SMEMBERS").arg(keys.regions());
         pipe.cmd("XREVRANGE").arg(keys.stream()).arg("+").arg("-").arg("COUNT").arg(1);
@@ -412,34 +464,65 @@ async fn load(conn: &mut ConnectionManager, keys: &Keys) -> anyhow::Result<(Vec<
     }
 }
 
-/// Writes tick batches in order; while Redis is unreachable, later ticks merge into the pending one.
+/// Writes tick batches in order; while Redis is unreachable, later ticks merge into the pending one. Every write
+/// is guarded by the epoch (WATCH): nothing lands on a Redis that lost its data until this instance has reloaded
+/// and sent its reseed, which replaces everything pending.
 async fn write_ticks(
     mut conn: ConnectionManager,
     keys: Keys,
     instance: String,
     stats: Arc<RedisStats>,
-    mut batches: mpsc::UnboundedReceiver<TickBatch>,
+    epoch: Epoch,
+    mut batches: mpsc::UnboundedReceiver<WriterMsg>,
 ) {
     let mut backoff = Duration::from_millis(100);
-    while let Some(mut batch) = batches.recv().await {
-        loop {
-            while let Ok(later) = batches.try_recv() {
+    // Set when the epoch changed under us: ticks wait (they are part of the coming reseed).
+    let mut lost = false;
+    let mut batch = TickBatch::default();
+    loop {
+        // Take what is queued; block only when there is nothing (allowed) to write.
+        let next = if batch.is_empty() || lost { batches.recv().await } else { batches.try_recv().ok() };
+        match next {
+            Some(WriterMsg::Tick(later)) => {
                 batch.merge(later);
+                continue;
             }
-            if batch.is_empty() {
-                break;
+            Some(WriterMsg::Reseed(reseed)) => {
+                batch = reseed;
+                lost = false;
+                continue;
             }
+            None if batch.is_empty() || lost => return, // the engine stopped and nothing can be written
+            None => {}
+        }
+        {
             let started = std::time::Instant::now();
+            let expected = epoch.lock().clone();
             let pipe = tick_pipeline(&keys, &instance, &batch);
             stats.pipeline_commands.fetch_add(pipe.cmd_iter().count() as u64, Relaxed);
-            stats.round_trips.fetch_add(1, Relaxed);
-            match pipe.query_async::<()>(&mut conn).await {
-                Ok(()) => {
+            stats.round_trips.fetch_add(2, Relaxed);
+            let guarded = async {
+                let _: () = redis::cmd("WATCH").arg(keys.epoch()).query_async(&mut conn).await?;
+                let current: Option<String> = redis::cmd("GET").arg(keys.epoch()).query_async(&mut conn).await?;
+                if current.as_deref() != Some(expected.as_str()) {
+                    let _: () = redis::cmd("UNWATCH").query_async(&mut conn).await?;
+                    return Ok(false);
+                }
+                let reply: Value = pipe.query_async(&mut conn).await?;
+                Ok::<bool, redis::RedisError>(!matches!(reply, Value::Nil))
+            };
+            match guarded.await {
+                Ok(false) => {
+                    // Redis lost its data (or another epoch began): hold everything until the reseed.
+                    tracing::warn!("Redis lost its data; waiting for this instance's reseed");
+                    lost = true;
+                }
+                Ok(true) => {
                     stats.connected.store(true, Relaxed);
                     stats.flushes.fetch_add(1, Relaxed);
                     stats.flush_micros.fetch_add(started.elapsed().as_micros() as u64, Relaxed);
                     backoff = Duration::from_millis(100);
-                    break;
+                    batch = TickBatch::default();
                 }
                 Err(error) => {
                     stats.errors.fetch_add(1, Relaxed);
@@ -554,7 +637,8 @@ async fn read_stream(
     keys: Keys,
     mut from: String,
     stats: Arc<RedisStats>,
-    engine: mpsc::Sender<Vec<Increment>>,
+    epoch: Epoch,
+    engine: mpsc::Sender<RemoteEvent>,
 ) {
     let stream = keys.stream();
     let mut backoff = Duration::from_millis(100);
@@ -571,6 +655,38 @@ async fn read_stream(
             }
         };
         loop {
+            // A Redis that lost its data has no epoch (or a newer one): reload, and let the engine start over.
+            match redis::cmd("GET").arg(keys.epoch()).query_async::<Option<String>>(&mut conn).await {
+                Ok(current) if current.as_deref() == Some(epoch.lock().as_str()) => {}
+                Ok(_) => {
+                    let reloaded = async {
+                        let fresh = establish_epoch(&mut conn, &keys).await?;
+                        let (loaded, id) = load(&mut conn, &keys).await?;
+                        Ok::<_, anyhow::Error>((fresh, loaded, id))
+                    };
+                    match reloaded.await {
+                        Ok((fresh, loaded, id)) => {
+                            tracing::warn!(epoch = %fresh, "Redis lost its data: reloaded; reseeding this instance's share");
+                            *epoch.lock() = fresh;
+                            from = id;
+                            if engine.send(RemoteEvent::Reset(loaded)).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(error) => {
+                            tracing::warn!(%error, "reload after a Redis data loss failed; retrying");
+                            tokio::time::sleep(backoff).await;
+                            continue 'connect;
+                        }
+                    }
+                }
+                Err(error) => {
+                    stats.errors.fetch_add(1, Relaxed);
+                    tracing::warn!(%error, "stream reader lost Redis; reconnecting");
+                    tokio::time::sleep(backoff).await;
+                    continue 'connect;
+                }
+            }
             let reply: redis::RedisResult<Value> = redis::cmd("XREAD")
                 .arg("BLOCK")
                 .arg(1_000)
@@ -596,7 +712,7 @@ async fn read_stream(
             for (id, entry) in entries {
                 from = id;
                 stats.stream_entries_applied.fetch_add(1, Relaxed);
-                if engine.send(entry.increments()).await.is_err() {
+                if engine.send(RemoteEvent::Increments(entry.increments())).await.is_err() {
                     return; // the engine stopped
                 }
             }

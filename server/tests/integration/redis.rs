@@ -227,3 +227,60 @@ async fn without_redis_at_start_the_server_says_so() {
     let message = format!("{error:#}");
     assert!(message.contains("gave up on Redis") && message.contains("127.0.0.1:1"), "{message}");
 }
+
+/// Redis killed and started again with nothing (no persistence): both instances notice, reload, write back their
+/// own share, and end with exact counts; viewers get a fresh snapshot; pings sent meanwhile count.
+#[tokio::test]
+async fn a_redis_that_loses_its_data_is_repaired_with_exact_counts() {
+    let mut redis = RedisServer::start();
+    let a = start(redis_config(&redis, "loss")).await;
+    let b = start(redis_config(&redis, "loss")).await;
+    let on_a: Vec<Value> = (0..10).map(|i| ping(&format!("a-{i}"), 6.45 + 0.005 * f64::from(i), 3.40)).collect();
+    let on_b: Vec<Value> = (0..5).map(|i| ping(&format!("b-{i}"), 6.55, 3.30 + 0.005 * f64::from(i))).collect();
+    post_json(&a, "/api/pings", &Value::Array(on_a)).await;
+    post_json(&b, "/api/pings", &Value::Array(on_b)).await;
+    let now = now_ms();
+    post_json(&a, "/api/orders", &json!([{"lat": 6.44, "lon": 3.41, "ts": now}, {"lat": 6.44, "lon": 3.41, "ts": now}, {"lat": 6.5, "lon": 3.35, "ts": now}])).await;
+    post_json(&b, "/api/orders", &json!([{"lat": 6.6, "lon": 3.35, "ts": now}, {"lat": 6.6, "lon": 3.35, "ts": now}]))
+        .await;
+    for server in [&a, &b] {
+        eventually(10, "15 drivers and 5 orders everywhere", || async {
+            let body = snapshot(server, "orders").await;
+            (body["totals"]["drivers_online"] == 15 && body["totals"]["orders"][3] == 5).then_some(())
+        })
+        .await;
+    }
+    let mut viewer = Socket::connect(&b, "/ws/heat").await;
+    viewer.send(&json!({"type": "subscribe", "layer": "drivers", "precision": 7, "bbox": lagos()})).await;
+    assert_eq!(viewer.next().await["type"], "snapshot");
+
+    redis.restart();
+    // Meanwhile the city goes on: two of A's drivers move, B takes an order.
+    post_json(&a, "/api/pings", &json!([ping("a-0", 6.60, 3.45), ping("a-1", 6.61, 3.46)])).await;
+    post_json(&b, "/api/orders", &json!([{"lat": 6.6, "lon": 3.35, "ts": now_ms()}])).await;
+
+    for layer in ["drivers", "orders"] {
+        let (a, b) = (&a, &b);
+        let (on_a, on_b) = eventually(20, "both instances repaired and equal", || async move {
+            let (on_a, on_b) = (snapshot(a, layer).await, snapshot(b, layer).await);
+            let totals = &on_a["totals"];
+            let repaired = totals["drivers_online"] == 15 && totals["orders"][3] == 6;
+            (repaired && content(&on_a) == content(&on_b)).then_some((on_a, on_b))
+        })
+        .await;
+        assert_eq!(content(&on_a), content(&on_b));
+    }
+    let drivers = snapshot(&a, "drivers").await;
+    let counted: u64 = drivers["cells"].as_array().unwrap().iter().map(|c| c[1].as_u64().unwrap()).sum();
+    assert_eq!(counted, 15, "every driver exactly once after the repair");
+    assert!(
+        drivers["cells"].as_array().unwrap().iter().any(|c| c[0] == geohash(6.60, 3.45, 7).as_str()),
+        "a-0's move counts"
+    );
+    let orders = snapshot(&b, "orders").await;
+    let counted: u64 = orders["cells"].as_array().unwrap().iter().map(|c| c[1].as_u64().unwrap()).sum();
+    assert_eq!(counted, 6);
+    viewer.until(20, "a fresh snapshot after the repair", |m| m["type"] == "snapshot").await;
+    a.stop().await;
+    b.stop().await;
+}
