@@ -253,6 +253,8 @@ async fn a_redis_that_loses_its_data_is_repaired_with_exact_counts() {
     let mut viewer = Socket::connect(&b, "/ws/heat").await;
     viewer.send(&json!({"type": "subscribe", "layer": "drivers", "precision": 7, "bbox": lagos()})).await;
     assert_eq!(viewer.next().await["type"], "snapshot");
+    let mut tracker = Socket::connect(&b, "/ws/track/a-5").await;
+    assert_eq!(tracker.next().await["type"], "fix");
 
     redis.restart();
     // Meanwhile the city goes on: two of A's drivers move, B takes an order.
@@ -281,6 +283,24 @@ async fn a_redis_that_loses_its_data_is_repaired_with_exact_counts() {
     let counted: u64 = orders["cells"].as_array().unwrap().iter().map(|c| c[1].as_u64().unwrap()).sum();
     assert_eq!(counted, 6);
     viewer.until(20, "a fresh snapshot after the repair", |m| m["type"] == "snapshot").await;
+    // Tracking across instances survives too: B subscribed again and claimed a-5 in the new Redis.
+    eventually(20, "A knows a-5 is tracked again", || async {
+        (metric(&a, "pulsemap_redis_tracked_drivers").await == 1.0).then_some(())
+    })
+    .await;
+    let mut lat = 6.47;
+    let fix = loop {
+        // Keep moving a-5 until B's tracker sees a move (B's channel subscription may still be coming back).
+        lat += 0.001;
+        post_json(&a, "/api/pings", &json!([ping("a-5", lat, 3.40)])).await;
+        if let Some(m) = tracker.try_next(Duration::from_millis(500)).await {
+            if m["type"] == "fix" && m["lat"].as_f64() > Some(6.47) {
+                break m;
+            }
+        }
+        assert!(lat < 6.5, "B's tracker never got a fix after the repair");
+    };
+    assert_eq!(fix["driver_id"], "a-5");
     a.stop().await;
     b.stop().await;
 }
