@@ -93,18 +93,7 @@ pub fn DriverPage() -> impl IntoView {
     };
     let map_ref = NodeRef::<leptos::html::Div>::new();
     #[cfg(feature = "hydrate")]
-    Effect::new(move |started: Option<bool>| {
-        if started == Some(true) {
-            return true;
-        }
-        match map_ref.get() {
-            Some(element) => {
-                crate::client::driver::start(element, s);
-                true
-            }
-            None => false,
-        }
-    });
+    super::when_mounted(map_ref, move |element| crate::client::driver::start(element, s));
     let active = move || matches!(s.sharing.get(), Sharing::Locating | Sharing::Sharing);
     view! {
         <Title text="Enter as Driver — pulsemap"/>

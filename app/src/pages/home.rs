@@ -31,18 +31,7 @@ pub fn HomePage() -> impl IntoView {
     };
     let map_ref = NodeRef::<leptos::html::Div>::new();
     #[cfg(feature = "hydrate")]
-    Effect::new(move |started: Option<bool>| {
-        if started == Some(true) {
-            return true;
-        }
-        match map_ref.get() {
-            Some(element) => {
-                crate::client::home::start(element, signals);
-                true
-            }
-            None => false,
-        }
-    });
+    super::when_mounted(map_ref, move |element| crate::client::home::start(element, signals));
 
     let HomeSignals { layer, window_min, link, totals, legend_max, cells_in_view } = signals;
     let layer_button = move |this: Layer, label: &'static str| {

@@ -121,6 +121,19 @@ fn Badge(link: RwSignal<Link>) -> impl IntoView {
     }
 }
 
+/// Runs `start` once, in the browser, as soon as the map's container is in the hydrated page.
+#[cfg(feature = "hydrate")]
+fn when_mounted(container: NodeRef<leptos::html::Div>, start: impl FnOnce(leptos::web_sys::HtmlDivElement) + 'static) {
+    let mut start = Some(start);
+    Effect::new(move |_| {
+        if let Some(element) = container.get() {
+            if let Some(start) = start.take() {
+                start(element);
+            }
+        }
+    });
+}
+
 /// A message for people from a coded error.
 pub fn describe_error(error: &WsError) -> String {
     format!("{} ({})", error.message, error.code.as_str())

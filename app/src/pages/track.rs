@@ -50,18 +50,7 @@ pub fn TrackPage() -> impl IntoView {
     #[cfg(feature = "hydrate")]
     {
         let driver_id = driver_id.clone();
-        Effect::new(move |started: Option<bool>| {
-            if started == Some(true) {
-                return true;
-            }
-            match map_ref.get() {
-                Some(element) => {
-                    crate::client::track::start(element, driver_id.clone(), s);
-                    true
-                }
-                None => false,
-            }
-        });
+        super::when_mounted(map_ref, move |element| crate::client::track::start(element, driver_id, s));
     }
     let ago = move || match (s.last_seen_ms.get(), s.now_ms.get()) {
         (Some(seen), now) if now > 0 => {
@@ -115,18 +104,7 @@ pub fn TrackPicker() -> impl IntoView {
     let typed = RwSignal::new(String::new());
     let map_ref = NodeRef::<leptos::html::Div>::new();
     #[cfg(feature = "hydrate")]
-    Effect::new(move |started: Option<bool>| {
-        if started == Some(true) {
-            return true;
-        }
-        match map_ref.get() {
-            Some(element) => {
-                crate::client::track::start_picker(element, drivers, status);
-                true
-            }
-            None => false,
-        }
-    });
+    super::when_mounted(map_ref, move |element| crate::client::track::start_picker(element, drivers, status));
     view! {
         <Title text="Track a driver — pulsemap"/>
         <main class="page track">
