@@ -2,9 +2,12 @@
 //! build (scripts/site) share one source of truth: the root Cargo.toml.
 
 fn main() {
-    let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.toml");
+    // Read at run time, not with env!(): the compiled build script is shared by every checkout that uses the
+    // same target directory, and must read *this* checkout's manifest.
+    let dir = std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR for build scripts");
+    let manifest = format!("{dir}/../Cargo.toml");
     println!("cargo:rerun-if-changed={manifest}");
-    let text = std::fs::read_to_string(manifest).expect("the workspace Cargo.toml is readable");
+    let text = std::fs::read_to_string(&manifest).expect("the workspace Cargo.toml is readable");
     let section = text
         .split("[[workspace.metadata.leptos]]")
         .nth(1)

@@ -14,6 +14,7 @@ pub mod heat;
 pub mod http;
 pub mod hub;
 pub mod ingest;
+pub mod load;
 pub mod metrics;
 pub mod presence;
 pub mod store;

@@ -5,6 +5,7 @@ mod common;
 mod driver_ws;
 mod heat;
 mod ingest;
+mod load;
 mod ops;
 mod redis;
 mod track;

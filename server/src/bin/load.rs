@@ -1,0 +1,173 @@
+//! `pulsemap-load`: starts a pulsemap server on loopback, drives a scenario against it, and prints the figures
+//! (with the machine, the server's CPU and peak memory) as a table and as JSON.
+//!
+//! Scenarios so far: `ingest`. Everything is bounded in time and connections and stays on 127.0.0.1.
+
+use std::{
+    io::{BufRead, BufReader},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use clap::{Parser, Subcommand};
+use pulsemap::load::{self, IngestPlan, Machine, Transport};
+use serde_json::json;
+
+#[derive(Debug, Parser)]
+#[command(name = "pulsemap-load", version, about = "Load harness for pulsemap (loopback only)")]
+struct Args {
+    #[command(subcommand)]
+    scenario: Scenario,
+    /// The server binary to start (default: `pulsemap` next to this binary).
+    #[arg(long, global = true)]
+    server_bin: Option<PathBuf>,
+    /// Run the server on this Redis instead of the embedded store (a fresh key prefix per run).
+    #[arg(long, global = true)]
+    redis_url: Option<String>,
+    /// Extra argument for the server (repeat for several).
+    #[arg(long = "server-arg", global = true, allow_hyphen_values = true)]
+    server_args: Vec<String>,
+    /// Where to write the JSON result.
+    #[arg(long, global = true, default_value = "target/load-results.json")]
+    out: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+enum Scenario {
+    /// Pings in as fast as the server takes them (or at --rate): pings/s sent, accepted, aggregated, lost.
+    Ingest {
+        #[arg(long, value_enum, default_value = "http")]
+        transport: Transport,
+        #[arg(long, default_value_t = 100_000)]
+        drivers: usize,
+        #[arg(long, default_value_t = 1_000)]
+        batch: usize,
+        #[arg(long, default_value_t = 4)]
+        connections: usize,
+        /// Target pings per second; 0 = flat out.
+        #[arg(long, default_value_t = 0)]
+        rate: u64,
+        #[arg(long, default_value_t = 2.0)]
+        warmup_secs: f64,
+        #[arg(long, default_value_t = 10.0)]
+        duration_secs: f64,
+    },
+}
+
+/// The server under test, stopped (SIGTERM) when dropped.
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_server(args: &Args) -> anyhow::Result<Server> {
+    let bin = match &args.server_bin {
+        Some(bin) => bin.clone(),
+        None => std::env::current_exe()?.with_file_name("pulsemap"),
+    };
+    let mut command = Command::new(&bin);
+    command.args(["--addr", "127.0.0.1:0", "--log-format", "json", "--tile-url", "none"]);
+    if let Some(url) = &args.redis_url {
+        command.args(["--redis-url", url, "--redis-prefix", &format!("load-{:08x}", fastrand::u32(..))]);
+    }
+    command.args(&args.server_args).stdout(Stdio::piped()).stderr(Stdio::inherit());
+    let mut child = command.spawn().map_err(|e| anyhow::anyhow!("cannot start {}: {e}", bin.display()))?;
+    let stdout = child.stdout.take().expect("piped");
+    let mut lines = BufReader::new(stdout).lines();
+    let addr = loop {
+        let line = lines.next().ok_or_else(|| anyhow::anyhow!("the server exited before listening"))??;
+        let entry: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+        if let Some(addr) = entry["fields"]["addr"].as_str() {
+            break addr.to_string();
+        }
+    };
+    // Keep draining the server's log so it never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    Ok(Server { child, url: format!("http://{addr}") })
+}
+
+fn open_files_limit() -> String {
+    std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|l| {
+            l.lines()
+                .find(|l| l.starts_with("Max open files"))
+                .map(|l| l.split_whitespace().nth(3).unwrap_or("?").to_string())
+        })
+        .unwrap_or_else(|| "?".into())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let machine = Machine::here();
+    let server = start_server(&args)?;
+    let pid = server.child.id();
+    let store = if args.redis_url.is_some() { "redis" } else { "embedded" };
+    println!(
+        "pulsemap-load: {} cores, {:.1} GiB; server pid {pid} ({store} store) at {}; open-files limit {}",
+        machine.cores,
+        machine.memory_gib,
+        server.url,
+        open_files_limit()
+    );
+    let result = match &args.scenario {
+        Scenario::Ingest { transport, drivers, batch, connections, rate, warmup_secs, duration_secs } => {
+            let plan = IngestPlan {
+                url: server.url.clone(),
+                transport: *transport,
+                drivers: *drivers,
+                batch: *batch,
+                connections: *connections,
+                rate: *rate,
+                warmup: Duration::from_secs_f64(*warmup_secs),
+                duration: Duration::from_secs_f64(*duration_secs),
+            };
+            let cpu_before = load::process_usage(pid).map_or(0.0, |u| u.0);
+            let started = Instant::now();
+            let report = load::ingest(&plan).await?;
+            let wall = started.elapsed().as_secs_f64();
+            let (cpu_after, peak_rss_kib) = load::process_usage(pid).unwrap_or((cpu_before, 0));
+            let cpu_percent = (cpu_after - cpu_before) / wall * 100.0;
+            println!();
+            println!("| scenario | store | transport | batch | conns | sent/s | accepted/s | accepted | aggregated | lost | rejected | 503s | server CPU | server peak RSS |");
+            println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+            println!(
+                "| ingest | {store} | {:?} | {batch} | {connections} | {:.0} | {:.0} | {} | {} | {} | {} | {} | {:.0}% | {:.0} MiB |",
+                report.transport,
+                report.sent_per_sec,
+                report.accepted_per_sec,
+                report.accepted,
+                report.aggregated,
+                report.lost,
+                report.rejected,
+                report.refused_busy,
+                cpu_percent,
+                peak_rss_kib as f64 / 1024.0
+            );
+            json!({
+                "scenario": "ingest", "store": store, "machine": machine, "plan": {
+                    "drivers": drivers, "batch": batch, "connections": connections, "rate": rate,
+                    "warmup_secs": warmup_secs, "duration_secs": duration_secs,
+                },
+                "report": report, "server_cpu_percent": cpu_percent, "server_peak_rss_kib": peak_rss_kib,
+                "note": "harness and server share the machine; CPU% is of one core (200% = both cores)",
+            })
+        }
+    };
+    if let Some(parent) = args.out.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(&args.out, serde_json::to_string_pretty(&result)?)?;
+    println!("\nwrote {}", args.out.display());
+    drop(server);
+    Ok(())
+}

@@ -1,0 +1,291 @@
+//! The load harness's scenarios, as a library: `pulsemap-load` runs them against a server it starts (so it can
+//! read the server's CPU and memory), and the test suite runs each once at a tiny size so they cannot rot.
+//!
+//! Everything stays on loopback and is bounded in time and connections. Counts are confirmed end to end: a
+//! scenario waits for the server's `pings_aggregated_total` to reach what it accepted, and reports the
+//! difference as lost.
+
+use std::{
+    sync::{
+        atomic::{AtomicU64, Ordering::Relaxed},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use app::protocol::{BatchReport, DriverClientMsg, DriverServerMsg, Ping};
+use futures::{SinkExt, StreamExt};
+use serde::Serialize;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::{fleet::Fleet, now_ms};
+
+/// How pings reach the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// `POST /api/pings` with JSON arrays.
+    Http,
+    /// `/ws/driver` with `batch` messages, each acknowledged.
+    Ws,
+}
+
+#[derive(Debug, Clone)]
+pub struct IngestPlan {
+    /// `http://host:port` of the server.
+    pub url: String,
+    pub transport: Transport,
+    /// Distinct drivers the pings come from (spread so no driver exceeds the per-driver rate limit).
+    pub drivers: usize,
+    /// Pings per request or message.
+    pub batch: usize,
+    /// Requests or sockets in flight at once.
+    pub connections: usize,
+    /// Pings per second to aim for; 0 = as fast as the server takes them.
+    pub rate: u64,
+    pub warmup: Duration,
+    pub duration: Duration,
+}
+
+/// What an ingest run measured (after warm-up).
+#[derive(Debug, Clone, Serialize)]
+pub struct IngestReport {
+    pub transport: Transport,
+    pub seconds: f64,
+    pub sent: u64,
+    pub accepted: u64,
+    pub rejected: u64,
+    /// Batches the server answered with 503 / `queue_full` (sent again after a pause: back-pressure, not loss).
+    pub refused_busy: u64,
+    /// Confirmed by the server's own count once its queue drained.
+    pub aggregated: u64,
+    /// Accepted but never aggregated: must be 0.
+    pub lost: i64,
+    pub sent_per_sec: f64,
+    pub accepted_per_sec: f64,
+}
+
+/// Shared counters of a run.
+#[derive(Default)]
+struct Counts {
+    sent: AtomicU64,
+    accepted: AtomicU64,
+    rejected: AtomicU64,
+    busy: AtomicU64,
+}
+
+/// Pre-built request bodies: generating and serialising pings is not what is measured.
+fn bodies(plan: &IngestPlan) -> Vec<Vec<Ping>> {
+    let mut fleet = Fleet::new("load", plan.drivers, 0.0, 42);
+    let now = now_ms();
+    let mut pings = Vec::new();
+    // A few positions per driver, so cells change as in a real fleet.
+    for step in 0..4 {
+        pings.extend(fleet.step(2.0, now + step));
+    }
+    pings.chunks(plan.batch.max(1)).map(<[Ping]>::to_vec).collect()
+}
+
+/// Reads one counter from `/metrics`.
+pub async fn server_metric(client: &reqwest::Client, url: &str, name: &str) -> anyhow::Result<f64> {
+    let text = client.get(format!("{url}/metrics")).send().await?.text().await?;
+    Ok(text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok()).unwrap_or(0.0))
+}
+
+/// Sends pings flat out (or at `rate`) for warm-up + duration, then confirms the server aggregated every one it
+/// accepted.
+pub async fn ingest(plan: &IngestPlan) -> anyhow::Result<IngestReport> {
+    let bodies = Arc::new(bodies(plan));
+    let counts = Arc::new(Counts::default());
+    let client = reqwest::Client::builder().pool_max_idle_per_host(plan.connections).build()?;
+    let aggregated_before = server_metric(&client, &plan.url, "pulsemap_pings_aggregated_total").await?;
+    let start = Instant::now();
+    let measure_from = start + plan.warmup;
+    let stop_at = measure_from + plan.duration;
+    let measured = Arc::new(Counts::default());
+    let mut workers = Vec::new();
+    for worker in 0..plan.connections.max(1) {
+        let (bodies, counts, measured, client, plan) =
+            (bodies.clone(), counts.clone(), measured.clone(), client.clone(), plan.clone());
+        workers.push(tokio::spawn(async move {
+            // Each worker's share of the target rate, in batches per second.
+            let pace = (plan.rate > 0).then(|| {
+                let per_worker = plan.rate as f64 / plan.connections.max(1) as f64;
+                Duration::from_secs_f64(plan.batch as f64 / per_worker)
+            });
+            let result = match plan.transport {
+                Transport::Http => {
+                    http_worker(worker, &plan, &client, &bodies, &counts, &measured, pace, measure_from, stop_at).await
+                }
+                Transport::Ws => {
+                    ws_worker(worker, &plan, &bodies, &counts, &measured, pace, measure_from, stop_at).await
+                }
+            };
+            if let Err(error) = result {
+                eprintln!("worker {worker}: {error:#}");
+            }
+        }));
+    }
+    for worker in workers {
+        worker.await?;
+    }
+    // Every accepted ping must show up in the server's own count once its queue drains.
+    let accepted_total = counts.accepted.load(Relaxed) as f64;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut aggregated;
+    loop {
+        aggregated = server_metric(&client, &plan.url, "pulsemap_pings_aggregated_total").await? - aggregated_before;
+        if aggregated >= accepted_total || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let seconds = plan.duration.as_secs_f64();
+    let m = |c: &AtomicU64| c.load(Relaxed);
+    Ok(IngestReport {
+        transport: plan.transport,
+        seconds,
+        sent: m(&measured.sent),
+        accepted: m(&measured.accepted),
+        rejected: m(&measured.rejected),
+        refused_busy: m(&measured.busy),
+        aggregated: aggregated as u64,
+        lost: accepted_total as i64 - aggregated as i64,
+        sent_per_sec: m(&measured.sent) as f64 / seconds,
+        accepted_per_sec: m(&measured.accepted) as f64 / seconds,
+    })
+}
+
+fn count(all: &Counts, measured: &Counts, in_window: bool, sent: u64, accepted: u64, rejected: u64, busy: u64) {
+    for c in std::iter::once(all).chain(in_window.then_some(measured)) {
+        c.sent.fetch_add(sent, Relaxed);
+        c.accepted.fetch_add(accepted, Relaxed);
+        c.rejected.fetch_add(rejected, Relaxed);
+        c.busy.fetch_add(busy, Relaxed);
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn http_worker(
+    worker: usize,
+    plan: &IngestPlan,
+    client: &reqwest::Client,
+    bodies: &[Vec<Ping>],
+    counts: &Counts,
+    measured: &Counts,
+    pace: Option<Duration>,
+    measure_from: Instant,
+    stop_at: Instant,
+) -> anyhow::Result<()> {
+    let encoded: Vec<Vec<u8>> = bodies.iter().map(|b| serde_json::to_vec(b).expect("pings serialise")).collect();
+    let url = format!("{}/api/pings", plan.url);
+    let mut i = worker;
+    let mut next = Instant::now();
+    while Instant::now() < stop_at {
+        if let Some(pace) = pace {
+            tokio::time::sleep_until(next.into()).await;
+            next += pace;
+        }
+        let body = &encoded[i % encoded.len()];
+        let n = bodies[i % bodies.len()].len() as u64;
+        i += plan.connections.max(1);
+        let response = client.post(&url).header("content-type", "application/json").body(body.clone()).send().await?;
+        let in_window = Instant::now() >= measure_from;
+        if response.status().as_u16() == 503 {
+            count(counts, measured, in_window, 0, 0, 0, 1);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        }
+        let report: BatchReport = response.json().await?;
+        count(counts, measured, in_window, n, u64::from(report.accepted), report.rejected.len() as u64, 0);
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn ws_worker(
+    worker: usize,
+    plan: &IngestPlan,
+    bodies: &[Vec<Ping>],
+    counts: &Counts,
+    measured: &Counts,
+    pace: Option<Duration>,
+    measure_from: Instant,
+    stop_at: Instant,
+) -> anyhow::Result<()> {
+    let url = format!("{}/ws/driver", plan.url.replacen("http", "ws", 1));
+    let (mut socket, _) = tokio_tungstenite::connect_async(url).await?;
+    let mut i = worker;
+    let mut next = Instant::now();
+    let mut seq = 0;
+    while Instant::now() < stop_at {
+        if let Some(pace) = pace {
+            tokio::time::sleep_until(next.into()).await;
+            next += pace;
+        }
+        let pings = bodies[i % bodies.len()].clone();
+        let n = pings.len() as u64;
+        i += plan.connections.max(1);
+        seq += 1;
+        let text = serde_json::to_string(&DriverClientMsg::Batch { seq: Some(seq), pings })?;
+        socket.send(Message::Text(text.into())).await?;
+        // Read until this message's ack (errors for single pings come first).
+        let (mut rejected, mut busy) = (0, 0);
+        let accepted = loop {
+            let Some(message) = socket.next().await else { anyhow::bail!("the server closed the socket") };
+            let Message::Text(text) = message? else { continue };
+            match serde_json::from_str::<DriverServerMsg>(&text)? {
+                DriverServerMsg::Ack { seq: Some(s), accepted } if s == seq => break u64::from(accepted),
+                DriverServerMsg::Error { seq: Some(s), index: None, .. } if s == seq => {
+                    busy = 1;
+                    break 0;
+                }
+                DriverServerMsg::Error { .. } => rejected += 1,
+                _ => {}
+            }
+        };
+        let in_window = Instant::now() >= measure_from;
+        if busy == 1 {
+            count(counts, measured, in_window, 0, 0, 0, 1);
+            continue;
+        }
+        count(counts, measured, in_window, n, accepted, rejected, 0);
+    }
+    let _ = socket.close(None).await;
+    Ok(())
+}
+
+/// What the harness reports about the machine with every result.
+#[derive(Debug, Clone, Serialize)]
+pub struct Machine {
+    pub cores: usize,
+    pub memory_gib: f64,
+}
+
+impl Machine {
+    pub fn here() -> Machine {
+        let memory_kib = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|m| {
+                m.lines()
+                    .find_map(|l| l.strip_prefix("MemTotal:")?.trim().strip_suffix("kB")?.trim().parse::<f64>().ok())
+            })
+            .unwrap_or(0.0);
+        Machine {
+            cores: std::thread::available_parallelism().map_or(1, usize::from),
+            memory_gib: memory_kib / 1024.0 / 1024.0,
+        }
+    }
+}
+
+/// CPU time (user + system, seconds) and peak RSS (KiB) of a process, from /proc.
+pub fn process_usage(pid: u32) -> Option<(f64, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces): utime is 14th, stime 15th overall.
+    let after = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let hwm = status.lines().find_map(|l| l.strip_prefix("VmHWM:")?.trim().strip_suffix("kB")?.trim().parse().ok())?;
+    Some((ticks / 100.0, hwm))
+}
