@@ -289,3 +289,126 @@ pub fn process_usage(pid: u32) -> Option<(f64, u64)> {
     let hwm = status.lines().find_map(|l| l.strip_prefix("VmHWM:")?.trim().strip_suffix("kB")?.trim().parse().ok())?;
     Some((ticks / 100.0, hwm))
 }
+
+#[derive(Debug, Clone)]
+pub struct TrackPlan {
+    pub url: String,
+    /// Drivers pinging once a second each.
+    pub drivers: usize,
+    /// Trackers, each following one driver (`trackers <= drivers`).
+    pub trackers: usize,
+    pub warmup: Duration,
+    pub duration: Duration,
+}
+
+/// Ping -> tracker latency and delivery, measured after warm-up.
+#[derive(Debug, Clone, Serialize)]
+pub struct TrackReport {
+    pub drivers: usize,
+    pub trackers: usize,
+    /// Fixes of tracked drivers sent during the window.
+    pub sent: u64,
+    pub delivered: u64,
+    pub duplicates: u64,
+    pub delivery_ratio: f64,
+    pub latency_ms_p50: f64,
+    pub latency_ms_p95: f64,
+    pub latency_ms_p99: f64,
+    pub latency_ms_max: f64,
+}
+
+/// Wall clock in fractional milliseconds (the pings carry their send time; harness and server share the clock).
+fn now_ms_f64() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+}
+
+/// `drivers` drivers ping at 1 Hz (in ten slices a second, over HTTP); `trackers` sockets each follow one of them
+/// and time every fix from its `ts` (the send time, in ms) to its arrival.
+pub async fn track(plan: &TrackPlan) -> anyhow::Result<TrackReport> {
+    let tracked = plan.trackers.min(plan.drivers);
+    let start = Instant::now();
+    let measure_from = start + plan.warmup;
+    let stop_at = measure_from + plan.duration;
+    // Trackers first, so their joins are done before the warm-up ends.
+    let mut listeners = Vec::new();
+    for i in 0..tracked {
+        let url = format!("{}/ws/track/trk-{i}", plan.url.replacen("http", "ws", 1));
+        let (socket, _) = tokio_tungstenite::connect_async(url).await?;
+        listeners.push(tokio::spawn(async move {
+            let (_, mut incoming) = socket.split();
+            let (mut latencies, mut delivered, mut duplicates) = (Vec::new(), 0u64, 0u64);
+            let mut seen = std::collections::HashSet::new();
+            let deadline = stop_at + Duration::from_millis(500);
+            while let Ok(Some(Ok(message))) = tokio::time::timeout_at(deadline.into(), incoming.next()).await {
+                let Message::Text(text) = message else { continue };
+                let Ok(app::protocol::TrackMsg::Fix(fix)) = serde_json::from_str(&text) else { continue };
+                let arrived = now_ms_f64();
+                if Instant::now() < measure_from || fix.ts <= 0 {
+                    continue;
+                }
+                if !seen.insert(fix.ts) {
+                    duplicates += 1;
+                    continue;
+                }
+                delivered += 1;
+                latencies.push((arrived - fix.ts as f64).max(0.0));
+            }
+            (latencies, delivered, duplicates)
+        }));
+    }
+    let client = reqwest::Client::new();
+    let mut fleet = Fleet::new("trk", plan.drivers, 0.0, 7);
+    let slices = 10usize;
+    let mut sent = 0u64;
+    let mut every = tokio::time::interval(Duration::from_millis(1000 / slices as u64));
+    let mut slice = 0usize;
+    let mut positions = fleet.step(0.0, 0);
+    while Instant::now() < stop_at {
+        every.tick().await;
+        if slice.is_multiple_of(slices) {
+            positions = fleet.step(1.0, 0);
+        }
+        let chunk = plan.drivers.div_ceil(slices);
+        let from = (slice % slices) * chunk;
+        let batch: Vec<Ping> =
+            positions.iter().skip(from).take(chunk).map(|p| Ping { ts: now_ms(), ..p.clone() }).collect();
+        let in_window = Instant::now() >= measure_from;
+        if in_window {
+            sent += batch
+                .iter()
+                .filter(|p| {
+                    p.driver_id.strip_prefix("trk-").and_then(|n| n.parse::<usize>().ok()).is_some_and(|n| n < tracked)
+                })
+                .count() as u64;
+        }
+        client.post(format!("{}/api/pings", plan.url)).json(&batch).send().await?.error_for_status()?;
+        slice += 1;
+    }
+    let mut latencies = Vec::new();
+    let (mut delivered, mut duplicates) = (0, 0);
+    for listener in listeners {
+        let (l, d, dup) = listener.await?;
+        latencies.extend(l);
+        delivered += d;
+        duplicates += dup;
+    }
+    latencies.sort_by(f64::total_cmp);
+    let pct = |p: f64| -> f64 {
+        if latencies.is_empty() {
+            return f64::NAN;
+        }
+        latencies[((latencies.len() - 1) as f64 * p).round() as usize]
+    };
+    Ok(TrackReport {
+        drivers: plan.drivers,
+        trackers: tracked,
+        sent,
+        delivered,
+        duplicates,
+        delivery_ratio: if sent == 0 { 0.0 } else { delivered as f64 / sent as f64 },
+        latency_ms_p50: pct(0.50),
+        latency_ms_p95: pct(0.95),
+        latency_ms_p99: pct(0.99),
+        latency_ms_max: latencies.last().copied().unwrap_or(f64::NAN),
+    })
+}

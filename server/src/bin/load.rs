@@ -1,7 +1,7 @@
 //! `pulsemap-load`: starts a pulsemap server on loopback, drives a scenario against it, and prints the figures
 //! (with the machine, the server's CPU and peak memory) as a table and as JSON.
 //!
-//! Scenarios so far: `ingest`. Everything is bounded in time and connections and stays on 127.0.0.1.
+//! Scenarios so far: `ingest`, `track`. Everything is bounded in time and connections and stays on 127.0.0.1.
 
 use std::{
     io::{BufRead, BufReader},
@@ -11,7 +11,7 @@ use std::{
 };
 
 use clap::{Parser, Subcommand};
-use pulsemap::load::{self, IngestPlan, Machine, Transport};
+use pulsemap::load::{self, IngestPlan, Machine, TrackPlan, Transport};
 use serde_json::json;
 
 #[derive(Debug, Parser)]
@@ -49,6 +49,17 @@ enum Scenario {
         #[arg(long, default_value_t = 0)]
         rate: u64,
         #[arg(long, default_value_t = 2.0)]
+        warmup_secs: f64,
+        #[arg(long, default_value_t = 10.0)]
+        duration_secs: f64,
+    },
+    /// Drivers at 1 Hz, trackers following one driver each: ping -> tracker latency, delivery, duplicates.
+    Track {
+        #[arg(long, default_value_t = 10_000)]
+        drivers: usize,
+        #[arg(long, default_value_t = 10_000)]
+        trackers: usize,
+        #[arg(long, default_value_t = 3.0)]
         warmup_secs: f64,
         #[arg(long, default_value_t = 10.0)]
         duration_secs: f64,
@@ -160,6 +171,44 @@ async fn main() -> anyhow::Result<()> {
                 },
                 "report": report, "server_cpu_percent": cpu_percent, "server_peak_rss_kib": peak_rss_kib,
                 "note": "harness and server share the machine; CPU% is of one core (200% = both cores)",
+            })
+        }
+        Scenario::Track { drivers, trackers, warmup_secs, duration_secs } => {
+            let plan = TrackPlan {
+                url: server.url.clone(),
+                drivers: *drivers,
+                trackers: *trackers,
+                warmup: Duration::from_secs_f64(*warmup_secs),
+                duration: Duration::from_secs_f64(*duration_secs),
+            };
+            let cpu_before = load::process_usage(pid).map_or(0.0, |u| u.0);
+            let started = Instant::now();
+            let report = load::track(&plan).await?;
+            let wall = started.elapsed().as_secs_f64();
+            let (cpu_after, peak_rss_kib) = load::process_usage(pid).unwrap_or((cpu_before, 0));
+            let cpu_percent = (cpu_after - cpu_before) / wall * 100.0;
+            println!();
+            println!("| scenario | store | drivers | trackers | fixes sent | delivered | ratio | dups | p50 ms | p95 ms | p99 ms | max ms | server CPU | server peak RSS |");
+            println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+            println!(
+                "| track | {store} | {} | {} | {} | {} | {:.4} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.0}% | {:.0} MiB |",
+                report.drivers,
+                report.trackers,
+                report.sent,
+                report.delivered,
+                report.delivery_ratio,
+                report.duplicates,
+                report.latency_ms_p50,
+                report.latency_ms_p95,
+                report.latency_ms_p99,
+                report.latency_ms_max,
+                cpu_percent,
+                peak_rss_kib as f64 / 1024.0
+            );
+            json!({
+                "scenario": "track", "store": store, "machine": machine, "report": report,
+                "server_cpu_percent": cpu_percent, "server_peak_rss_kib": peak_rss_kib,
+                "note": "latency = arrival (harness clock) - ping ts (ms, truncated: up to +1 ms); all on one machine",
             })
         }
     };

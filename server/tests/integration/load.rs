@@ -17,7 +17,8 @@ async fn the_ingest_scenario_runs_on_both_transports_and_loses_nothing() {
             drivers: 200,
             batch: 50,
             connections: 2,
-            rate: 0,
+            // A rot check, not a benchmark: a modest rate keeps the parallel suite from starving.
+            rate: 5_000,
             warmup: Duration::ZERO,
             duration: Duration::from_millis(300),
         };
@@ -27,5 +28,24 @@ async fn the_ingest_scenario_runs_on_both_transports_and_loses_nothing() {
         assert_eq!(report.lost, 0, "{report:?}");
         assert!(report.aggregated >= report.accepted, "{report:?}");
     }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_track_scenario_measures_delivery_without_duplicates() {
+    use pulsemap::load::{track, TrackPlan};
+    let server = start(config()).await;
+    let plan = TrackPlan {
+        url: url(&server, ""),
+        drivers: 30,
+        trackers: 10,
+        warmup: Duration::from_millis(300),
+        duration: Duration::from_millis(2_200),
+    };
+    let report = track(&plan).await.expect("the scenario runs");
+    assert!(report.sent >= 10, "{report:?}");
+    assert!(report.delivered > 0 && report.delivered <= report.sent, "{report:?}");
+    assert_eq!(report.duplicates, 0, "{report:?}");
+    assert!(report.latency_ms_p50.is_finite() && report.latency_ms_max >= report.latency_ms_p50, "{report:?}");
     server.stop().await;
 }
