@@ -88,17 +88,26 @@ pub async fn metric(server: &Running, name_and_labels: &str) -> f64 {
     text.lines().find_map(|line| line.strip_prefix(name_and_labels)?.strip_prefix(' ')?.parse().ok()).unwrap_or(0.0)
 }
 
-/// A throwaway `redis-server` on a free port, killed when dropped. (The suite starts its own so that tests can
-/// restart it; `scripts/setup --test` installs redis-server.)
+/// The Redis a test uses: `REDIS_URL` when it is set, otherwise a throwaway `redis-server` on a free port,
+/// killed when dropped (`scripts/setup --test` installs redis-server).
 pub struct RedisServer {
     child: Option<std::process::Child>,
     pub port: u16,
+    external: Option<String>,
 }
 
 impl RedisServer {
     pub fn start() -> RedisServer {
+        match std::env::var("REDIS_URL") {
+            Ok(url) if !url.is_empty() => RedisServer { child: None, port: 0, external: Some(url) },
+            _ => RedisServer::start_own(),
+        }
+    }
+
+    /// Always a server of the test's own, for tests that kill and restart it.
+    pub fn start_own() -> RedisServer {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let mut server = RedisServer { child: None, port };
+        let mut server = RedisServer { child: None, port, external: None };
         server.spawn();
         server
     }
@@ -118,11 +127,12 @@ impl RedisServer {
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
+        self.external.clone().unwrap_or_else(|| format!("redis://127.0.0.1:{}/0", self.port))
     }
 
     /// Kills the server (no persistence: its data is gone) and starts a new one on the same port.
     pub fn restart(&mut self) {
+        assert!(self.external.is_none(), "only a test's own redis-server can be restarted");
         self.kill();
         self.spawn();
     }
@@ -145,7 +155,12 @@ impl Drop for RedisServer {
     }
 }
 
-/// Test defaults on a shared Redis, under a prefix of the test's own.
+/// A key prefix no other test or run uses (a shared `REDIS_URL` keeps what earlier runs wrote).
+pub fn unique_prefix(name: &str) -> String {
+    format!("test-{name}-{:08x}", fastrand::u32(..))
+}
+
+/// Test defaults on a shared Redis, under `prefix` (from [`unique_prefix`]).
 pub fn redis_config(redis: &RedisServer, prefix: &str) -> Config {
     let mut config = config();
     config.redis_url = Some(redis.url());

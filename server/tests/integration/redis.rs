@@ -32,8 +32,9 @@ fn content(snapshot: &Value) -> (Value, Value) {
 #[tokio::test]
 async fn pings_into_one_instance_show_up_on_the_other_and_tracking_follows() {
     let redis = RedisServer::start();
-    let a = start(redis_config(&redis, "two")).await;
-    let b = start(redis_config(&redis, "two")).await;
+    let prefix = unique_prefix("two");
+    let a = start(redis_config(&redis, &prefix)).await;
+    let b = start(redis_config(&redis, &prefix)).await;
 
     let mut viewer = Socket::connect(&b, "/ws/heat").await;
     viewer.send(&json!({"type": "subscribe", "layer": "drivers", "precision": 7, "bbox": lagos()})).await;
@@ -71,14 +72,14 @@ async fn pings_into_one_instance_show_up_on_the_other_and_tracking_follows() {
     // B listens on exactly the channel of the driver its socket tracks, and drops it when the socket goes.
     let mut conn = redis.connection().await;
     let channels: Vec<String> =
-        redis::cmd("PUBSUB").arg("CHANNELS").arg("two:trk:*").query_async(&mut conn).await.unwrap();
-    assert_eq!(channels, vec!["two:trk:moving-1".to_string()]);
+        redis::cmd("PUBSUB").arg("CHANNELS").arg(format!("{prefix}:trk:*")).query_async(&mut conn).await.unwrap();
+    assert_eq!(channels, vec![format!("{prefix}:trk:moving-1")]);
     drop(tracker);
     eventually(10, "the channel is released", || {
-        let mut conn = conn.clone();
+        let (mut conn, pattern) = (conn.clone(), format!("{prefix}:trk:*"));
         async move {
             let channels: Vec<String> =
-                redis::cmd("PUBSUB").arg("CHANNELS").arg("two:trk:*").query_async(&mut conn).await.unwrap();
+                redis::cmd("PUBSUB").arg("CHANNELS").arg(pattern).query_async(&mut conn).await.unwrap();
             channels.is_empty().then_some(())
         }
     })
@@ -137,8 +138,9 @@ async fn pings_into_one_instance_show_up_on_the_other_and_tracking_follows() {
 #[tokio::test]
 async fn a_restarted_instance_loads_the_window_and_resumes_without_gap_or_double_count() {
     let redis = RedisServer::start();
-    let a = start(redis_config(&redis, "restart")).await;
-    let b = start(redis_config(&redis, "restart")).await;
+    let prefix = unique_prefix("restart");
+    let a = start(redis_config(&redis, &prefix)).await;
+    let b = start(redis_config(&redis, &prefix)).await;
     let now = now_ms();
     post_json(&a, "/api/pings", &json!([ping("r-1", 6.50, 3.37), ping("r-2", 6.45, 3.40)])).await;
     post_json(&a, "/api/orders", &json!([{"lat": 6.44, "lon": 3.41, "ts": now - 120_000}])).await;
@@ -159,7 +161,7 @@ async fn a_restarted_instance_loads_the_window_and_resumes_without_gap_or_double
         tokio::time::sleep(Duration::from_millis(60)).await;
     }
     post_json(&a, "/api/pings", &json!([ping("r-1", 6.52, 3.39)])).await;
-    let b2 = start(redis_config(&redis, "restart")).await;
+    let b2 = start(redis_config(&redis, &prefix)).await;
     // Once A's last tick is in, both views are the same, cell by cell; r-1's last move is in both.
     let r1_cell = geohash(6.52, 3.39, 7);
     for layer in ["drivers", "orders"] {
@@ -188,7 +190,7 @@ async fn a_restarted_instance_loads_the_window_and_resumes_without_gap_or_double
 #[tokio::test]
 async fn nearest_drivers_come_in_the_same_order_from_both_stores() {
     let redis = RedisServer::start();
-    let shared = start(redis_config(&redis, "near")).await;
+    let shared = start(redis_config(&redis, &unique_prefix("near"))).await;
     let embedded = start(config()).await;
     let pings = json!([
         ping("n-far", 6.60, 3.30),
@@ -232,9 +234,10 @@ async fn without_redis_at_start_the_server_says_so() {
 /// own share, and end with exact counts; viewers get a fresh snapshot; pings sent meanwhile count.
 #[tokio::test]
 async fn a_redis_that_loses_its_data_is_repaired_with_exact_counts() {
-    let mut redis = RedisServer::start();
-    let a = start(redis_config(&redis, "loss")).await;
-    let b = start(redis_config(&redis, "loss")).await;
+    let mut redis = RedisServer::start_own();
+    let prefix = unique_prefix("loss");
+    let a = start(redis_config(&redis, &prefix)).await;
+    let b = start(redis_config(&redis, &prefix)).await;
     let on_a: Vec<Value> = (0..10).map(|i| ping(&format!("a-{i}"), 6.45 + 0.005 * f64::from(i), 3.40)).collect();
     let on_b: Vec<Value> = (0..5).map(|i| ping(&format!("b-{i}"), 6.55, 3.30 + 0.005 * f64::from(i))).collect();
     post_json(&a, "/api/pings", &Value::Array(on_a)).await;
