@@ -113,13 +113,10 @@ pub async fn ingest(plan: &IngestPlan) -> anyhow::Result<IngestReport> {
                 let per_worker = plan.rate as f64 / plan.connections.max(1) as f64;
                 Duration::from_secs_f64(plan.batch as f64 / per_worker)
             });
+            let turns = Turns::new(worker, &plan, &bodies, &counts, &measured, pace, measure_from, stop_at);
             let result = match plan.transport {
-                Transport::Http => {
-                    http_worker(worker, &plan, &client, &bodies, &counts, &measured, pace, measure_from, stop_at).await
-                }
-                Transport::Ws => {
-                    ws_worker(worker, &plan, &bodies, &counts, &measured, pace, measure_from, stop_at).await
-                }
+                Transport::Http => http_worker(&plan, &client, turns).await,
+                Transport::Ws => ws_worker(&plan, turns).await,
             };
             if let Err(error) = result {
                 eprintln!("worker {worker}: {error:#}");
@@ -156,100 +153,107 @@ pub async fn ingest(plan: &IngestPlan) -> anyhow::Result<IngestReport> {
     })
 }
 
-fn count(all: &Counts, measured: &Counts, in_window: bool, sent: u64, accepted: u64, rejected: u64, busy: u64) {
-    for c in std::iter::once(all).chain(in_window.then_some(measured)) {
-        c.sent.fetch_add(sent, Relaxed);
-        c.accepted.fetch_add(accepted, Relaxed);
-        c.rejected.fetch_add(rejected, Relaxed);
-        c.busy.fetch_add(busy, Relaxed);
+/// One worker's share of a run: its pace, its turn through the pre-built batches, and its counts.
+struct Turns<'a> {
+    bodies: &'a [Vec<Ping>],
+    counts: &'a Counts,
+    measured: &'a Counts,
+    /// Time between two of this worker's batches; `None` = flat out.
+    pace: Option<Duration>,
+    next_send: Instant,
+    measure_from: Instant,
+    stop_at: Instant,
+    /// Index of the next batch; workers interleave by stepping over each other's.
+    next: usize,
+    step: usize,
+}
+
+impl<'a> Turns<'a> {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        worker: usize,
+        plan: &IngestPlan,
+        bodies: &'a [Vec<Ping>],
+        counts: &'a Counts,
+        measured: &'a Counts,
+        pace: Option<Duration>,
+        measure_from: Instant,
+        stop_at: Instant,
+    ) -> Turns<'a> {
+        let step = plan.connections.max(1);
+        Turns { bodies, counts, measured, pace, next_send: Instant::now(), measure_from, stop_at, next: worker, step }
+    }
+
+    /// Waits for this worker's next slot and returns the index of the batch to send, or `None` when time is up.
+    async fn next(&mut self) -> Option<usize> {
+        if let Some(pace) = self.pace {
+            tokio::time::sleep_until(self.next_send.into()).await;
+            self.next_send += pace;
+        }
+        if Instant::now() >= self.stop_at {
+            return None;
+        }
+        let index = self.next % self.bodies.len();
+        self.next += self.step;
+        Some(index)
+    }
+
+    /// Records an answer: always in the run's totals, and in the measured window once warm-up is over.
+    fn record(&self, sent: u64, accepted: u64, rejected: u64, busy: u64) {
+        let in_window = Instant::now() >= self.measure_from;
+        for c in std::iter::once(self.counts).chain(in_window.then_some(self.measured)) {
+            c.sent.fetch_add(sent, Relaxed);
+            c.accepted.fetch_add(accepted, Relaxed);
+            c.rejected.fetch_add(rejected, Relaxed);
+            c.busy.fetch_add(busy, Relaxed);
+        }
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn http_worker(
-    worker: usize,
-    plan: &IngestPlan,
-    client: &reqwest::Client,
-    bodies: &[Vec<Ping>],
-    counts: &Counts,
-    measured: &Counts,
-    pace: Option<Duration>,
-    measure_from: Instant,
-    stop_at: Instant,
-) -> anyhow::Result<()> {
-    let encoded: Vec<Vec<u8>> = bodies.iter().map(|b| serde_json::to_vec(b).expect("pings serialise")).collect();
+async fn http_worker(plan: &IngestPlan, client: &reqwest::Client, mut turns: Turns<'_>) -> anyhow::Result<()> {
+    let encoded: Vec<Vec<u8>> = turns.bodies.iter().map(|b| serde_json::to_vec(b).expect("pings serialise")).collect();
     let url = format!("{}/api/pings", plan.url);
-    let mut i = worker;
-    let mut next = Instant::now();
-    while Instant::now() < stop_at {
-        if let Some(pace) = pace {
-            tokio::time::sleep_until(next.into()).await;
-            next += pace;
-        }
-        let body = &encoded[i % encoded.len()];
-        let n = bodies[i % bodies.len()].len() as u64;
-        i += plan.connections.max(1);
-        let response = client.post(&url).header("content-type", "application/json").body(body.clone()).send().await?;
-        let in_window = Instant::now() >= measure_from;
+    while let Some(i) = turns.next().await {
+        let n = turns.bodies[i].len() as u64;
+        let response =
+            client.post(&url).header("content-type", "application/json").body(encoded[i].clone()).send().await?;
         if response.status().as_u16() == 503 {
-            count(counts, measured, in_window, 0, 0, 0, 1);
+            turns.record(0, 0, 0, 1);
             tokio::time::sleep(Duration::from_millis(20)).await;
             continue;
         }
         let report: BatchReport = response.json().await?;
-        count(counts, measured, in_window, n, u64::from(report.accepted), report.rejected.len() as u64, 0);
+        turns.record(n, u64::from(report.accepted), report.rejected.len() as u64, 0);
     }
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn ws_worker(
-    worker: usize,
-    plan: &IngestPlan,
-    bodies: &[Vec<Ping>],
-    counts: &Counts,
-    measured: &Counts,
-    pace: Option<Duration>,
-    measure_from: Instant,
-    stop_at: Instant,
-) -> anyhow::Result<()> {
+async fn ws_worker(plan: &IngestPlan, mut turns: Turns<'_>) -> anyhow::Result<()> {
     let url = format!("{}/ws/driver", plan.url.replacen("http", "ws", 1));
     let (mut socket, _) = tokio_tungstenite::connect_async(url).await?;
-    let mut i = worker;
-    let mut next = Instant::now();
     let mut seq = 0;
-    while Instant::now() < stop_at {
-        if let Some(pace) = pace {
-            tokio::time::sleep_until(next.into()).await;
-            next += pace;
-        }
-        let pings = bodies[i % bodies.len()].clone();
+    while let Some(i) = turns.next().await {
+        let pings = turns.bodies[i].clone();
         let n = pings.len() as u64;
-        i += plan.connections.max(1);
         seq += 1;
         let text = serde_json::to_string(&DriverClientMsg::Batch { seq: Some(seq), pings })?;
         socket.send(Message::Text(text.into())).await?;
-        // Read until this message's ack (errors for single pings come first).
-        let (mut rejected, mut busy) = (0, 0);
+        // Read until this message's ack (errors for single pings come first; a whole-message error means busy).
+        let mut rejected = 0;
         let accepted = loop {
             let Some(message) = socket.next().await else { anyhow::bail!("the server closed the socket") };
             let Message::Text(text) = message? else { continue };
             match serde_json::from_str::<DriverServerMsg>(&text)? {
-                DriverServerMsg::Ack { seq: Some(s), accepted } if s == seq => break u64::from(accepted),
-                DriverServerMsg::Error { seq: Some(s), index: None, .. } if s == seq => {
-                    busy = 1;
-                    break 0;
-                }
+                DriverServerMsg::Ack { seq: Some(s), accepted } if s == seq => break Some(u64::from(accepted)),
+                DriverServerMsg::Error { seq: Some(s), index: None, .. } if s == seq => break None,
                 DriverServerMsg::Error { .. } => rejected += 1,
                 _ => {}
             }
         };
-        let in_window = Instant::now() >= measure_from;
-        if busy == 1 {
-            count(counts, measured, in_window, 0, 0, 0, 1);
-            continue;
+        match accepted {
+            Some(accepted) => turns.record(n, accepted, rejected, 0),
+            None => turns.record(0, 0, 0, 1),
         }
-        count(counts, measured, in_window, n, accepted, rejected, 0);
     }
     let _ = socket.close(None).await;
     Ok(())

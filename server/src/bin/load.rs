@@ -105,6 +105,19 @@ fn start_server(args: &Args) -> anyhow::Result<Server> {
     Ok(Server { child, url: format!("http://{addr}") })
 }
 
+/// Runs a scenario and reads what it cost the server: CPU (% of one core over the run) and peak RSS (KiB).
+async fn measure_server<T>(
+    pid: u32,
+    scenario: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<(T, f64, u64)> {
+    let cpu_before = load::process_usage(pid).map_or(0.0, |u| u.0);
+    let started = Instant::now();
+    let report = scenario.await?;
+    let wall = started.elapsed().as_secs_f64();
+    let (cpu_after, peak_rss_kib) = load::process_usage(pid).unwrap_or((cpu_before, 0));
+    Ok((report, (cpu_after - cpu_before) / wall * 100.0, peak_rss_kib))
+}
+
 fn open_files_limit() -> String {
     std::fs::read_to_string("/proc/self/limits")
         .ok()
@@ -142,12 +155,7 @@ async fn main() -> anyhow::Result<()> {
                 warmup: Duration::from_secs_f64(*warmup_secs),
                 duration: Duration::from_secs_f64(*duration_secs),
             };
-            let cpu_before = load::process_usage(pid).map_or(0.0, |u| u.0);
-            let started = Instant::now();
-            let report = load::ingest(&plan).await?;
-            let wall = started.elapsed().as_secs_f64();
-            let (cpu_after, peak_rss_kib) = load::process_usage(pid).unwrap_or((cpu_before, 0));
-            let cpu_percent = (cpu_after - cpu_before) / wall * 100.0;
+            let (report, cpu_percent, peak_rss_kib) = measure_server(pid, load::ingest(&plan)).await?;
             println!();
             println!("| scenario | store | transport | batch | conns | sent/s | accepted/s | accepted | aggregated | lost | rejected | 503s | server CPU | server peak RSS |");
             println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
@@ -181,12 +189,7 @@ async fn main() -> anyhow::Result<()> {
                 warmup: Duration::from_secs_f64(*warmup_secs),
                 duration: Duration::from_secs_f64(*duration_secs),
             };
-            let cpu_before = load::process_usage(pid).map_or(0.0, |u| u.0);
-            let started = Instant::now();
-            let report = load::track(&plan).await?;
-            let wall = started.elapsed().as_secs_f64();
-            let (cpu_after, peak_rss_kib) = load::process_usage(pid).unwrap_or((cpu_before, 0));
-            let cpu_percent = (cpu_after - cpu_before) / wall * 100.0;
+            let (report, cpu_percent, peak_rss_kib) = measure_server(pid, load::track(&plan)).await?;
             println!();
             println!("| scenario | store | drivers | trackers | fixes sent | delivered | ratio | dups | p50 ms | p95 ms | p99 ms | max ms | server CPU | server peak RSS |");
             println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
