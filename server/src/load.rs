@@ -326,8 +326,51 @@ fn now_ms_f64() -> f64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64() * 1000.0)
 }
 
-/// `drivers` drivers ping at 1 Hz (in ten slices a second, over HTTP); `trackers` sockets each follow one of them
-/// and time every fix from its `ts` (the send time, in ms) to its arrival.
+/// Slices of each second the fleet's pings are spread over: every driver pings once a second at its own phase,
+/// so the server sees a steady stream (a few pings every 10 ms), not one burst per second.
+const FLEET_SLICES_PER_SEC: usize = 100;
+
+/// Drives `fleet` over `POST /api/pings`, every driver once a second (each at its own phase, in
+/// [`FLEET_SLICES_PER_SEC`] batches), until `stop` is cancelled. Only the first `moving` drivers move; the
+/// others are parked (they keep pinging where they are). Each ping carries its send time as `ts`; `on_sent` sees
+/// every batch the server took.
+async fn drive_fleet(
+    url: &str,
+    mut fleet: Fleet,
+    moving: usize,
+    stop: tokio_util::sync::CancellationToken,
+    mut on_sent: impl FnMut(&[Ping]),
+) -> anyhow::Result<()> {
+    let client = reqwest::Client::new();
+    let url = format!("{url}/api/pings");
+    let slices = FLEET_SLICES_PER_SEC;
+    let chunk = fleet.len().div_ceil(slices);
+    let mut every = tokio::time::interval(Duration::from_secs(1) / slices as u32);
+    let mut positions = fleet.step(0.0, 0);
+    for slice in 0.. {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = every.tick() => {}
+        }
+        if slice % slices == 0 && slice > 0 {
+            for (i, next) in fleet.step(1.0, 0).into_iter().enumerate().take(moving) {
+                positions[i] = next;
+            }
+        }
+        let from = (slice % slices) * chunk;
+        let batch: Vec<Ping> =
+            positions.iter().skip(from).take(chunk).map(|p| Ping { ts: now_ms(), ..p.clone() }).collect();
+        if batch.is_empty() {
+            continue;
+        }
+        client.post(&url).json(&batch).send().await?.error_for_status()?;
+        on_sent(&batch);
+    }
+    Ok(())
+}
+
+/// `drivers` drivers ping at 1 Hz (see [`drive_fleet`]); `trackers` sockets each follow one of them and time
+/// every fix from its `ts` (the send time, in ms) to its arrival.
 pub async fn track(plan: &TrackPlan) -> anyhow::Result<TrackReport> {
     let tracked = plan.trackers.min(plan.drivers);
     let start = Instant::now();
@@ -337,7 +380,7 @@ pub async fn track(plan: &TrackPlan) -> anyhow::Result<TrackReport> {
     let mut listeners = Vec::new();
     for i in 0..tracked {
         let url = format!("{}/ws/track/trk-{i}", plan.url.replacen("http", "ws", 1));
-        let (socket, _) = tokio_tungstenite::connect_async(url).await?;
+        let (socket, _) = tokio_tungstenite::connect_async_with_config(url, Some(small_buffers()), false).await?;
         listeners.push(tokio::spawn(async move {
             let (_, mut incoming) = socket.split();
             let (mut latencies, mut delivered, mut duplicates) = (Vec::new(), 0u64, 0u64);
@@ -360,33 +403,19 @@ pub async fn track(plan: &TrackPlan) -> anyhow::Result<TrackReport> {
             (latencies, delivered, duplicates)
         }));
     }
-    let client = reqwest::Client::new();
-    let mut fleet = Fleet::new("trk", plan.drivers, 0.0, 7);
-    let slices = 10usize;
+    let stop = tokio_util::sync::CancellationToken::new();
     let mut sent = 0u64;
-    let mut every = tokio::time::interval(Duration::from_millis(1000 / slices as u64));
-    let mut slice = 0usize;
-    let mut positions = fleet.step(0.0, 0);
-    while Instant::now() < stop_at {
-        every.tick().await;
-        if slice.is_multiple_of(slices) {
-            positions = fleet.step(1.0, 0);
+    let fleet = drive_fleet(&plan.url, Fleet::new("trk", plan.drivers, 0.0, 7), plan.drivers, stop.clone(), |batch| {
+        if Instant::now() >= measure_from {
+            let is_tracked = |p: &&Ping| {
+                p.driver_id.strip_prefix("trk-").and_then(|n| n.parse::<usize>().ok()).is_some_and(|n| n < tracked)
+            };
+            sent += batch.iter().filter(is_tracked).count() as u64;
         }
-        let chunk = plan.drivers.div_ceil(slices);
-        let from = (slice % slices) * chunk;
-        let batch: Vec<Ping> =
-            positions.iter().skip(from).take(chunk).map(|p| Ping { ts: now_ms(), ..p.clone() }).collect();
-        let in_window = Instant::now() >= measure_from;
-        if in_window {
-            sent += batch
-                .iter()
-                .filter(|p| {
-                    p.driver_id.strip_prefix("trk-").and_then(|n| n.parse::<usize>().ok()).is_some_and(|n| n < tracked)
-                })
-                .count() as u64;
-        }
-        client.post(format!("{}/api/pings", plan.url)).json(&batch).send().await?.error_for_status()?;
-        slice += 1;
+    });
+    tokio::select! {
+        result = fleet => result?,
+        _ = tokio::time::sleep_until(stop_at.into()) => stop.cancel(),
     }
     let mut latencies = Vec::new();
     let (mut delivered, mut duplicates) = (0, 0);
@@ -397,12 +426,7 @@ pub async fn track(plan: &TrackPlan) -> anyhow::Result<TrackReport> {
         duplicates += dup;
     }
     latencies.sort_by(f64::total_cmp);
-    let pct = |p: f64| -> f64 {
-        if latencies.is_empty() {
-            return f64::NAN;
-        }
-        latencies[((latencies.len() - 1) as f64 * p).round() as usize]
-    };
+    let pct = |p: f64| percentile(&latencies, p);
     Ok(TrackReport {
         drivers: plan.drivers,
         trackers: tracked,
@@ -415,4 +439,259 @@ pub async fn track(plan: &TrackPlan) -> anyhow::Result<TrackReport> {
         latency_ms_p99: pct(0.99),
         latency_ms_max: latencies.last().copied().unwrap_or(f64::NAN),
     })
+}
+
+/// The `p` quantile (0..=1) of sorted values, NaN when there are none.
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// Client sockets with small buffers: tungstenite's 128 KiB default read buffer would make 20,000 harness
+/// sockets cost 2.5 GiB.
+fn small_buffers() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
+    tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().read_buffer_size(4096).write_buffer_size(0)
+}
+
+#[derive(Debug, Clone)]
+pub struct FanoutPlan {
+    pub url: String,
+    /// Heat viewers, all subscribed to the whole city.
+    pub viewers: usize,
+    /// Drivers pinging once a second each while the viewers watch.
+    pub drivers: usize,
+    /// How many of them move (the others are parked): few moving drivers = few changed cells per tick.
+    pub moving: usize,
+    /// Geohash precision the viewers ask for (6 = the homepage at city zoom).
+    pub precision: u8,
+    /// The server whose memory is read (its pid), when the harness started it.
+    pub server_pid: Option<u32>,
+    pub warmup: Duration,
+    pub duration: Duration,
+}
+
+/// How a tick's frames reached the viewers, and what they cost, measured after warm-up.
+#[derive(Debug, Clone, Serialize)]
+pub struct FanoutReport {
+    pub viewers: usize,
+    pub drivers: usize,
+    pub moving: usize,
+    /// Ticks seen in the window.
+    pub ticks: usize,
+    /// Viewer-ticks received / (ticks x viewers).
+    pub delivery_ratio: f64,
+    /// Per tick: last viewer's arrival - first viewer's arrival.
+    pub spread_ms_p50: f64,
+    pub spread_ms_p99: f64,
+    pub spread_ms_max: f64,
+    /// Bytes of the snapshot each viewer got on subscribing (mean over viewers).
+    pub snapshot_bytes: f64,
+    /// Bytes of one tick's delta frames to one viewer (median and 99th percentile over viewer-ticks).
+    pub delta_bytes_p50: f64,
+    pub delta_bytes_p99: f64,
+    /// Median delta bytes / snapshot bytes.
+    pub delta_to_snapshot: f64,
+    /// Cells a tick changed for one viewer (median over viewer-ticks).
+    pub delta_cells_p50: f64,
+    /// Cells in the snapshot (mean over viewers).
+    pub snapshot_cells: f64,
+    /// Snapshots sent again because a viewer fell behind.
+    pub resyncs: u64,
+    /// Server RSS growth over the viewers, per viewer (KiB), at the end of the window; `None` without a pid.
+    pub server_rss_kib_per_viewer: Option<f64>,
+}
+
+/// The city the fan-out viewers watch: the demo fleet's Lagos, with a margin.
+const CITY: app::protocol::BBox = app::protocol::BBox { south: 6.35, west: 3.25, north: 6.70, east: 3.60 };
+
+/// What one viewer saw.
+#[derive(Default)]
+struct ViewerLog {
+    snapshots: Vec<(usize, usize)>,
+    /// Per tick: seq, first frame's arrival (ms), bytes, cells.
+    ticks: Vec<(u64, f64, usize, usize)>,
+}
+
+/// The type, seq and cell count of a heat frame, read without decoding it: with 20,000 viewers in one process,
+/// a full JSON parse per frame would make the harness, not the server, what the spread measures.
+fn frame_head(text: &str) -> Option<(&str, Option<u64>, usize)> {
+    let after = |key: &str| text.find(key).map(|i| &text[i + key.len()..]);
+    let kind = after("\"type\":\"")?.split('"').next()?;
+    let seq = after("\"seq\":").and_then(|rest| {
+        let end = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        rest[..end].parse().ok()
+    });
+    // Each cell is `["geohash",n]`; nothing else in a frame opens an array with a string.
+    Some((kind, seq, text.matches("[\"").count()))
+}
+
+/// Resident memory (KiB) of a process now.
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|l| l.strip_prefix("VmRSS:")?.trim().strip_suffix("kB")?.trim().parse().ok())
+}
+
+/// `viewers` heat sockets subscribe to the city while `drivers` drivers move; every viewer logs when each tick's
+/// frames arrive and their size. Reports the per-tick spread (first to last viewer), snapshot vs delta bytes and
+/// the server's memory per viewer.
+pub async fn fanout(plan: &FanoutPlan) -> anyhow::Result<FanoutReport> {
+    let stop = tokio_util::sync::CancellationToken::new();
+    let fleet = Fleet::new("fan", plan.drivers, 0.0, 11);
+    let fleet = tokio::spawn({
+        let (url, stop, moving) = (plan.url.clone(), stop.clone(), plan.moving);
+        async move { drive_fleet(&url, fleet, moving, stop, |_| {}).await }
+    });
+    // Let the fleet fill the map before taking the memory baseline.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let rss_before = plan.server_pid.and_then(rss_kib);
+    let url = format!("{}/ws/heat", plan.url.replacen("http", "ws", 1));
+    let subscribe = serde_json::to_string(&app::protocol::HeatClientMsg::Subscribe(app::protocol::HeatSubscription {
+        layer: app::protocol::Layer::Drivers,
+        window_min: app::protocol::DEFAULT_WINDOW_MIN,
+        precision: Some(plan.precision),
+        zoom: None,
+        bbox: CITY,
+    }))?;
+    // Connect in waves (the listen backlog is finite); each viewer is subscribed once its snapshot is in.
+    let window = Arc::new(std::sync::OnceLock::<(Instant, Instant)>::new());
+    let mut viewers = Vec::with_capacity(plan.viewers);
+    let mut ready = Vec::with_capacity(plan.viewers);
+    for wave in (0..plan.viewers).collect::<Vec<_>>().chunks(256) {
+        let mut joins = Vec::new();
+        for _ in wave {
+            let (url, subscribe) = (url.clone(), subscribe.clone());
+            joins.push(tokio::spawn(async move {
+                let (mut socket, _) =
+                    tokio_tungstenite::connect_async_with_config(url, Some(small_buffers()), false).await?;
+                socket.send(Message::Text(subscribe.into())).await?;
+                anyhow::Ok(socket)
+            }));
+        }
+        for join in joins {
+            let socket = join.await??;
+            let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+            ready.push(ready_rx);
+            viewers.push(tokio::spawn(watch_heat(socket, window.clone(), ready_tx)));
+        }
+    }
+    for r in ready {
+        r.await?;
+    }
+    let measure_from = Instant::now() + plan.warmup;
+    let stop_at = measure_from + plan.duration;
+    window.set((measure_from, stop_at)).expect("set once");
+    tokio::time::sleep_until(stop_at.into()).await;
+    let rss_after = plan.server_pid.and_then(rss_kib);
+    stop.cancel();
+    fleet.await??;
+    let mut logs = Vec::with_capacity(viewers.len());
+    for viewer in viewers {
+        logs.push(viewer.await?);
+    }
+    Ok(fanout_report(plan, &logs, rss_before.zip(rss_after)))
+}
+
+/// One viewer: records its snapshots and, inside the window, when each tick's frames arrived and their size.
+async fn watch_heat(
+    socket: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    window: Arc<std::sync::OnceLock<(Instant, Instant)>>,
+    ready: tokio::sync::oneshot::Sender<()>,
+) -> ViewerLog {
+    let mut log = ViewerLog::default();
+    let mut ready = Some(ready);
+    let mut incoming = socket;
+    loop {
+        // Until the window is set, read without a deadline; then until its end.
+        let next = match window.get() {
+            Some(&(_, stop_at)) => match tokio::time::timeout_at(stop_at.into(), incoming.next()).await {
+                Ok(next) => next,
+                Err(_) => break,
+            },
+            None => incoming.next().await,
+        };
+        let Some(Ok(Message::Text(text))) = next else {
+            if next.is_none() || matches!(next, Some(Err(_))) {
+                break;
+            }
+            continue;
+        };
+        let arrived = Instant::now();
+        let Some((kind, seq, cells)) = frame_head(&text) else { continue };
+        match kind {
+            "snapshot" => {
+                log.snapshots.push((text.len(), cells));
+                if let Some(ready) = ready.take() {
+                    let _ = ready.send(());
+                }
+            }
+            "delta" => {
+                let Some(&(measure_from, _)) = window.get() else { continue };
+                if arrived < measure_from {
+                    continue;
+                }
+                let seq = seq.unwrap_or(0);
+                match log.ticks.last_mut() {
+                    Some(last) if last.0 == seq => {
+                        last.2 += text.len();
+                        last.3 += cells;
+                    }
+                    _ => log.ticks.push((seq, ms_since(arrived), text.len(), cells)),
+                }
+            }
+            _ => {}
+        }
+    }
+    log
+}
+
+/// Milliseconds from a process-wide origin to `t` (all viewers share it, so arrivals compare).
+fn ms_since(t: Instant) -> f64 {
+    static ORIGIN: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    t.saturating_duration_since(*ORIGIN.get_or_init(Instant::now)).as_secs_f64() * 1000.0
+}
+
+fn fanout_report(plan: &FanoutPlan, logs: &[ViewerLog], rss: Option<(u64, u64)>) -> FanoutReport {
+    let mut per_tick: std::collections::BTreeMap<u64, (f64, f64, usize)> = Default::default();
+    let (mut delta_bytes, mut delta_cells) = (Vec::new(), Vec::new());
+    for log in logs {
+        for &(seq, at, bytes, cells) in &log.ticks {
+            let entry = per_tick.entry(seq).or_insert((f64::MAX, f64::MIN, 0));
+            entry.0 = entry.0.min(at);
+            entry.1 = entry.1.max(at);
+            entry.2 += 1;
+            delta_bytes.push(bytes as f64);
+            delta_cells.push(cells as f64);
+        }
+    }
+    // The first and last ticks of the window may be cut by its edges: only the ticks between them count.
+    let whole: Vec<_> = per_tick.values().skip(1).collect();
+    let whole = &whole[..whole.len().saturating_sub(1)];
+    let mut spreads: Vec<f64> = whole.iter().map(|t| t.1 - t.0).collect();
+    spreads.sort_by(f64::total_cmp);
+    delta_bytes.sort_by(f64::total_cmp);
+    delta_cells.sort_by(f64::total_cmp);
+    let first = |log: &ViewerLog| log.snapshots.first().copied().unwrap_or_default();
+    let mean = |f: &dyn Fn(&ViewerLog) -> f64| logs.iter().map(f).sum::<f64>() / logs.len().max(1) as f64;
+    let snapshot_bytes = mean(&|l| first(l).0 as f64);
+    let received: usize = whole.iter().map(|t| t.2).sum();
+    FanoutReport {
+        viewers: logs.len(),
+        drivers: plan.drivers,
+        moving: plan.moving,
+        ticks: whole.len(),
+        delivery_ratio: received as f64 / (whole.len() * logs.len()).max(1) as f64,
+        spread_ms_p50: percentile(&spreads, 0.50),
+        spread_ms_p99: percentile(&spreads, 0.99),
+        spread_ms_max: spreads.last().copied().unwrap_or(f64::NAN),
+        snapshot_bytes,
+        delta_bytes_p50: percentile(&delta_bytes, 0.50),
+        delta_bytes_p99: percentile(&delta_bytes, 0.99),
+        delta_to_snapshot: percentile(&delta_bytes, 0.50) / snapshot_bytes,
+        delta_cells_p50: percentile(&delta_cells, 0.50),
+        snapshot_cells: mean(&|l| first(l).1 as f64),
+        resyncs: logs.iter().map(|l| l.snapshots.len().saturating_sub(1) as u64).sum(),
+        server_rss_kib_per_viewer: rss.map(|(before, after)| after.saturating_sub(before) as f64 / logs.len() as f64),
+    }
 }

@@ -87,8 +87,14 @@ impl Metrics {
     }
 
     pub fn sent(&self, kind: SocketKind, bytes: usize) {
-        self.frames_sent[kind as usize].fetch_add(1, Relaxed);
-        self.bytes_sent[kind as usize].fetch_add(bytes as u64, Relaxed);
+        self.sent_many(kind, 1, bytes);
+    }
+
+    pub fn sent_many(&self, kind: SocketKind, frames: u64, bytes: usize) {
+        if frames > 0 {
+            self.frames_sent[kind as usize].fetch_add(frames, Relaxed);
+            self.bytes_sent[kind as usize].fetch_add(bytes as u64, Relaxed);
+        }
     }
 
     pub fn observe_tick(&self, took: Duration) {

@@ -1,7 +1,8 @@
 //! The three WebSockets: drivers stream pings in, heat viewers and trackers receive frames out.
 //!
 //! Each socket is one task: a `select!` over the client's messages, the engine's frames and the shutdown
-//! signal. Sends have a deadline, so a client that stops reading is closed instead of pinning a task, and every
+//! signal. The shutdown future is made once per socket: made per loop turn, every socket woken by a tick would
+//! take and release the token's one lock twice (20,000 viewers contending for it each tick). Sends have a deadline, so a client that stops reading is closed instead of pinning a task, and every
 //! buffer in between is bounded (see `hub` for heat and `engine` for trackers).
 
 use std::{sync::Arc, time::Duration};
@@ -17,7 +18,7 @@ use axum::{
     },
     response::Response,
 };
-use futures::{stream::SplitSink, SinkExt, StreamExt};
+use futures::SinkExt;
 use tokio::sync::broadcast::{self, error::RecvError};
 
 use crate::{
@@ -36,7 +37,9 @@ const CLOSE_GOING_AWAY: u16 = 1001;
 const CLOSE_PROTOCOL_ERROR: u16 = 1002;
 const CLOSE_TOO_BIG: u16 = 1009;
 
-type Sink = SplitSink<WebSocket, Message>;
+/// Sockets are not split: one task owns each, reads in a `select!` branch (cancel-safe) and writes in the others,
+/// so a write takes no lock.
+type Sink = WebSocket;
 
 /// Logs a socket's end however its task ends.
 struct ClosedLog(&'static str);
@@ -61,7 +64,7 @@ fn limited(upgrade: WebSocketUpgrade, state: &AppState) -> WebSocketUpgrade {
         .max_write_buffer_size(1024 * 1024)
 }
 
-/// Sends one text frame within the deadline, counting it.
+/// Sends one text frame within the deadline, counting it (written at once: see [`forward`] for batched writes).
 async fn send(sink: &mut Sink, text: Utf8Bytes, kind: SocketKind, metrics: &Metrics) -> Result<(), ()> {
     let len = text.len();
     match tokio::time::timeout(SEND_DEADLINE, sink.send(Message::Text(text))).await {
@@ -120,16 +123,17 @@ async fn driver_socket(socket: WebSocket, state: AppState) {
     let _closed = ClosedLog("driver");
     let metrics = state.metrics.clone();
     let _guard = metrics.subscriber(SocketKind::Driver);
-    let (mut sink, mut stream) = socket.split();
+    let mut sink = socket;
     let kind = SocketKind::Driver;
     let wait = Duration::from_millis(state.config.queue_wait_ms);
+    let mut shutdown = std::pin::pin!(state.shutdown.cancelled());
     loop {
         let message = tokio::select! {
-            _ = state.shutdown.cancelled() => {
+            _ = &mut shutdown => {
                 close(&mut sink, CLOSE_GOING_AWAY, "server shutting down").await;
                 return;
             }
-            message = stream.next() => message,
+            message = sink.recv() => message,
         };
         let text = match message {
             Some(Ok(Message::Text(text))) => text,
@@ -213,15 +217,16 @@ async fn heat_socket(socket: WebSocket, state: AppState) {
     let metrics = state.metrics.clone();
     let _guard = metrics.subscriber(SocketKind::Heat);
     let kind = SocketKind::Heat;
-    let (mut sink, mut stream) = socket.split();
+    let mut sink = socket;
     let mut sub: Option<Subscribed> = None;
+    let mut shutdown = std::pin::pin!(state.shutdown.cancelled());
     loop {
         tokio::select! {
-            _ = state.shutdown.cancelled() => {
+            _ = &mut shutdown => {
                 close(&mut sink, CLOSE_GOING_AWAY, "server shutting down").await;
                 return;
             }
-            message = stream.next() => {
+            message = sink.recv() => {
                 let text = match message {
                     Some(Ok(Message::Text(text))) => text,
                     Some(Err(e)) => return close_after_read_error(&mut sink, e, &metrics, kind).await,
@@ -283,23 +288,42 @@ async fn send_snapshot(sink: &mut Sink, state: &AppState, sub: &mut Subscribed) 
     send_json(sink, &HeatServerMsg::Snapshot(snapshot), SocketKind::Heat, &state.metrics).await
 }
 
-/// Sends the frames of a tick whose regions the viewer's box overlaps (a totals-only frame if none).
+/// Sends the frames of a tick whose regions the viewer's box overlaps (a totals-only frame if none), buffered
+/// and flushed once: one write per viewer per tick, however many regions changed.
 async fn forward(sink: &mut Sink, sub: &Subscribed, tick: &TickFrames, metrics: &Metrics) -> Result<(), ()> {
     if tick.seq <= sub.seen {
         return Ok(());
     }
-    let mut sent_any = false;
-    for frame in &tick.frames {
-        let wanted = match frame.tile {
-            Some(tile) => sub.view.tile_set.contains(&tile),
-            None => !sent_any,
-        };
-        if wanted {
-            send(sink, frame.text.clone(), SocketKind::Heat, metrics).await?;
-            sent_any = true;
+    let write = async {
+        let (mut frames, mut bytes) = (0, 0);
+        for frame in &tick.frames {
+            let wanted = match frame.tile {
+                Some(tile) => sub.view.tile_set.contains(&tile),
+                None => frames == 0,
+            };
+            if wanted {
+                sink.feed(Message::Text(frame.text.clone())).await?;
+                frames += 1;
+                bytes += frame.text.len();
+            }
         }
+        sink.flush().await?;
+        Ok::<_, axum::Error>((frames, bytes))
+    };
+    // Most writes complete at once (the kernel buffer has room): only a write that has to wait gets a deadline,
+    // which spares a timer per viewer per tick.
+    let mut write = std::pin::pin!(write);
+    let written = match futures::poll!(write.as_mut()) {
+        std::task::Poll::Ready(result) => Ok(result),
+        std::task::Poll::Pending => tokio::time::timeout(SEND_DEADLINE, write).await,
+    };
+    match written {
+        Ok(Ok((frames, bytes))) => {
+            metrics.sent_many(SocketKind::Heat, frames, bytes);
+            Ok(())
+        }
+        _ => Err(()),
     }
-    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -322,7 +346,7 @@ async fn track_socket(socket: WebSocket, state: AppState, driver_id: String) {
     let metrics = state.metrics.clone();
     let _guard = metrics.subscriber(SocketKind::Track);
     let kind = SocketKind::Track;
-    let (mut sink, mut stream) = socket.split();
+    let mut sink = socket;
     let Some((mut now, mut updates)) = state.engine.track(driver_id.clone()).await else {
         close(&mut sink, CLOSE_GOING_AWAY, "server shutting down").await;
         return;
@@ -336,13 +360,14 @@ async fn track_socket(socket: WebSocket, state: AppState, driver_id: String) {
     if send_json(&mut sink, &now, kind, &metrics).await.is_err() {
         return;
     }
+    let mut shutdown = std::pin::pin!(state.shutdown.cancelled());
     loop {
         tokio::select! {
-            _ = state.shutdown.cancelled() => {
+            _ = &mut shutdown => {
                 close(&mut sink, CLOSE_GOING_AWAY, "server shutting down").await;
                 return;
             }
-            message = stream.next() => match message {
+            message = sink.recv() => match message {
                 Some(Err(e)) => return close_after_read_error(&mut sink, e, &metrics, kind).await,
                 Some(Ok(Message::Close(_))) | None => return,
                 Some(Ok(_)) => continue,

@@ -1,7 +1,7 @@
 //! `pulsemap-load`: starts a pulsemap server on loopback, drives a scenario against it, and prints the figures
 //! (with the machine, the server's CPU and peak memory) as a table and as JSON.
 //!
-//! Scenarios so far: `ingest`, `track`. Everything is bounded in time and connections and stays on 127.0.0.1.
+//! Scenarios: `ingest`, `track`, `fanout`. Everything is bounded in time and connections and stays on 127.0.0.1.
 
 use std::{
     io::{BufRead, BufReader},
@@ -11,7 +11,7 @@ use std::{
 };
 
 use clap::{Parser, Subcommand};
-use pulsemap::load::{self, IngestPlan, Machine, TrackPlan, Transport};
+use pulsemap::load::{self, FanoutPlan, IngestPlan, Machine, TrackPlan, Transport};
 use serde_json::json;
 
 #[derive(Debug, Parser)]
@@ -64,6 +64,27 @@ enum Scenario {
         #[arg(long, default_value_t = 10.0)]
         duration_secs: f64,
     },
+    /// Heat viewers watching the whole city at one frame a second while a fleet moves: per-tick spread from
+    /// the first to the last viewer, snapshot vs delta bytes, server memory per viewer.
+    Fanout {
+        /// Capped by the open-files limit of this process and the server's (each holds one socket per viewer).
+        #[arg(long, default_value_t = 20_000)]
+        viewers: usize,
+        #[arg(long, default_value_t = 2_000)]
+        drivers: usize,
+        /// How many of the drivers move (default: all); the rest are parked, still pinging.
+        #[arg(long)]
+        moving: Option<usize>,
+        #[arg(long, default_value_t = 6)]
+        precision: u8,
+        /// The server's tick: one frame per viewer per tick.
+        #[arg(long, default_value_t = 1_000)]
+        tick_ms: u64,
+        #[arg(long, default_value_t = 3.0)]
+        warmup_secs: f64,
+        #[arg(long, default_value_t = 20.0)]
+        duration_secs: f64,
+    },
 }
 
 /// The server under test, stopped (SIGTERM) when dropped.
@@ -88,6 +109,9 @@ fn start_server(args: &Args) -> anyhow::Result<Server> {
     command.args(["--addr", "127.0.0.1:0", "--log-format", "json", "--tile-url", "none"]);
     if let Some(url) = &args.redis_url {
         command.args(["--redis-url", url, "--redis-prefix", &format!("load-{:08x}", fastrand::u32(..))]);
+    }
+    if let Scenario::Fanout { tick_ms, .. } = &args.scenario {
+        command.args(["--tick-ms", &tick_ms.to_string()]);
     }
     command.args(&args.server_args).stdout(Stdio::piped()).stderr(Stdio::inherit());
     let mut child = command.spawn().map_err(|e| anyhow::anyhow!("cannot start {}: {e}", bin.display()))?;
@@ -118,16 +142,14 @@ async fn measure_server<T>(
     Ok((report, (cpu_after - cpu_before) / wall * 100.0, peak_rss_kib))
 }
 
-fn open_files_limit() -> String {
-    std::fs::read_to_string("/proc/self/limits")
-        .ok()
-        .and_then(|l| {
-            l.lines()
-                .find(|l| l.starts_with("Max open files"))
-                .map(|l| l.split_whitespace().nth(3).unwrap_or("?").to_string())
-        })
-        .unwrap_or_else(|| "?".into())
+/// This process's open-files limit (soft), which the server it starts inherits.
+fn open_files_limit() -> Option<usize> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    limits.lines().find(|l| l.starts_with("Max open files"))?.split_whitespace().nth(3)?.parse().ok()
 }
+
+/// File descriptors each process keeps for itself besides the viewers' sockets (listener, epoll, stdio, pools).
+const SPARE_FDS: usize = 64;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -141,7 +163,7 @@ async fn main() -> anyhow::Result<()> {
         machine.cores,
         machine.memory_gib,
         server.url,
-        open_files_limit()
+        open_files_limit().map_or("unknown".into(), |n| n.to_string())
     );
     let result = match &args.scenario {
         Scenario::Ingest { transport, drivers, batch, connections, rate, warmup_secs, duration_secs } => {
@@ -212,6 +234,58 @@ async fn main() -> anyhow::Result<()> {
                 "scenario": "track", "store": store, "machine": machine, "report": report,
                 "server_cpu_percent": cpu_percent, "server_peak_rss_kib": peak_rss_kib,
                 "note": "latency = arrival (harness clock) - ping ts (ms, truncated: up to +1 ms); all on one machine",
+            })
+        }
+        Scenario::Fanout { viewers, drivers, moving, precision, tick_ms, warmup_secs, duration_secs } => {
+            let limit = open_files_limit().unwrap_or(usize::MAX);
+            let viewers = if viewers + SPARE_FDS > limit {
+                let capped = limit - SPARE_FDS;
+                println!(
+                    "open-files limit {limit} (the hard limit; this process may not raise it): {capped} viewers, \
+                     not {viewers}"
+                );
+                capped
+            } else {
+                *viewers
+            };
+            let plan = FanoutPlan {
+                url: server.url.clone(),
+                viewers,
+                drivers: *drivers,
+                moving: moving.unwrap_or(*drivers),
+                precision: *precision,
+                server_pid: Some(pid),
+                warmup: Duration::from_secs_f64(*warmup_secs),
+                duration: Duration::from_secs_f64(*duration_secs),
+            };
+            let (report, cpu_percent, peak_rss_kib) = measure_server(pid, load::fanout(&plan)).await?;
+            println!();
+            println!("| scenario | store | viewers | drivers (moving) | tick | ticks | delivered | spread p50 ms | p99 ms | max ms | snapshot B | delta B p50 | delta/snapshot | resyncs | server KiB/viewer | server CPU | server peak RSS |");
+            println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+            println!(
+                "| fanout | {store} | {} | {} ({}) | {tick_ms} ms | {} | {:.4} | {:.1} | {:.1} | {:.1} | {:.0} | {:.0} | {:.3} | {} | {:.1} | {:.0}% | {:.0} MiB |",
+                report.viewers,
+                report.drivers,
+                report.moving,
+                report.ticks,
+                report.delivery_ratio,
+                report.spread_ms_p50,
+                report.spread_ms_p99,
+                report.spread_ms_max,
+                report.snapshot_bytes,
+                report.delta_bytes_p50,
+                report.delta_to_snapshot,
+                report.resyncs,
+                report.server_rss_kib_per_viewer.unwrap_or(f64::NAN),
+                cpu_percent,
+                peak_rss_kib as f64 / 1024.0
+            );
+            json!({
+                "scenario": "fanout", "store": store, "machine": machine, "tick_ms": tick_ms, "report": report,
+                "plan": { "precision": precision, "warmup_secs": warmup_secs, "duration_secs": duration_secs },
+                "server_cpu_percent": cpu_percent, "server_peak_rss_kib": peak_rss_kib,
+                "open_files_limit": limit,
+                "note": "spread = last viewer's arrival - first viewer's arrival of a tick's first frame, harness clock",
             })
         }
     };

@@ -49,3 +49,31 @@ async fn the_track_scenario_measures_delivery_without_duplicates() {
     assert!(report.latency_ms_p50.is_finite() && report.latency_ms_max >= report.latency_ms_p50, "{report:?}");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn the_fanout_scenario_delivers_every_tick_to_every_viewer() {
+    use pulsemap::load::{fanout, FanoutPlan};
+    let mut config = config();
+    config.tick_ms = 200;
+    let server = start(config).await;
+    let plan = FanoutPlan {
+        url: url(&server, ""),
+        viewers: 20,
+        drivers: 300,
+        moving: 300,
+        precision: 6,
+        server_pid: Some(std::process::id()),
+        warmup: Duration::from_millis(300),
+        duration: Duration::from_millis(1_500),
+    };
+    let report = fanout(&plan).await.expect("the scenario runs");
+    assert_eq!(report.viewers, 20, "{report:?}");
+    assert!(report.ticks >= 3, "{report:?}");
+    assert_eq!(report.delivery_ratio, 1.0, "{report:?}");
+    assert_eq!(report.resyncs, 0, "{report:?}");
+    assert!(report.snapshot_cells > 0.0 && report.snapshot_bytes > 0.0, "{report:?}");
+    assert!(report.delta_bytes_p50 > 0.0 && report.delta_bytes_p50 < report.snapshot_bytes * 2.0, "{report:?}");
+    assert!(report.spread_ms_p50.is_finite() && report.spread_ms_max >= report.spread_ms_p50, "{report:?}");
+    assert!(report.server_rss_kib_per_viewer.is_some(), "{report:?}");
+    server.stop().await;
+}
