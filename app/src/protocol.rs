@@ -364,10 +364,12 @@ pub enum ErrorCode {
     /// A heat message arrived before any subscription.
     NotSubscribed,
     NotFound,
+    /// A WebSocket handshake from a page on another site (cross-site WebSocket hijacking).
+    OriginNotAllowed,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 25] = [
+    pub const ALL: [ErrorCode; 26] = [
         ErrorCode::InvalidJson,
         ErrorCode::InvalidField,
         ErrorCode::NotFinite,
@@ -393,6 +395,7 @@ impl ErrorCode {
         ErrorCode::BboxTooLarge,
         ErrorCode::NotSubscribed,
         ErrorCode::NotFound,
+        ErrorCode::OriginNotAllowed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -422,6 +425,7 @@ impl ErrorCode {
             ErrorCode::BboxTooLarge => "bbox_too_large",
             ErrorCode::NotSubscribed => "not_subscribed",
             ErrorCode::NotFound => "not_found",
+            ErrorCode::OriginNotAllowed => "origin_not_allowed",
         }
     }
 }

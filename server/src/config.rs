@@ -82,6 +82,12 @@ pub struct Config {
     #[arg(long, env = "PULSEMAP_QUEUE_WAIT_MS", default_value_t = 2_000)]
     pub queue_wait_ms: u64,
 
+    /// Origins whose pages may open the WebSockets, comma-separated (`https://app.example.com`). Empty: only
+    /// pages served by this host (the Origin's host:port equals the Host header). A handshake without Origin
+    /// (not a browser: the fleet, the load harness, native apps) is allowed; every browser sends one.
+    #[arg(long, env = "PULSEMAP_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+
     /// Redis URL (`redis://host:6379/0`): run as one of many instances sharing this Redis. Without it the
     /// embedded store keeps everything in this process.
     #[arg(long, env = "PULSEMAP_REDIS_URL")]

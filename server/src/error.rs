@@ -24,6 +24,7 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         BatchTooLarge | BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         QueueFull | ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
         NotFound => StatusCode::NOT_FOUND,
+        OriginNotAllowed => StatusCode::FORBIDDEN,
     }
 }
 

@@ -36,6 +36,8 @@ pub struct Metrics {
     pub orders_aggregated: AtomicU64,
     /// Heat viewers that fell behind and were resynced with a snapshot.
     pub heat_resyncs: AtomicU64,
+    /// WebSocket handshakes refused because of their Origin.
+    pub ws_origin_refused: AtomicU64,
     pub drivers_online: AtomicU64,
     pub ticks: AtomicU64,
     subscribers: [AtomicI64; 3],
@@ -122,6 +124,12 @@ impl Metrics {
             "Pings validated and queued.",
             "counter",
             &one(self.pings_accepted.load(Relaxed)),
+        );
+        counter(
+            "ws_origin_refused_total",
+            "WebSocket handshakes refused: the page's Origin is not allowed.",
+            "counter",
+            &one(self.ws_origin_refused.load(Relaxed)),
         );
         counter(
             "orders_accepted_total",

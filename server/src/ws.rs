@@ -16,6 +16,7 @@ use axum::{
         ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade},
         Path, State,
     },
+    http::{header, HeaderMap},
     response::Response,
 };
 use futures::SinkExt;
@@ -62,6 +63,30 @@ fn limited(upgrade: WebSocketUpgrade, state: &AppState) -> WebSocketUpgrade {
         .read_buffer_size(4 * 1024)
         .write_buffer_size(8 * 1024)
         .max_write_buffer_size(1024 * 1024)
+}
+
+/// Refuses a handshake from a page of another site (cross-site WebSocket hijacking): the Origin, when the client
+/// sent one, must be in `--allowed-origins` or, with none configured, name this host.
+pub fn check_origin(headers: &HeaderMap, state: &AppState) -> Result<(), ApiError> {
+    let Some(origin) = headers.get(header::ORIGIN) else { return Ok(()) };
+    let origin = origin.to_str().unwrap_or_default().trim_end_matches('/');
+    let allowed = &state.config.allowed_origins;
+    let ok = if allowed.is_empty() {
+        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+        let origin_host = origin.split_once("://").map(|(_, rest)| rest);
+        matches!((origin_host, host), (Some(o), Some(h)) if o.eq_ignore_ascii_case(h))
+    } else {
+        allowed.iter().any(|a| a.trim_end_matches('/').eq_ignore_ascii_case(origin))
+    };
+    if ok {
+        return Ok(());
+    }
+    state.metrics.ws_origin_refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    Err(ApiError::field(
+        ErrorCode::OriginNotAllowed,
+        "origin",
+        format!("pages from {origin} may not open this socket; allow the origin with --allowed-origins"),
+    ))
 }
 
 /// Sends one text frame within the deadline, counting it (written at once: see [`forward`] for batched writes).
@@ -114,8 +139,13 @@ fn error(code: ErrorCode, field: Option<&str>, message: impl Into<String>) -> Ws
 
 /// `GET /ws/driver`: a driver streams `ping` / `batch` messages; each gets an `ack` (and an `error` per refused
 /// ping); a full queue answers `slow_down` and holds the message until there is room.
-pub async fn driver(upgrade: WebSocketUpgrade, State(state): State<AppState>) -> Response {
-    limited(upgrade, &state).on_upgrade(move |socket| driver_socket(socket, state))
+pub async fn driver(
+    upgrade: WebSocketUpgrade,
+    headers: HeaderMap,
+    State(state): State<AppState>,
+) -> Result<Response, ApiError> {
+    check_origin(&headers, &state)?;
+    Ok(limited(upgrade, &state).on_upgrade(move |socket| driver_socket(socket, state)))
 }
 
 async fn driver_socket(socket: WebSocket, state: AppState) {
@@ -193,8 +223,13 @@ async fn driver_socket(socket: WebSocket, state: AppState) {
 // /ws/heat
 
 /// `GET /ws/heat`: `subscribe` (again at will) -> `snapshot`, then a `delta` per tick and region that changed.
-pub async fn heat(upgrade: WebSocketUpgrade, State(state): State<AppState>) -> Response {
-    limited(upgrade, &state).on_upgrade(move |socket| heat_socket(socket, state))
+pub async fn heat(
+    upgrade: WebSocketUpgrade,
+    headers: HeaderMap,
+    State(state): State<AppState>,
+) -> Result<Response, ApiError> {
+    check_origin(&headers, &state)?;
+    Ok(limited(upgrade, &state).on_upgrade(move |socket| heat_socket(socket, state)))
 }
 
 struct Subscribed {
@@ -333,9 +368,11 @@ async fn forward(sink: &mut Sink, sub: &Subscribed, tick: &TickFrames, metrics: 
 /// it goes stale and `online` when it is back.
 pub async fn track(
     upgrade: WebSocketUpgrade,
+    headers: HeaderMap,
     State(state): State<AppState>,
     Path(driver_id): Path<String>,
 ) -> Result<Response, ApiError> {
+    check_origin(&headers, &state)?;
     check_driver_id(&driver_id)?;
     Ok(limited(upgrade, &state).on_upgrade(move |socket| track_socket(socket, state, driver_id)))
 }

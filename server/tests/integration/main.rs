@@ -8,4 +8,5 @@ mod ingest;
 mod load;
 mod ops;
 mod redis;
+mod security;
 mod track;
