@@ -2,8 +2,9 @@
 //!
 //! Each socket is one task: a `select!` over the client's messages, the engine's frames and the shutdown
 //! signal. The shutdown future is made once per socket: made per loop turn, every socket woken by a tick would
-//! take and release the token's one lock twice (20,000 viewers contending for it each tick). Sends have a deadline, so a client that stops reading is closed instead of pinning a task, and every
-//! buffer in between is bounded (see `hub` for heat and `engine` for trackers).
+//! take and release the token's one lock twice (20,000 viewers contending for it each tick). Sends have a
+//! deadline, so a client that stops reading is closed instead of pinning a task, and every buffer in between is
+//! bounded (see `hub` for heat and `engine` for trackers).
 
 use std::{sync::Arc, time::Duration};
 
