@@ -152,8 +152,8 @@ pub enum HeatClientMsg {
 pub enum HeatServerMsg {
     /// Every cell with a value inside the subscribed box, as of tick `seq`.
     Snapshot(HeatSnapshot),
-    /// Cells that changed at tick `seq` in one region (`tile`, a geohash prefix) overlapping the box.
-    /// Values are absolute, so applying a delta twice is harmless; deltas with `seq <= snapshot.seq` are stale.
+    /// Cells that changed at tick `seq` in the box, and the totals if they changed. Values are absolute, so
+    /// applying a delta twice is harmless; deltas with `seq <= snapshot.seq` are stale.
     Delta(HeatDelta),
     Error(WsError),
 }
@@ -169,15 +169,21 @@ pub struct HeatSnapshot {
     pub totals: Totals,
 }
 
+/// A viewer whose box takes in every region that changed gets one delta per tick: all the changed cells, no
+/// `tile`, and `totals` if they changed. A viewer that sees only some regions gets a delta per region it sees
+/// (`tile`, a geohash prefix, and no totals) and, if the totals changed, one more delta with only `totals`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HeatDelta {
     pub seq: u64,
     pub layer: Layer,
     pub window_min: u32,
     pub precision: u8,
-    pub tile: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tile: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cells: Vec<CellCount>,
-    pub totals: Totals,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub totals: Option<Totals>,
 }
 
 /// Messages a driver sends on `/ws/driver`.

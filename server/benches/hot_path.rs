@@ -80,9 +80,9 @@ fn frames(c: &mut Criterion) {
         layer: Layer::Drivers,
         window_min: 5,
         precision: 6,
-        tile: "s0u".into(),
+        tile: Some("s0u".into()),
         cells: (0..20).map(cell).collect(),
-        totals,
+        totals: None,
     });
     let snapshot = HeatServerMsg::Snapshot(HeatSnapshot {
         seq: 1_234,

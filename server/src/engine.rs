@@ -8,7 +8,7 @@
 use std::{collections::HashMap, sync::Arc, time::Instant};
 
 use app::protocol::{
-    BBox, DriverFix, HeatDelta, HeatServerMsg, HeatSnapshot, Layer, NearDriver, OrderEvent, Ping, TrackMsg,
+    BBox, DriverFix, HeatDelta, HeatServerMsg, HeatSnapshot, Layer, NearDriver, OrderEvent, Ping, Totals, TrackMsg,
 };
 use axum::extract::ws::Utf8Bytes;
 use tokio::{
@@ -155,8 +155,8 @@ struct Engine {
     seq: u64,
     stale_ms: i64,
     forget_ms: i64,
-    /// Totals at the last tick, to send a totals-only frame when they change without a cell changing in view.
-    last_totals: Option<app::protocol::Totals>,
+    /// Totals at the last tick: they go out only when they change.
+    last_totals: Option<Totals>,
 }
 
 async fn recv_opt<T>(rx: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
@@ -375,7 +375,7 @@ impl Engine {
             for (cell, n) in dirty {
                 by_tile.entry(cell.prefix(tile_len)).or_default().push((cell.as_str().to_string(), n));
             }
-            let delta = |tile: String, cells: Vec<(String, u32)>| {
+            let delta = |tile: Option<String>, cells: Vec<(String, u32)>, totals: Option<Totals>| {
                 encode(&HeatServerMsg::Delta(HeatDelta {
                     seq: self.seq,
                     layer: key.layer,
@@ -386,14 +386,19 @@ impl Engine {
                     totals,
                 }))
             };
-            let mut frames: Vec<TileFrame> = by_tile
-                .into_iter()
-                .map(|(tile, cells)| TileFrame { tile: Some(tile), text: delta(tile.to_string(), cells) })
-                .collect();
-            if totals_changed {
-                frames.push(TileFrame { tile: None, text: delta(String::new(), Vec::new()) });
-            }
-            self.hub.publish(key, TickFrames { seq: self.seq, frames, resync: false });
+            let changed_totals = totals_changed.then_some(totals);
+            let all_cells = by_tile.values().flatten().cloned().collect();
+            let frames = TickFrames {
+                seq: self.seq,
+                whole: Some(delta(None, all_cells, changed_totals)),
+                totals: changed_totals.map(|t| delta(None, Vec::new(), Some(t))),
+                regions: by_tile
+                    .into_iter()
+                    .map(|(tile, cells)| TileFrame { tile, text: delta(Some(tile.to_string()), cells, None) })
+                    .collect(),
+                resync: false,
+            };
+            self.hub.publish(key, frames);
         }
     }
 

@@ -6,7 +6,7 @@
 //! ring (the channel reports how many it missed) and resyncs with a snapshot: memory per viewer stays bounded
 //! however slow it reads.
 
-use std::sync::Arc;
+use std::{collections::HashSet, sync::Arc};
 
 use axum::extract::ws::Utf8Bytes;
 use tokio::sync::broadcast;
@@ -16,21 +16,42 @@ use crate::{
     heat::{HeatKey, KEY_COUNT},
 };
 
-/// One serialised delta frame.
+/// One region's serialised delta frame.
 #[derive(Debug, Clone)]
 pub struct TileFrame {
-    /// The region the frame's cells are in; `None` for a totals-only frame every viewer of the key may take.
-    pub tile: Option<Cell>,
+    /// The geohash prefix all the frame's cells share.
+    pub tile: Cell,
     pub text: Utf8Bytes,
 }
 
-/// Everything one tick changed for one key.
-#[derive(Debug)]
+/// Everything one tick changed for one key, serialised twice over: whole, for the viewers who see every region
+/// that changed (the homepage's city view, the common case: one frame per viewer per tick), and per region for
+/// the viewers who see only some.
+#[derive(Debug, Default)]
 pub struct TickFrames {
     pub seq: u64,
-    pub frames: Vec<TileFrame>,
+    /// Every changed cell, and the totals if they changed.
+    pub whole: Option<Utf8Bytes>,
+    /// The changed cells, one frame per region, without totals.
+    pub regions: Vec<TileFrame>,
+    /// The totals alone, if they changed.
+    pub totals: Option<Utf8Bytes>,
     /// The heat was rebuilt (after a store reset): every viewer needs a fresh snapshot, not deltas.
     pub resync: bool,
+}
+
+impl TickFrames {
+    /// The frames a viewer whose box overlaps the regions `tiles` should get: the whole frame if it sees every
+    /// region that changed, otherwise the frames of the regions it sees and the totals (if they changed).
+    pub fn for_view<'a>(&'a self, tiles: &'a HashSet<Cell>) -> impl Iterator<Item = &'a Utf8Bytes> + 'a {
+        let sees_all = self.regions.iter().all(|r| tiles.contains(&r.tile));
+        let whole = self.whole.as_ref().filter(|_| sees_all);
+        let parts = (!sees_all).then(|| {
+            let regions = self.regions.iter().filter(|r| tiles.contains(&r.tile)).map(|r| &r.text);
+            regions.chain(self.totals.as_ref())
+        });
+        whole.into_iter().chain(parts.into_iter().flatten())
+    }
 }
 
 pub struct Hub {
@@ -58,12 +79,46 @@ impl Hub {
     /// Tells every viewer of every key to take a fresh snapshot.
     pub fn resync_all(&self, seq: u64) {
         for sender in &self.heat {
-            let _ = sender.send(Arc::new(TickFrames { seq, frames: Vec::new(), resync: true }));
+            let _ = sender.send(Arc::new(TickFrames { seq, resync: true, ..TickFrames::default() }));
         }
     }
 
     pub fn publish(&self, key: HeatKey, frames: TickFrames) {
         // An error means the last viewer left between the check and the send: nothing to deliver.
         let _ = self.heat[key.index()].send(Arc::new(frames));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tick(regions: &[&str], totals: bool) -> TickFrames {
+        TickFrames {
+            seq: 1,
+            whole: Some("whole".into()),
+            regions: regions.iter().map(|t| TileFrame { tile: Cell::parse(t).unwrap(), text: (*t).into() }).collect(),
+            totals: totals.then(|| "totals".into()),
+            resync: false,
+        }
+    }
+
+    fn sent(tick: &TickFrames, view: &[&str]) -> Vec<String> {
+        let tiles: HashSet<Cell> = view.iter().map(|t| Cell::parse(t).unwrap()).collect();
+        tick.for_view(&tiles).map(|t| t.to_string()).collect()
+    }
+
+    #[test]
+    fn a_viewer_of_every_changed_region_gets_the_whole_frame_alone() {
+        assert_eq!(sent(&tick(&["s14m", "s14k"], true), &["s14m", "s14k", "s14j"]), ["whole"]);
+        assert_eq!(sent(&tick(&[], true), &["s14m"]), ["whole"], "totals only");
+    }
+
+    #[test]
+    fn a_viewer_of_some_regions_gets_those_and_the_totals() {
+        assert_eq!(sent(&tick(&["s14m", "s14k"], true), &["s14m"]), ["s14m", "totals"]);
+        assert_eq!(sent(&tick(&["s14m", "s14k"], false), &["s14m"]), ["s14m"]);
+        assert!(sent(&tick(&["s14m", "s14k"], false), &["s0bb"]).is_empty());
+        assert_eq!(sent(&tick(&["s14m"], true), &["s0bb"]), ["totals"]);
     }
 }

@@ -324,24 +324,18 @@ async fn send_snapshot(sink: &mut Sink, state: &AppState, sub: &mut Subscribed) 
     send_json(sink, &HeatServerMsg::Snapshot(snapshot), SocketKind::Heat, &state.metrics).await
 }
 
-/// Sends the frames of a tick whose regions the viewer's box overlaps (a totals-only frame if none), buffered
-/// and flushed once: one write per viewer per tick, however many regions changed.
+/// Sends the frames of a tick the viewer's box calls for ([`TickFrames::for_view`]), buffered and flushed once:
+/// one write per viewer per tick.
 async fn forward(sink: &mut Sink, sub: &Subscribed, tick: &TickFrames, metrics: &Metrics) -> Result<(), ()> {
     if tick.seq <= sub.seen {
         return Ok(());
     }
     let write = async {
         let (mut frames, mut bytes) = (0, 0);
-        for frame in &tick.frames {
-            let wanted = match frame.tile {
-                Some(tile) => sub.view.tile_set.contains(&tile),
-                None => frames == 0,
-            };
-            if wanted {
-                sink.feed(Message::Text(frame.text.clone())).await?;
-                frames += 1;
-                bytes += frame.text.len();
-            }
+        for text in tick.for_view(&sub.view.tile_set) {
+            sink.feed(Message::Text(text.clone())).await?;
+            frames += 1;
+            bytes += text.len();
         }
         sink.flush().await?;
         Ok::<_, axum::Error>((frames, bytes))

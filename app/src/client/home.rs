@@ -91,7 +91,9 @@ impl HeatView {
                         self.cells.insert(cell, (lat, lon, n));
                     }
                 }
-                s.totals.set(delta.totals);
+                if let Some(totals) = delta.totals {
+                    s.totals.set(totals);
+                }
             }
             HeatServerMsg::Error(error) => {
                 leptos::logging::warn!("heat subscription refused: {} ({})", error.message, error.code.as_str());

@@ -40,22 +40,29 @@ async fn snapshot_then_deltas_of_changed_cells_with_exact_counts() {
     let yaba_cell = geohash(yaba.0, yaba.1, 6);
     let lekki_cell = geohash(lekki.0, lekki.1, 6);
     let mut seen = std::collections::HashMap::new();
-    while seen.get(&yaba_cell) != Some(&3) || seen.get(&lekki_cell) != Some(&1) {
+    let mut ticks = std::collections::HashSet::new();
+    let mut drivers_online = None;
+    while seen.get(&yaba_cell) != Some(&3) || seen.get(&lekki_cell) != Some(&1) || drivers_online != Some(4) {
         let delta = ws.next().await;
         assert_eq!(delta["type"], "delta", "{delta}");
         assert!(delta["seq"].as_u64().unwrap() > snapshot["seq"].as_u64().unwrap());
-        for cell in delta["cells"].as_array().unwrap() {
+        // The box takes in every region that changed (Yaba and Lekki are in two): one frame per tick, no tile.
+        assert!(ticks.insert(delta["seq"].as_u64()), "one frame per tick for a viewer of the whole city: {delta}");
+        assert!(delta.get("tile").is_none(), "{delta}");
+        for cell in delta["cells"].as_array().into_iter().flatten() {
             seen.insert(cell[0].as_str().unwrap().to_string(), cell[1].as_u64().unwrap());
         }
+        drivers_online = delta["totals"]["drivers_online"].as_u64().or(drivers_online);
     }
     assert_eq!(seen.len(), 2, "only the changed cells: {seen:?}");
+    assert_ne!(yaba_cell[..4], lekki_cell[..4], "the two cells are in different regions");
 
     // h4 drives out of its cell: the cell empties (0) and Yaba is not re-sent.
     assert_eq!(post_json(&server, "/api/pings", &json!([ping("h4", 6.60, 3.35)])).await.0, 202);
     let delta = ws.until(5, "lekki emptied", |d| cell_value(&d["cells"], &lekki_cell).is_some()).await;
     assert_eq!(cell_value(&delta["cells"], &lekki_cell), Some(0));
     assert_eq!(cell_value(&delta["cells"], &yaba_cell), None);
-    assert_eq!(delta["totals"]["drivers_online"], 4);
+    assert!(delta.get("totals").is_none(), "totals that did not change are not repeated: {delta}");
 
     // The HTTP snapshot agrees.
     let (status, body) = get(&server, "/api/heat?layer=drivers&precision=6&bbox=6.38,3.25,6.70,3.60").await;
@@ -63,6 +70,34 @@ async fn snapshot_then_deltas_of_changed_cells_with_exact_counts() {
     assert_eq!(cell_value(&body["cells"], &yaba_cell), Some(3));
     assert_eq!(cell_value(&body["cells"], &lekki_cell), None);
     assert_eq!(cell_value(&body["cells"], &geohash(6.60, 3.35, 6)), Some(1));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_viewer_of_some_regions_gets_their_frames_and_the_totals_apart() {
+    let server = start(config()).await;
+    let mut ws = Socket::connect(&server, "/ws/heat").await;
+    let yaba_only = json!({"south": 6.505, "west": 3.365, "north": 6.515, "east": 3.375});
+    ws.send(&json!({"type": "subscribe", "layer": "drivers", "precision": 6, "bbox": yaba_only})).await;
+    assert_eq!(ws.next().await["type"], "snapshot");
+    let (yaba, lekki) = ((6.5095, 3.3711), (6.4474, 3.4723));
+    let pings = json!([ping("p1", yaba.0, yaba.1), ping("p2", yaba.0, yaba.1), ping("p3", lekki.0, lekki.1)]);
+    assert_eq!(post_json(&server, "/api/pings", &pings).await.0, 202);
+    let (yaba_cell, lekki_cell) = (geohash(yaba.0, yaba.1, 6), geohash(lekki.0, lekki.1, 6));
+    let (mut yaba_seen, mut totals_seen) = (None, None);
+    while yaba_seen != Some(2) || totals_seen != Some(3) {
+        let delta = ws.next().await;
+        assert_eq!(delta["type"], "delta", "{delta}");
+        assert_eq!(cell_value(&delta["cells"], &lekki_cell), None, "a region outside the box arrived: {delta}");
+        if delta.get("cells").is_some() {
+            assert_eq!(delta["tile"], yaba_cell[..4], "{delta}");
+            assert!(delta.get("totals").is_none(), "a region's frame carries no totals: {delta}");
+            yaba_seen = cell_value(&delta["cells"], &yaba_cell).or(yaba_seen);
+        } else {
+            assert!(delta.get("tile").is_none(), "{delta}");
+            totals_seen = delta["totals"]["drivers_online"].as_u64().or(totals_seen);
+        }
+    }
     server.stop().await;
 }
 
