@@ -27,10 +27,12 @@ test('sharing streams the emulated position; moving it moves the driver; Stop st
     await page.goto(`${server.url}/driver`);
     await hydrated(page);
     const id = await driverIdOf(page);
-    assert.match(id, /^drv-[0-9a-f]{8}$/);
-    assert.equal(await page.getAttribute('#share-link', 'href'), `${server.url}/track/${id}`);
+    assert.match(id, /^drv-[0-9a-f]{16}$/);
+    assert.equal(await page.locator('#share-link').count(), 0, 'no link before sharing');
 
     await page.click('#share-toggle');
+    const link = await eventually('a tracking link', async () => (await page.locator('#share-link').count()) && page.getAttribute('#share-link', 'href'));
+    assert.ok(link.startsWith(`${server.url}/track/${id}#share=v1.shr.${id}.`), link);
     const first = await eventually('the server knows the driver', async () => {
       const { status, body } = await getJson(server, `/api/drivers/${id}`);
       return status === 200 && body;
@@ -64,6 +66,11 @@ test('sharing streams the emulated position; moving it moves the driver; Stop st
     await new Promise((r) => setTimeout(r, 2_500));
     assert.equal(await metric(server, 'pulsemap_pings_accepted_total'), before, 'no ping after Stop');
     assert.equal((await getJson(server, `/api/drivers/${id}`)).body.lat, 6.45);
+    // Stopping revoked the tracking links: the first one no longer works.
+    await eventually('the first link is revoked', async () => {
+      const { status, body } = await getJson(server, `/api/drivers/${id}`, link.split('#share=')[1]);
+      return status === 403 && body.error.code === 'share_revoked';
+    });
     assert.deepEqual(problems.consoleErrors, []);
     assert.deepEqual(problems.foreignRequests, []);
   } finally {

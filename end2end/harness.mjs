@@ -26,7 +26,15 @@ export function artifact(name) {
 export async function startServer(args = [], { port = 0 } = {}) {
   const child = spawn(serverBin, ['--addr', `127.0.0.1:${port}`, '--tile-url', 'none', ...args], {
     cwd: root,
-    env: { ...process.env, RUST_LOG: 'info', NO_COLOR: '1' },
+    // A configured secret, as in production: tokens survive a restart (the reconnect tests restart the server).
+    env: {
+      ...process.env,
+      RUST_LOG: 'info',
+      NO_COLOR: '1',
+      PULSEMAP_SECRET: SECRET,
+      PULSEMAP_FLEET_KEY: FLEET_KEY,
+      PULSEMAP_ADMIN_KEY: ADMIN_KEY,
+    },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let log = '';
@@ -94,24 +102,37 @@ export async function openPage(browser, server) {
   return { page, problems };
 }
 
-/** POSTs JSON to the server; resolves to `{ status, body }`. */
-export async function postJson(server, path, body) {
+/** The test servers' keys and secret (test values, not secrets). */
+export const FLEET_KEY = 'e2e-fleet-key-0123456789';
+export const ADMIN_KEY = 'e2e-admin-key-0123456789';
+const SECRET = 'e2e-secret-0123456789-0123456789';
+const bearer = (key) => (key ? { authorization: `Bearer ${key}` } : {});
+
+/** POSTs JSON to the server with `key` (default: the admin key, which may do anything); `{ status, body }`. */
+export async function postJson(server, path, body, key = ADMIN_KEY) {
   const response = await fetch(`${server.url}${path}`, {
     method: 'POST',
-    headers: { 'content-type': 'application/json' },
+    headers: { 'content-type': 'application/json', ...bearer(key) },
     body: JSON.stringify(body),
   });
   return { status: response.status, body: await response.json() };
 }
 
-export async function getJson(server, path) {
-  const response = await fetch(`${server.url}${path}`);
+export async function getJson(server, path, key = ADMIN_KEY) {
+  const response = await fetch(`${server.url}${path}`, { headers: bearer(key) });
   return { status: response.status, body: await response.json() };
+}
+
+/** A share link for `driverId`, made with the fleet key: the path to open. */
+export async function shareLink(server, driverId) {
+  const { status, body } = await postJson(server, '/api/shares', { driver_id: driverId }, FLEET_KEY);
+  if (status !== 201) throw new Error(`share link: ${status} ${JSON.stringify(body)}`);
+  return body.path;
 }
 
 /** A metric's value from /metrics (0 when absent). */
 export async function metric(server, nameAndLabels) {
-  const text = await (await fetch(`${server.url}/metrics`)).text();
+  const text = await (await fetch(`${server.url}/metrics`, { headers: bearer(ADMIN_KEY) })).text();
   const line = text.split('\n').find((l) => l.startsWith(`${nameAndLabels} `));
   return line ? Number(line.slice(nameAndLabels.length + 1)) : 0;
 }

@@ -3,7 +3,9 @@
 
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
-import { artifact, eventually, hydrated, openPage, ping, postJson, startBrowser, startServer } from './harness.mjs';
+import {
+  artifact, eventually, FLEET_KEY, hydrated, openPage, ping, postJson, shareLink, startBrowser, startServer,
+} from './harness.mjs';
 
 let server;
 let browser;
@@ -24,7 +26,7 @@ const markerAt = (page) => page.evaluate(() => {
 test('pings move the marker, and the stale time shows offline', async () => {
   await postJson(server, '/api/pings', [ping('trk-1', 6.45, 3.40)]);
   const { page, problems } = await openPage(browser, server);
-  await page.goto(`${server.url}/track/trk-1`);
+  await page.goto(`${server.url}${await shareLink(server, 'trk-1')}`);
   await hydrated(page);
   const first = await eventually('the marker at the last known fix', () => markerAt(page));
   assert.deepEqual(first, [6.45, 3.40]);
@@ -46,10 +48,34 @@ test('pings move the marker, and the stale time shows offline', async () => {
   assert.deepEqual(problems.foreignRequests, []);
 });
 
-test('/track lists online drivers near the centre, nearest first', async () => {
+test('revoking the share link ends the open page; a link without its token is refused', async () => {
+  await postJson(server, '/api/pings', [ping('rev-1', 6.46, 3.41)]);
+  const { page, problems } = await openPage(browser, server);
+  await page.goto(`${server.url}${await shareLink(server, 'rev-1')}`);
+  await hydrated(page);
+  await eventually('the marker', () => markerAt(page));
+  const { status } = await postJson(server, '/api/shares/revoke', { driver_id: 'rev-1' });
+  assert.equal(status, 200);
+  await eventually('the page says the link ended', async () => /stopped sharing/.test(await page.textContent('#track-problem')));
+  assert.equal(await page.textContent('#driver-state'), 'This tracking link no longer works');
+  await eventually('the badge says closed', async () => (await page.textContent('#link-badge')) === 'closed');
+  await page.screenshot({ path: artifact('track-revoked.png') });
+
+  await page.goto(`${server.url}/track/rev-1`);
+  await hydrated(page);
+  await eventually('no token, no tracking', async () => /no share token/.test(await page.textContent('#track-problem')));
+  assert.deepEqual(problems.consoleErrors, []);
+});
+
+test('/track lists online drivers near the centre, nearest first, for a dispatcher with the fleet key', async () => {
   await postJson(server, '/api/pings', [ping('near-a', 6.5250, 3.3795), ping('near-b', 6.5400, 3.3900)]);
   const { page, problems } = await openPage(browser, server);
   await page.goto(`${server.url}/track`);
+  await hydrated(page);
+  await eventually('the picker asks for the key', async () => /needs the fleet key/.test(await page.textContent('#picker-status')));
+  await page.fill('#fleet-key-input', FLEET_KEY);
+  await page.click('text=Use key');
+  await page.waitForURL(`${server.url}/track`);
   await hydrated(page);
   const names = await eventually('both listed', async () => {
     const items = await page.$$eval('#near-drivers li a', (links) => links.map((a) => a.textContent));

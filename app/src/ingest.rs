@@ -8,9 +8,9 @@ use std::sync::Arc;
 
 use crate::protocol::{Ping, WsError};
 
-/// Something that validates a ping and queues it for aggregation, answering at once.
+/// Something that checks the sender's token, validates a ping and queues it for aggregation, answering at once.
 pub trait PingSink: Send + Sync + 'static {
-    fn submit_one(&self, ping: Ping) -> Result<(), WsError>;
+    fn submit_one(&self, token: &str, ping: Ping) -> Result<(), WsError>;
 }
 
 /// The sink as Leptos context.

@@ -203,6 +203,29 @@ pub enum DriverClientMsg {
         seq: Option<u64>,
         pings: Vec<Ping>,
     },
+    /// The credential for the pings that follow: a driver token (its own pings only) or the fleet key. Send it
+    /// first on every connection (or give `Authorization: Bearer` on the handshake instead).
+    Auth { token: String },
+}
+
+/// The first message on `/ws/track/{driver_id}`: the share token from the tracking link (or the fleet key).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum TrackClientMsg {
+    Auth { token: String },
+}
+
+/// A token the server made: `POST /api/drivers/enter` (driver) and `POST /api/shares` (share link).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IssuedToken {
+    pub driver_id: String,
+    pub token: String,
+    /// Unix ms after which the token no longer works.
+    pub expires_ms: i64,
+    /// For a share link: the page to open, `/track/{driver_id}#share={token}` (the token stays in the fragment,
+    /// which browsers never send to the server, so no log holds it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
 }
 
 /// Messages the server sends on `/ws/driver`.
@@ -226,6 +249,11 @@ pub enum DriverServerMsg {
     },
     /// The server's queue is full: wait `retry_after_ms` before sending more. Nothing already acked is lost.
     SlowDown { retry_after_ms: u64 },
+    /// The `auth` message was accepted: pings for `driver_id` (any driver for the fleet key) may follow.
+    Ready {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        driver_id: Option<String>,
+    },
 }
 
 /// A driver's last known fix and state, as `GET /api/drivers/{id}` and the tracking socket give it.
@@ -291,6 +319,11 @@ pub enum TrackMsg {
     /// The driver is pinging again after being offline.
     Online {
         driver_id: String,
+    },
+    /// The driver stopped sharing: links made at or before `before_ms` stop working and their sockets close.
+    Revoked {
+        driver_id: String,
+        before_ms: i64,
     },
     Error(WsError),
 }
@@ -372,10 +405,21 @@ pub enum ErrorCode {
     NotFound,
     /// A WebSocket handshake from a page on another site (cross-site WebSocket hijacking).
     OriginNotAllowed,
+    /// No credential where one is needed (`Authorization: Bearer`, or an `auth` message on a WebSocket).
+    Unauthorized,
+    /// The token is malformed, altered, or signed by another server; or the key is not one configured.
+    TokenInvalid,
+    TokenExpired,
+    /// The credential is valid but its role may not do this.
+    Forbidden,
+    /// A driver's token used for another driver's ping.
+    DriverMismatch,
+    /// The share link was revoked: the driver stopped sharing.
+    ShareRevoked,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 26] = [
+    pub const ALL: [ErrorCode; 32] = [
         ErrorCode::InvalidJson,
         ErrorCode::InvalidField,
         ErrorCode::NotFinite,
@@ -402,6 +446,12 @@ impl ErrorCode {
         ErrorCode::NotSubscribed,
         ErrorCode::NotFound,
         ErrorCode::OriginNotAllowed,
+        ErrorCode::Unauthorized,
+        ErrorCode::TokenInvalid,
+        ErrorCode::TokenExpired,
+        ErrorCode::Forbidden,
+        ErrorCode::DriverMismatch,
+        ErrorCode::ShareRevoked,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -432,6 +482,12 @@ impl ErrorCode {
             ErrorCode::NotSubscribed => "not_subscribed",
             ErrorCode::NotFound => "not_found",
             ErrorCode::OriginNotAllowed => "origin_not_allowed",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::TokenInvalid => "token_invalid",
+            ErrorCode::TokenExpired => "token_expired",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::DriverMismatch => "driver_mismatch",
+            ErrorCode::ShareRevoked => "share_revoked",
         }
     }
 }

@@ -88,6 +88,38 @@ pub struct Config {
     #[arg(long, env = "PULSEMAP_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
 
+    /// Secret that signs driver tokens and share links: at least 32 bytes, the same on every instance. Without
+    /// it a random one is made at start, so tokens and links end when the process does.
+    #[arg(long, env = "PULSEMAP_SECRET", hide_env_values = true)]
+    pub secret: Option<String>,
+
+    /// Fleet API key (16+ bytes), given as `Authorization: Bearer <key>`: pings for any driver, orders,
+    /// driver tokens and share links for any driver, nearest drivers. Unset: no fleet access.
+    #[arg(long, env = "PULSEMAP_FLEET_KEY", hide_env_values = true)]
+    pub fleet_key: Option<String>,
+
+    /// Admin key (16+ bytes): everything the fleet key may, plus `/metrics` and revoking any driver's links.
+    /// Unset: no admin access.
+    #[arg(long, env = "PULSEMAP_ADMIN_KEY", hide_env_values = true)]
+    pub admin_key: Option<String>,
+
+    /// Anyone may become a driver with `POST /api/drivers/enter` (the "Enter as Driver" page). Turn off when
+    /// drivers get their tokens from your backend (with the fleet key).
+    #[arg(long, env = "PULSEMAP_OPEN_ENTER", default_value_t = true, action = clap::ArgAction::Set)]
+    pub open_enter: bool,
+
+    /// How long a driver token lasts, in hours (the page enters again when it ends).
+    #[arg(long, env = "PULSEMAP_DRIVER_TOKEN_HOURS", default_value_t = 12.0)]
+    pub driver_token_hours: f64,
+
+    /// How long a share link lasts unless asked otherwise, in hours.
+    #[arg(long, env = "PULSEMAP_SHARE_HOURS", default_value_t = 2.0)]
+    pub share_hours: f64,
+
+    /// The longest a share link may be asked to last, in hours.
+    #[arg(long, env = "PULSEMAP_MAX_SHARE_HOURS", default_value_t = 24.0)]
+    pub max_share_hours: f64,
+
     /// Redis URL (`redis://host:6379/0`): run as one of many instances sharing this Redis. Without it the
     /// embedded store keeps everything in this process.
     #[arg(long, env = "PULSEMAP_REDIS_URL")]
@@ -138,6 +170,17 @@ impl Config {
         Config::parse_from(["pulsemap", "--addr", "127.0.0.1:0"])
     }
 
+    /// The configuration as it may be logged: secrets shown only as set or not.
+    pub fn redacted(&self) -> Config {
+        let hide = |s: &Option<String>| s.as_ref().map(|_| "<set>".to_string());
+        Config {
+            secret: hide(&self.secret),
+            fleet_key: hide(&self.fleet_key),
+            admin_key: hide(&self.admin_key),
+            ..self.clone()
+        }
+    }
+
     pub fn limits(&self) -> Limits {
         Limits {
             max_future_ms: self.max_future_secs as i64 * 1000,
@@ -155,6 +198,18 @@ impl Config {
             heartbeat_secs: self.driver_heartbeat_secs,
             stale_after_secs: self.stale_after_secs,
         }
+    }
+
+    pub fn driver_token_ttl(&self) -> Duration {
+        Duration::from_secs_f64(self.driver_token_hours.max(0.0) * 3600.0)
+    }
+
+    pub fn share_ttl(&self) -> Duration {
+        Duration::from_secs_f64(self.share_hours.clamp(0.0, self.max_share_hours) * 3600.0)
+    }
+
+    pub fn max_share_ttl(&self) -> Duration {
+        Duration::from_secs_f64(self.max_share_hours.max(0.0) * 3600.0)
     }
 
     pub fn tick(&self) -> Duration {

@@ -118,17 +118,27 @@ pub struct DriverMessage {
     pub pings: Vec<Item<Ping>>,
 }
 
+/// What a driver socket was sent.
+#[derive(Debug)]
+pub enum DriverInput {
+    /// The credential for the pings that follow.
+    Auth(String),
+    Pings(DriverMessage),
+}
+
 /// Decodes a `/ws/driver` text message. Errors when the message as a whole is unusable.
-pub fn driver_message(text: &str, max_items: usize) -> Result<DriverMessage, (Option<u64>, Invalid)> {
+pub fn driver_message(text: &str, max_items: usize) -> Result<DriverInput, (Option<u64>, Invalid)> {
+    use DriverInput::Pings;
     if let Ok(msg) = serde_json::from_str::<DriverClientMsg>(text) {
         return match msg {
-            DriverClientMsg::Ping { seq, ping } => Ok(DriverMessage { seq, pings: vec![Ok(ping)] }),
+            DriverClientMsg::Auth { token } => Ok(DriverInput::Auth(token)),
+            DriverClientMsg::Ping { seq, ping } => Ok(Pings(DriverMessage { seq, pings: vec![Ok(ping)] })),
             DriverClientMsg::Batch { seq, pings } if pings.len() > max_items => Err((
                 seq,
                 Invalid::new(ErrorCode::BatchTooLarge, "pings", format!("a batch holds at most {max_items} pings")),
             )),
             DriverClientMsg::Batch { seq, pings } => {
-                Ok(DriverMessage { seq, pings: pings.into_iter().map(Ok).collect() })
+                Ok(Pings(DriverMessage { seq, pings: pings.into_iter().map(Ok).collect() }))
             }
         };
     }
@@ -139,7 +149,7 @@ pub fn driver_message(text: &str, max_items: usize) -> Result<DriverMessage, (Op
         .ok_or_else(|| (None, Invalid::new(ErrorCode::InvalidJson, "message", "a message must be a JSON object")))?;
     let seq = obj.get("seq").and_then(Value::as_u64);
     match obj.get("type").and_then(Value::as_str) {
-        Some("ping") => Ok(DriverMessage { seq, pings: vec![Ping::from_object(obj)] }),
+        Some("ping") => Ok(Pings(DriverMessage { seq, pings: vec![Ping::from_object(obj)] })),
         Some("batch") => {
             let items = obj.get("pings").and_then(Value::as_array).ok_or_else(|| {
                 (seq, Invalid::new(ErrorCode::InvalidField, "pings", "a batch needs a `pings` array"))
@@ -150,9 +160,10 @@ pub fn driver_message(text: &str, max_items: usize) -> Result<DriverMessage, (Op
                     Invalid::new(ErrorCode::BatchTooLarge, "pings", format!("a batch holds at most {max_items} pings")),
                 ));
             }
-            Ok(DriverMessage { seq, pings: items.iter().map(from_value).collect() })
+            Ok(Pings(DriverMessage { seq, pings: items.iter().map(from_value).collect() }))
         }
-        _ => Err((seq, Invalid::new(ErrorCode::InvalidField, "type", "type must be \"ping\" or \"batch\""))),
+        Some("auth") => Err((seq, Invalid::new(ErrorCode::InvalidField, "token", "auth needs a `token` string"))),
+        _ => Err((seq, Invalid::new(ErrorCode::InvalidField, "type", "type must be \"auth\", \"ping\" or \"batch\""))),
     }
 }
 
@@ -186,25 +197,38 @@ mod tests {
         assert_eq!(batch::<OrderEvent>(three, 2).unwrap_err().code, ErrorCode::BatchTooLarge);
     }
 
+    fn pings(input: DriverInput) -> DriverMessage {
+        match input {
+            DriverInput::Pings(m) => m,
+            DriverInput::Auth(_) => panic!("pings expected"),
+        }
+    }
+
     #[test]
     fn driver_messages() {
-        let m = driver_message(r#"{"type":"ping","seq":3,"driver_id":"a","lat":6.5,"lon":3.3,"ts":1}"#, 10).unwrap();
+        assert!(matches!(driver_message(r#"{"type":"auth","token":"t"}"#, 10), Ok(DriverInput::Auth(t)) if t == "t"));
+        assert_eq!(driver_message(r#"{"type":"auth","token":3}"#, 10).unwrap_err().1.field, "token");
+        let m =
+            pings(driver_message(r#"{"type":"ping","seq":3,"driver_id":"a","lat":6.5,"lon":3.3,"ts":1}"#, 10).unwrap());
         assert_eq!(m.seq, Some(3));
         assert!(m.pings[0].is_ok());
-        let m =
-            driver_message(r#"{"type":"ping","seq":4,"driver_id":"a","lat":6.5,"lon":3.3,"ts":"soon"}"#, 10).unwrap();
+        let m = pings(
+            driver_message(r#"{"type":"ping","seq":4,"driver_id":"a","lat":6.5,"lon":3.3,"ts":"soon"}"#, 10).unwrap(),
+        );
         assert_eq!(m.seq, Some(4));
         assert_eq!(m.pings[0].as_ref().unwrap_err().field, "ts");
-        let m = driver_message(
-            r#"{"type":"batch","seq":5,"pings":[{"driver_id":"a","lat":6.5,"lon":3.3,"ts":1},{"lat":1}]}"#,
-            10,
-        )
-        .unwrap();
+        let m = pings(
+            driver_message(
+                r#"{"type":"batch","seq":5,"pings":[{"driver_id":"a","lat":6.5,"lon":3.3,"ts":1},{"lat":1}]}"#,
+                10,
+            )
+            .unwrap(),
+        );
         assert!(m.pings[0].is_ok() && m.pings[1].is_err());
         assert_eq!(driver_message("nope", 10).unwrap_err().1.code, ErrorCode::InvalidJson);
         assert_eq!(
             driver_message(r#"{"type":"dance","seq":9}"#, 10).unwrap_err(),
-            (Some(9), Invalid::new(ErrorCode::InvalidField, "type", "type must be \"ping\" or \"batch\""))
+            (Some(9), Invalid::new(ErrorCode::InvalidField, "type", "type must be \"auth\", \"ping\" or \"batch\""))
         );
     }
 }

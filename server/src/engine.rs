@@ -44,6 +44,9 @@ pub enum Command {
     Driver { driver_id: String, reply: oneshot::Sender<Option<DriverFix>> },
     /// Online drivers within `radius_m` of a point, nearest first, at most `limit`.
     Near { lat: f64, lon: f64, radius_m: f64, limit: usize, reply: oneshot::Sender<Vec<NearDriver>> },
+    /// The driver's share links made at or before `before_ms` are revoked: tell its trackers, here and on every
+    /// instance.
+    Revoke { driver_id: String, before_ms: i64, reply: oneshot::Sender<()> },
 }
 
 /// How sockets and handlers reach the engine.
@@ -74,6 +77,10 @@ impl EngineHandle {
 
     pub async fn near(&self, lat: f64, lon: f64, radius_m: f64, limit: usize) -> Option<Vec<NearDriver>> {
         self.ask(|reply| Command::Near { lat, lon, radius_m, limit, reply }).await
+    }
+
+    pub async fn revoke(&self, driver_id: String, before_ms: i64) -> Option<()> {
+        self.ask(|reply| Command::Revoke { driver_id, before_ms, reply }).await
     }
 }
 
@@ -309,9 +316,10 @@ impl Engine {
         let mine = self.store.redis().is_some_and(|r| r.instance == envelope.origin);
         let driver_id = match &envelope.msg {
             TrackMsg::Fix(fix) => fix.driver_id.clone(),
-            TrackMsg::Online { driver_id } | TrackMsg::Offline { driver_id, .. } | TrackMsg::Unknown { driver_id } => {
-                driver_id.clone()
-            }
+            TrackMsg::Online { driver_id }
+            | TrackMsg::Offline { driver_id, .. }
+            | TrackMsg::Unknown { driver_id }
+            | TrackMsg::Revoked { driver_id, .. } => driver_id.clone(),
             TrackMsg::Error(_) => return,
         };
         if !mine {
@@ -438,6 +446,11 @@ impl Engine {
             }
             Command::Near { lat, lon, radius_m, limit, reply } => {
                 let _ = reply.send(self.presence.near(lat, lon, radius_m, limit));
+            }
+            Command::Revoke { driver_id, before_ms, reply } => {
+                let msg = TrackMsg::Revoked { driver_id: driver_id.clone(), before_ms };
+                self.publish_track(&driver_id, msg);
+                let _ = reply.send(());
             }
         }
     }

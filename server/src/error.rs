@@ -24,7 +24,8 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         BatchTooLarge | BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         QueueFull | ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
         NotFound => StatusCode::NOT_FOUND,
-        OriginNotAllowed => StatusCode::FORBIDDEN,
+        Unauthorized | TokenInvalid | TokenExpired => StatusCode::UNAUTHORIZED,
+        OriginNotAllowed | Forbidden | DriverMismatch | ShareRevoked => StatusCode::FORBIDDEN,
     }
 }
 
@@ -50,6 +51,13 @@ impl ApiError {
     pub fn retry_after(mut self, secs: u64) -> Self {
         self.retry_after_secs = Some(secs);
         self
+    }
+}
+
+impl ApiError {
+    /// The HTTP form of a WebSocket error.
+    pub fn from_ws(error: WsError) -> Self {
+        ApiError { error, retry_after_secs: None }
     }
 }
 

@@ -3,15 +3,19 @@
 
 use std::collections::HashMap;
 
+use std::sync::Arc;
+
 use app::{
-    ingest::SharedPingSink,
-    protocol::{ErrorCode, HeatServerMsg, HeatSubscription, Layer, OrderEvent, Ping, DEFAULT_WINDOW_MIN},
+    ingest::{PingSink, SharedPingSink},
+    protocol::{
+        ErrorCode, HeatServerMsg, HeatSubscription, IssuedToken, Layer, OrderEvent, Ping, WsError, DEFAULT_WINDOW_MIN,
+    },
     validate::check_driver_id,
 };
 use axum::{
     body::{to_bytes, Body},
     extract::{Path, Query, State},
-    http::{header, StatusCode},
+    http::{header, HeaderMap, StatusCode},
     response::{IntoResponse, Response},
     routing::{get, post},
     Json, Router,
@@ -21,17 +25,19 @@ use leptos_axum::{generate_route_list, LeptosRoutes};
 use serde_json::json;
 
 use crate::{
+    auth::{Kind, Role},
     decode::{self, FromObject},
     error::ApiError,
     ingest::{Ingest, QueueError},
     metrics::{Gauges, Metrics},
+    now_ms,
     viewport::{parse_bbox, resolve},
     ws, AppState,
 };
 
 pub fn router(state: AppState) -> Router {
     let routes = generate_route_list(app::App);
-    let sink = SharedPingSink(state.ingest.clone());
+    let sink = SharedPingSink(Arc::new(ServerFnSink(state.clone())));
     let settings = state.config.site_settings();
     let shell = move |options| app::shell(options, settings.clone());
     let leptos = state.leptos.clone();
@@ -39,6 +45,9 @@ pub fn router(state: AppState) -> Router {
         .route("/api/pings", post(post_pings))
         .route("/api/orders", post(post_orders))
         .route("/api/heat", get(get_heat))
+        .route("/api/drivers/enter", post(enter))
+        .route("/api/shares", post(create_share))
+        .route("/api/shares/revoke", post(revoke_shares))
         .route("/api/drivers/near", get(get_near))
         .route("/api/drivers/{id}", get(get_driver))
         .route("/healthz", get(healthz))
@@ -85,14 +94,173 @@ async fn post_batch<T: FromObject>(
     Ok((StatusCode::ACCEPTED, Json(report)).into_response())
 }
 
-/// `POST /api/pings`: a JSON array of pings. 202 with `{accepted, rejected: [{index, field, code, message}]}`.
-async fn post_pings(State(state): State<AppState>, body: Body) -> Result<Response, ApiError> {
-    post_batch::<Ping>(state, body, Ingest::submit_pings, |m, code| m.ping_rejected(code, 1)).await
+/// The role the request's bearer credential proves, which `allowed` must accept (counted when refused).
+fn require(
+    state: &AppState,
+    headers: &HeaderMap,
+    what: &str,
+    allowed: impl FnOnce(&Role) -> bool,
+) -> Result<Role, ApiError> {
+    state.auth.require(headers, now_ms(), what, allowed).inspect_err(|e| state.metrics.auth_refused(e.error.code))
 }
 
-/// `POST /api/orders`: a JSON array of order events, answered like `/api/pings`.
-async fn post_orders(State(state): State<AppState>, body: Body) -> Result<Response, ApiError> {
+/// `POST /api/pings`: a JSON array of pings. 202 with `{accepted, rejected: [{index, field, code, message}]}`.
+/// A driver token may send only its own driver's pings (others are rejected items, `driver_mismatch`); the fleet
+/// key any driver's.
+async fn post_pings(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+    let role = require(&state, &headers, "send pings", |r| !matches!(r, Role::Viewer { .. }))?;
+    let submit = move |ingest: &Ingest, items| ingest.submit_pings(&role, items);
+    post_batch::<Ping>(state, body, submit, |m, code| m.ping_rejected(code, 1)).await
+}
+
+/// `POST /api/orders`: a JSON array of order events, answered like `/api/pings`. Fleet key only.
+async fn post_orders(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+    require(&state, &headers, "send orders", Role::is_fleet)?;
     post_batch::<OrderEvent>(state, body, Ingest::submit_orders, |m, code| m.order_rejected(code, 1)).await
+}
+
+/// The `#[server]` ping function's way in: the driver's token is checked as on every ingest path.
+struct ServerFnSink(AppState);
+
+impl PingSink for ServerFnSink {
+    fn submit_one(&self, token: &str, ping: Ping) -> Result<(), WsError> {
+        let state = &self.0;
+        let role = state.auth.verify(token, now_ms()).map_err(|e| {
+            state.metrics.auth_refused(e.error.code);
+            e.error
+        })?;
+        let report = state.ingest.submit_pings(&role, vec![Ok(ping)]).map_err(|e| e.to_ws_error())?;
+        match report.rejected.into_iter().next() {
+            None => Ok(()),
+            Some(r) => Err(WsError { code: r.code, field: r.field, message: r.message }),
+        }
+    }
+}
+
+/// What `enter`, `shares` and `shares/revoke` may be told: the driver, for a fleet or admin caller, and how long
+/// a share link should last.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenRequest {
+    driver_id: Option<String>,
+    ttl_secs: Option<f64>,
+}
+
+async fn token_request(state: &AppState, body: Body) -> Result<TokenRequest, ApiError> {
+    let bytes = read_body(state, body).await?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(TokenRequest::default());
+    }
+    serde_json::from_slice(&bytes).map_err(|e| ApiError::field(ErrorCode::InvalidJson, "body", format!("{e}")))
+}
+
+/// The driver a token-minting request is for: the caller's own, or (fleet and admin) the one in the body.
+fn subject(role: &Role, request: &TokenRequest) -> Result<String, ApiError> {
+    match (role, &request.driver_id) {
+        (Role::Driver { driver_id, .. }, None) => Ok(driver_id.clone()),
+        (Role::Driver { driver_id, .. }, Some(asked)) if asked == driver_id => Ok(driver_id.clone()),
+        (Role::Driver { .. }, Some(_)) => Err(ApiError::field(
+            ErrorCode::DriverMismatch,
+            "driver_id",
+            "a driver's token acts for its own driver only",
+        )),
+        (_, Some(id)) => {
+            check_driver_id(id)?;
+            Ok(id.clone())
+        }
+        (_, None) => Err(ApiError::field(ErrorCode::InvalidField, "driver_id", "driver_id is required with a key")),
+    }
+}
+
+/// `POST /api/drivers/enter`: a driver token. With no credential (and `--open-enter`), for a new random driver
+/// id: the "Enter as Driver" page. With a driver's token, a fresh token for that driver (renewal). With the fleet
+/// or admin key, for `{"driver_id"}` of your choosing.
+async fn enter(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+    let request = token_request(&state, body).await?;
+    let refuse = |code, field, message: &str| {
+        state.metrics.auth_refused(code);
+        Err(ApiError::field(code, field, message))
+    };
+    let driver_id = match state.auth.from_headers(&headers, now_ms()) {
+        Err(e) => return refuse(e.error.code, "token", &e.error.message),
+        Ok(Some(Role::Viewer { .. })) => {
+            return refuse(ErrorCode::Forbidden, "authorization", "a share link cannot enter")
+        }
+        // A driver renewing its token, or the fleet minting one for its driver.
+        Ok(Some(role)) => subject(&role, &request)?,
+        Ok(None) if !state.config.open_enter => {
+            return refuse(
+                ErrorCode::Unauthorized,
+                "authorization",
+                "--open-enter is off: driver tokens come from the fleet key",
+            )
+        }
+        Ok(None) if request.driver_id.is_some() => {
+            return refuse(ErrorCode::Forbidden, "driver_id", "choosing a driver id needs the fleet key")
+        }
+        Ok(None) => {
+            let mut bytes = [0u8; 8];
+            getrandom::fill(&mut bytes).map_err(|_| ApiError::new(ErrorCode::ShuttingDown, "no randomness"))?;
+            format!("drv-{}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>())
+        }
+    };
+    let issued = state.auth.issue(Kind::Driver, &driver_id, state.config.driver_token_ttl(), now_ms());
+    let body = IssuedToken { driver_id, token: issued.token, expires_ms: issued.expires_ms, path: None };
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+/// `POST /api/shares`: a share link for the caller's driver (driver token) or `{"driver_id"}` (fleet, admin),
+/// lasting `ttl_secs` (default `--share-hours`, at most `--max-share-hours`).
+async fn create_share(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+    let role = require(&state, &headers, "create share links", |r| !matches!(r, Role::Viewer { .. }))?;
+    let request = token_request(&state, body).await?;
+    let driver_id = subject(&role, &request)?;
+    let max = state.config.max_share_ttl();
+    let ttl = match request.ttl_secs {
+        None => state.config.share_ttl(),
+        Some(secs) if secs.is_finite() && secs > 0.0 && secs <= max.as_secs_f64() => {
+            std::time::Duration::from_secs_f64(secs)
+        }
+        Some(_) => {
+            let message = format!("ttl_secs must be in (0, {}]", max.as_secs());
+            return Err(ApiError::field(ErrorCode::InvalidField, "ttl_secs", message));
+        }
+    };
+    let issued = state.auth.issue(Kind::Share, &driver_id, ttl, now_ms());
+    let path = format!("/track/{driver_id}#share={}", issued.token);
+    let body = IssuedToken { driver_id, token: issued.token, expires_ms: issued.expires_ms, path: Some(path) };
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+/// `POST /api/shares/revoke`: every share link of the caller's driver (driver token) or of `{"driver_id"}`
+/// (admin) made until now stops working; open trackers get `revoked` and are closed, on every instance.
+async fn revoke_shares(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+    let role = require(&state, &headers, "revoke share links", |r| matches!(r, Role::Driver { .. } | Role::Admin))?;
+    let request = token_request(&state, body).await?;
+    let driver_id = subject(&role, &request)?;
+    let before_ms = now_ms();
+    state.auth.revoke(&driver_id, before_ms);
+    if let Some(redis) = &state.redis {
+        redis
+            .revoke_shares(&driver_id, before_ms, state.config.max_share_ttl())
+            .await
+            .map_err(|e| ApiError::new(ErrorCode::ShuttingDown, format!("Redis is unavailable: {e}")).retry_after(1))?;
+    }
+    state.engine.revoke(driver_id.clone(), before_ms).await.ok_or_else(stopping)?;
+    Ok(Json(json!({"driver_id": driver_id, "revoked_before_ms": before_ms})).into_response())
+}
+
+/// Refuses a viewer whose link was revoked on another instance (known through Redis).
+pub async fn check_not_revoked(state: &AppState, role: &Role) -> Result<(), ApiError> {
+    let (Role::Viewer { driver_id, issued_ms, .. }, Some(redis)) = (role, &state.redis) else { return Ok(()) };
+    if let Ok(Some(before)) = redis.shares_revoked_before(driver_id).await {
+        if *issued_ms <= before {
+            state.auth.revoke(driver_id, before);
+            state.metrics.auth_refused(ErrorCode::ShareRevoked);
+            return Err(crate::auth::revoked());
+        }
+    }
+    Ok(())
 }
 
 /// `GET /api/heat?layer=&window_min=&precision=|zoom=&bbox=south,west,north,east`: the snapshot `/ws/heat`
@@ -127,9 +295,15 @@ fn stopping() -> ApiError {
     ApiError::new(ErrorCode::ShuttingDown, "the server is shutting down").retry_after(1)
 }
 
-/// `GET /api/drivers/{id}`: the driver's last fix, or 404.
-async fn get_driver(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+/// `GET /api/drivers/{id}`: the driver's last fix, or 404. A share link of that driver, or the fleet key.
+async fn get_driver(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     check_driver_id(&id)?;
+    let role = require(&state, &headers, "see this driver", |r| r.may_track(&id))?;
+    check_not_revoked(&state, &role).await?;
     let mut fix = state.engine.driver(id.clone()).await.ok_or_else(stopping)?;
     if let (None, Some(redis)) = (&fix, &state.redis) {
         // Heard by another instance.
@@ -142,11 +316,13 @@ async fn get_driver(State(state): State<AppState>, Path(id): Path<String>) -> Re
 }
 
 /// `GET /api/drivers/near?lat=&lon=&radius_m=&limit=`: online drivers nearest first (radius default 5 km, at most
-/// 50 km; limit default 20, at most 100).
+/// 50 km; limit default 20, at most 100). Fleet key only: it names drivers and where they are.
 async fn get_near(
     State(state): State<AppState>,
+    headers: HeaderMap,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
+    require(&state, &headers, "list nearby drivers", Role::is_fleet)?;
     let number =
         |field: &'static str, default: Option<f64>| -> Result<f64, ApiError> {
             match query.get(field) {
@@ -200,8 +376,9 @@ async fn healthz(State(state): State<AppState>) -> Response {
     .into_response()
 }
 
-/// `GET /metrics`: Prometheus text.
-async fn metrics(State(state): State<AppState>) -> Response {
+/// `GET /metrics`: Prometheus text. Admin key only.
+async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    require(&state, &headers, "read the metrics", |r| *r == Role::Admin)?;
     let mut body = state.metrics.render(Gauges {
         queue_depth: state.ingest.queue_depth(),
         queue_capacity: state.ingest.queue_capacity(),
@@ -210,5 +387,5 @@ async fn metrics(State(state): State<AppState>) -> Response {
     if let Some(redis) = &state.redis {
         body.push_str(&redis.stats.render());
     }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response())
 }

@@ -13,14 +13,13 @@ use std::{
 };
 
 use app::{
-    ingest::PingSink,
     protocol::{BatchReport, ErrorCode, OrderEvent, Ping, RejectedItem, WsError},
     validate::{check_order, check_ping, Invalid, Limits},
 };
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, Semaphore};
 
-use crate::{config::Config, decode::Item, metrics::Metrics, now_ms};
+use crate::{auth::Role, config::Config, decode::Item, metrics::Metrics, now_ms};
 
 /// What travels from ingest to the engine. `permits` is returned to the queue once the engine has applied it.
 #[derive(Debug)]
@@ -118,13 +117,25 @@ impl Ingest {
         matches!(tokio::time::timeout(wait, self.room.acquire_many(n)).await, Ok(Ok(_)))
     }
 
-    /// Validates each ping, rate-limits per driver, and queues the valid ones as one item.
-    pub fn submit_pings(&self, items: Vec<Item<Ping>>) -> Result<BatchReport, QueueError> {
+    /// Validates each ping, refuses those `role` may not send (another driver's), rate-limits per driver, and
+    /// queues the valid ones as one item.
+    pub fn submit_pings(&self, role: &Role, items: Vec<Item<Ping>>) -> Result<BatchReport, QueueError> {
         let now = now_ms();
         let mut rejected = Vec::new();
         let mut valid = Vec::with_capacity(items.len());
+        let allowed = |p: &Ping| {
+            if role.may_ping_as(&p.driver_id) {
+                Ok(())
+            } else {
+                Err(Invalid::new(
+                    ErrorCode::DriverMismatch,
+                    "driver_id",
+                    "this credential may send pings only for its own driver",
+                ))
+            }
+        };
         for (index, item) in items.into_iter().enumerate() {
-            match item.and_then(|p| check_ping(&p, now, &self.limits).map(|()| p)) {
+            match item.and_then(|p| check_ping(&p, now, &self.limits).and_then(|()| allowed(&p)).map(|()| p)) {
                 Ok(p) => valid.push((index, p)),
                 Err(e) => {
                     self.metrics.ping_rejected(e.code, 1);
@@ -231,16 +242,6 @@ impl Ingest {
 
 fn rejection(index: usize, e: Invalid) -> RejectedItem {
     RejectedItem { index: index as u32, field: Some(e.field.to_string()), code: e.code, message: e.message }
-}
-
-impl PingSink for Ingest {
-    fn submit_one(&self, ping: Ping) -> Result<(), WsError> {
-        let report = self.submit_pings(vec![Ok(ping)]).map_err(QueueError::to_ws_error)?;
-        match report.rejected.into_iter().next() {
-            None => Ok(()),
-            Some(r) => Err(WsError { code: r.code, field: r.field, message: r.message }),
-        }
-    }
 }
 
 /// Per-driver rate limit (GCRA: one timestamp per driver), sharded so ingest tasks on both cores rarely meet.

@@ -4,6 +4,7 @@
 //! Data flows one way: `http`/`ws` -> `ingest` (validate, rate-limit, bounded queue) -> `engine` (presence,
 //! heat windows, trackers; through `store`) -> `hub` (frames per tick) -> sockets.
 
+pub mod auth;
 pub mod cell;
 pub mod config;
 pub mod decode;
@@ -50,6 +51,8 @@ pub struct AppState {
     pub store_name: &'static str,
     /// The shared store, when this instance runs on Redis.
     pub redis: Option<store::redis::RedisHandle>,
+    /// Tokens, keys and revoked share links.
+    pub auth: Arc<auth::Auth>,
     /// Cancelled when the server begins to shut down: sockets close, the demo fleet stops.
     pub shutdown: CancellationToken,
     pub started: std::time::Instant,
@@ -103,6 +106,22 @@ impl Running {
 
 /// Binds, spawns the engine (and the demo fleet if asked), and serves until [`Running::stop`].
 pub async fn start(config: Config) -> anyhow::Result<Running> {
+    let (auth, source) = auth::Auth::new(
+        config.secret.as_deref(),
+        config.fleet_key.as_deref(),
+        config.admin_key.as_deref(),
+        config.max_share_ttl(),
+    )?;
+    if source == auth::SecretSource::Generated {
+        let redis_note = if config.redis_url.is_some() { " Other instances will not accept them." } else { "" };
+        tracing::warn!(
+            "no PULSEMAP_SECRET: made a random one for this process, so driver tokens and share links end when \
+             it stops.{redis_note} Set PULSEMAP_SECRET (32+ bytes, the same on every instance) to keep them."
+        );
+    }
+    if !auth.admin_enabled() {
+        tracing::info!("no PULSEMAP_ADMIN_KEY: /metrics and revoking other drivers' links are off");
+    }
     let listener =
         TcpListener::bind(config.addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.addr))?;
     let addr = listener.local_addr()?;
@@ -130,6 +149,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         metrics,
         store_name,
         redis,
+        auth: Arc::new(auth),
         shutdown: CancellationToken::new(),
         started: std::time::Instant::now(),
     };
@@ -213,7 +233,7 @@ fn spawn_demo_fleet(state: &AppState) {
                     let dt = period.as_secs_f64();
                     let pings = fleet.step(dt, now).into_iter().map(Ok).collect();
                     let orders = fleet.orders(dt, now).into_iter().map(Ok).collect();
-                    if let Err(e) = ingest.submit_pings(pings).and_then(|_| ingest.submit_orders(orders)) {
+                    if let Err(e) = ingest.submit_pings(&auth::Role::Fleet, pings).and_then(|_| ingest.submit_orders(orders)) {
                         tracing::warn!(error = ?e, "demo fleet could not queue its pings; it will try next round");
                     }
                 }

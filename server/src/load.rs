@@ -34,6 +34,8 @@ pub enum Transport {
 pub struct IngestPlan {
     /// `http://host:port` of the server.
     pub url: String,
+    /// The server's admin key: it sends pings for every driver and reads `/metrics`.
+    pub key: String,
     pub transport: Transport,
     /// Distinct drivers the pings come from (spread so no driver exceeds the per-driver rate limit).
     pub drivers: usize,
@@ -86,6 +88,23 @@ fn bodies(plan: &IngestPlan) -> Vec<Vec<Ping>> {
     pings.chunks(plan.batch.max(1)).map(<[Ping]>::to_vec).collect()
 }
 
+/// An HTTP client that sends `key` with every request.
+pub fn keyed_client(key: &str) -> anyhow::Result<reqwest::ClientBuilder> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {key}"))?;
+    value.set_sensitive(true);
+    headers.insert(reqwest::header::AUTHORIZATION, value);
+    Ok(reqwest::Client::builder().default_headers(headers))
+}
+
+/// A WebSocket handshake to `url` that carries `key`.
+fn keyed_request(url: &str, key: &str) -> anyhow::Result<tokio_tungstenite::tungstenite::handshake::client::Request> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = url.into_client_request()?;
+    request.headers_mut().insert("authorization", format!("Bearer {key}").parse()?);
+    Ok(request)
+}
+
 /// Reads one counter from `/metrics`.
 pub async fn server_metric(client: &reqwest::Client, url: &str, name: &str) -> anyhow::Result<f64> {
     let text = client.get(format!("{url}/metrics")).send().await?.text().await?;
@@ -97,7 +116,7 @@ pub async fn server_metric(client: &reqwest::Client, url: &str, name: &str) -> a
 pub async fn ingest(plan: &IngestPlan) -> anyhow::Result<IngestReport> {
     let bodies = Arc::new(bodies(plan));
     let counts = Arc::new(Counts::default());
-    let client = reqwest::Client::builder().pool_max_idle_per_host(plan.connections).build()?;
+    let client = keyed_client(&plan.key)?.pool_max_idle_per_host(plan.connections).build()?;
     let aggregated_before = server_metric(&client, &plan.url, "pulsemap_pings_aggregated_total").await?;
     let start = Instant::now();
     let measure_from = start + plan.warmup;
@@ -230,7 +249,7 @@ async fn http_worker(plan: &IngestPlan, client: &reqwest::Client, mut turns: Tur
 
 async fn ws_worker(plan: &IngestPlan, mut turns: Turns<'_>) -> anyhow::Result<()> {
     let url = format!("{}/ws/driver", plan.url.replacen("http", "ws", 1));
-    let (mut socket, _) = tokio_tungstenite::connect_async(url).await?;
+    let (mut socket, _) = tokio_tungstenite::connect_async(keyed_request(&url, &plan.key)?).await?;
     let mut seq = 0;
     while let Some(i) = turns.next().await {
         let pings = turns.bodies[i].clone();
@@ -297,6 +316,8 @@ pub fn process_usage(pid: u32) -> Option<(f64, u64)> {
 #[derive(Debug, Clone)]
 pub struct TrackPlan {
     pub url: String,
+    /// The server's admin key (see [`IngestPlan::key`]).
+    pub key: String,
     /// Drivers pinging once a second each.
     pub drivers: usize,
     /// Trackers, each following one driver (`trackers <= drivers`).
@@ -336,12 +357,13 @@ const FLEET_SLICES_PER_SEC: usize = 100;
 /// every batch the server took.
 async fn drive_fleet(
     url: &str,
+    key: &str,
     mut fleet: Fleet,
     moving: usize,
     stop: tokio_util::sync::CancellationToken,
     mut on_sent: impl FnMut(&[Ping]),
 ) -> anyhow::Result<()> {
-    let client = reqwest::Client::new();
+    let client = keyed_client(key)?.build()?;
     let url = format!("{url}/api/pings");
     let slices = FLEET_SLICES_PER_SEC;
     let chunk = fleet.len().div_ceil(slices);
@@ -380,7 +402,8 @@ pub async fn track(plan: &TrackPlan) -> anyhow::Result<TrackReport> {
     let mut listeners = Vec::new();
     for i in 0..tracked {
         let url = format!("{}/ws/track/trk-{i}", plan.url.replacen("http", "ws", 1));
-        let (socket, _) = tokio_tungstenite::connect_async_with_config(url, Some(small_buffers()), false).await?;
+        let request = keyed_request(&url, &plan.key)?;
+        let (socket, _) = tokio_tungstenite::connect_async_with_config(request, Some(small_buffers()), false).await?;
         listeners.push(tokio::spawn(async move {
             let (_, mut incoming) = socket.split();
             let (mut latencies, mut delivered, mut duplicates) = (Vec::new(), 0u64, 0u64);
@@ -405,14 +428,21 @@ pub async fn track(plan: &TrackPlan) -> anyhow::Result<TrackReport> {
     }
     let stop = tokio_util::sync::CancellationToken::new();
     let mut sent = 0u64;
-    let fleet = drive_fleet(&plan.url, Fleet::new("trk", plan.drivers, 0.0, 7), plan.drivers, stop.clone(), |batch| {
-        if Instant::now() >= measure_from {
-            let is_tracked = |p: &&Ping| {
-                p.driver_id.strip_prefix("trk-").and_then(|n| n.parse::<usize>().ok()).is_some_and(|n| n < tracked)
-            };
-            sent += batch.iter().filter(is_tracked).count() as u64;
-        }
-    });
+    let fleet = drive_fleet(
+        &plan.url,
+        &plan.key,
+        Fleet::new("trk", plan.drivers, 0.0, 7),
+        plan.drivers,
+        stop.clone(),
+        |batch| {
+            if Instant::now() >= measure_from {
+                let is_tracked = |p: &&Ping| {
+                    p.driver_id.strip_prefix("trk-").and_then(|n| n.parse::<usize>().ok()).is_some_and(|n| n < tracked)
+                };
+                sent += batch.iter().filter(is_tracked).count() as u64;
+            }
+        },
+    );
     tokio::select! {
         result = fleet => result?,
         _ = tokio::time::sleep_until(stop_at.into()) => stop.cancel(),
@@ -458,6 +488,8 @@ fn small_buffers() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig 
 #[derive(Debug, Clone)]
 pub struct FanoutPlan {
     pub url: String,
+    /// The server's admin key (see [`IngestPlan::key`]).
+    pub key: String,
     /// Heat viewers, all subscribed to the whole city.
     pub viewers: usize,
     /// Drivers pinging once a second each while the viewers watch.
@@ -540,8 +572,8 @@ pub async fn fanout(plan: &FanoutPlan) -> anyhow::Result<FanoutReport> {
     let stop = tokio_util::sync::CancellationToken::new();
     let fleet = Fleet::new("fan", plan.drivers, 0.0, 11);
     let fleet = tokio::spawn({
-        let (url, stop, moving) = (plan.url.clone(), stop.clone(), plan.moving);
-        async move { drive_fleet(&url, fleet, moving, stop, |_| {}).await }
+        let (url, key, stop, moving) = (plan.url.clone(), plan.key.clone(), stop.clone(), plan.moving);
+        async move { drive_fleet(&url, &key, fleet, moving, stop, |_| {}).await }
     });
     // Let the fleet fill the map before taking the memory baseline.
     tokio::time::sleep(Duration::from_millis(1500)).await;

@@ -15,7 +15,7 @@ async fn main() -> anyhow::Result<()> {
         }
         LogFormat::Json => tracing_subscriber::fmt().json().with_env_filter(filter).init(),
     }
-    tracing::info!(?config, "configuration");
+    tracing::info!(config = ?config.redacted(), "configuration");
     let running = pulsemap::start(config).await?;
     tracing::info!(addr = %running.addr, store = running.state.store_name, "pulsemap listening on http://{}", running.addr);
     shutdown_signal().await;

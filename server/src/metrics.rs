@@ -31,6 +31,7 @@ pub struct Metrics {
     /// Refusals by code, pings and orders apart (index: position in `ErrorCode::ALL`).
     pings_rejected: [AtomicU64; ErrorCode::ALL.len()],
     orders_rejected: [AtomicU64; ErrorCode::ALL.len()],
+    auth_refused: [AtomicU64; ErrorCode::ALL.len()],
     /// Pings and orders the engine has folded into presence and windows: equals accepted once the queue drains.
     pub pings_aggregated: AtomicU64,
     pub orders_aggregated: AtomicU64,
@@ -77,6 +78,11 @@ impl Metrics {
 
     pub fn order_rejected(&self, code: ErrorCode, n: u64) {
         self.orders_rejected[code_index(code)].fetch_add(n, Relaxed);
+    }
+
+    /// A request or socket refused for its credential (missing, invalid, expired, revoked, or not allowed).
+    pub fn auth_refused(&self, code: ErrorCode) {
+        self.auth_refused[code_index(code)].fetch_add(1, Relaxed);
     }
 
     pub fn pings_rejected(&self, code: ErrorCode) -> u64 {
@@ -156,6 +162,12 @@ impl Metrics {
             "Order events refused, by reason (a refused body counts once).",
             "counter",
             &by_reason(&self.orders_rejected),
+        );
+        counter(
+            "auth_refused_total",
+            "Requests and sockets refused for their credential, by reason.",
+            "counter",
+            &by_reason(&self.auth_refused),
         );
         counter(
             "pings_aggregated_total",

@@ -9,7 +9,9 @@
 use std::{sync::Arc, time::Duration};
 
 use app::{
-    protocol::{DriverServerMsg, ErrorCode, HeatClientMsg, HeatServerMsg, HeatSnapshot, TrackMsg, WsError},
+    protocol::{
+        DriverServerMsg, ErrorCode, HeatClientMsg, HeatServerMsg, HeatSnapshot, TrackClientMsg, TrackMsg, WsError,
+    },
     validate::check_driver_id,
 };
 use axum::{
@@ -24,10 +26,13 @@ use futures::SinkExt;
 use tokio::sync::broadcast::{self, error::RecvError};
 
 use crate::{
-    decode,
+    auth::Role,
+    decode::{self, DriverInput},
     error::ApiError,
+    http::check_not_revoked,
     hub::TickFrames,
     metrics::{Metrics, SocketKind},
+    now_ms,
     viewport::{resolve, Viewport},
     AppState,
 };
@@ -38,6 +43,12 @@ const SEND_DEADLINE: Duration = Duration::from_secs(10);
 const CLOSE_GOING_AWAY: u16 = 1001;
 const CLOSE_PROTOCOL_ERROR: u16 = 1002;
 const CLOSE_TOO_BIG: u16 = 1009;
+/// Application close codes (4000-4999): the credential is missing, invalid or expired; or it may not do this
+/// (another driver's socket, a revoked share link).
+const CLOSE_UNAUTHORIZED: u16 = 4401;
+const CLOSE_FORBIDDEN: u16 = 4403;
+/// How long a socket that must authenticate waits for its `auth` message.
+const AUTH_WAIT: Duration = Duration::from_secs(10);
 
 /// Sockets are not split: one task owns each, reads in a `select!` branch (cancel-safe) and writes in the others,
 /// so a write takes no lock.
@@ -138,18 +149,46 @@ fn error(code: ErrorCode, field: Option<&str>, message: impl Into<String>) -> Ws
 // ---------------------------------------------------------------------------------------------------------------
 // /ws/driver
 
-/// `GET /ws/driver`: a driver streams `ping` / `batch` messages; each gets an `ack` (and an `error` per refused
-/// ping); a full queue answers `slow_down` and holds the message until there is room.
+/// The role a handshake's `Authorization: Bearer` header proves, if it has one (counted when refused).
+fn handshake_role(headers: &HeaderMap, state: &AppState) -> Result<Option<Role>, ApiError> {
+    state.auth.from_headers(headers, now_ms()).inspect_err(|e| state.metrics.auth_refused(e.error.code))
+}
+
+/// Close code for an auth error: 4401 when the credential is missing, invalid or expired, 4403 otherwise.
+fn auth_close_code(code: ErrorCode) -> u16 {
+    match code {
+        ErrorCode::Unauthorized | ErrorCode::TokenInvalid | ErrorCode::TokenExpired => CLOSE_UNAUTHORIZED,
+        _ => CLOSE_FORBIDDEN,
+    }
+}
+
+/// `GET /ws/driver`: a driver sends `auth` (its token, or the fleet key) then streams `ping` / `batch`
+/// messages; each gets an `ack` (and an `error` per refused ping); a full queue answers `slow_down` and holds the
+/// message until there is room.
 pub async fn driver(
     upgrade: WebSocketUpgrade,
     headers: HeaderMap,
     State(state): State<AppState>,
 ) -> Result<Response, ApiError> {
     check_origin(&headers, &state)?;
-    Ok(limited(upgrade, &state).on_upgrade(move |socket| driver_socket(socket, state)))
+    let role = handshake_role(&headers, &state)?;
+    Ok(limited(upgrade, &state).on_upgrade(move |socket| driver_socket(socket, state, role)))
 }
 
-async fn driver_socket(socket: WebSocket, state: AppState) {
+/// Takes a driver socket's `auth`: the new role and the reply, or the error to send before closing.
+fn driver_auth(state: &AppState, token: &str) -> Result<(Role, DriverServerMsg), WsError> {
+    let role = state.auth.verify(token, now_ms()).map_err(|e| e.error)?;
+    let driver_id = match &role {
+        Role::Driver { driver_id, .. } => Some(driver_id.clone()),
+        Role::Fleet | Role::Admin => None,
+        Role::Viewer { .. } => {
+            return Err(error(ErrorCode::Forbidden, Some("token"), "a share link cannot send pings"))
+        }
+    };
+    Ok((role, DriverServerMsg::Ready { driver_id }))
+}
+
+async fn driver_socket(socket: WebSocket, state: AppState, mut role: Option<Role>) {
     tracing::debug!(kind = "driver", "socket opened");
     let _closed = ClosedLog("driver");
     let metrics = state.metrics.clone();
@@ -186,7 +225,42 @@ async fn driver_socket(socket: WebSocket, state: AppState) {
                 metrics.ping_rejected(invalid.code, 1);
                 vec![DriverServerMsg::Error { seq, index: None, error: invalid.into() }]
             }
-            Ok(message) => {
+            Ok(DriverInput::Auth(token)) => match driver_auth(&state, &token) {
+                Ok((new_role, ready)) => {
+                    role = Some(new_role);
+                    vec![ready]
+                }
+                Err(e) => {
+                    metrics.auth_refused(e.code);
+                    let code = auth_close_code(e.code);
+                    let _ = send_json(
+                        &mut sink,
+                        &DriverServerMsg::Error { seq: None, index: None, error: e },
+                        kind,
+                        &metrics,
+                    )
+                    .await;
+                    close(&mut sink, code, "credential refused").await;
+                    return;
+                }
+            },
+            Ok(DriverInput::Pings(message)) => {
+                let expired = role.as_ref().and_then(Role::expires_ms).is_some_and(|at| now_ms() >= at);
+                let Some(role) = role.as_ref().filter(|_| !expired) else {
+                    let (code, text) = if expired {
+                        (ErrorCode::TokenExpired, "the driver token has expired: enter again and send a new `auth`")
+                    } else {
+                        (ErrorCode::Unauthorized, "send {\"type\":\"auth\",\"token\":...} before pings")
+                    };
+                    metrics.auth_refused(code);
+                    metrics.ping_rejected(code, message.pings.len() as u64);
+                    let e = error(code, Some("token"), text);
+                    let msg = DriverServerMsg::Error { seq: message.seq, index: None, error: e };
+                    if send_json(&mut sink, &msg, kind, &metrics).await.is_err() {
+                        return;
+                    }
+                    continue;
+                };
                 let mut replies = Vec::new();
                 let n = message.pings.len();
                 if state.ingest.queue_depth() + n > state.ingest.queue_capacity() {
@@ -196,7 +270,7 @@ async fn driver_socket(socket: WebSocket, state: AppState) {
                     }
                     state.ingest.wait_for_room(n, wait).await;
                 }
-                match state.ingest.submit_pings(message.pings) {
+                match state.ingest.submit_pings(role, message.pings) {
                     Ok(report) => {
                         for r in report.rejected {
                             let error = WsError { code: r.code, field: r.field, message: r.message };
@@ -359,8 +433,9 @@ async fn forward(sink: &mut Sink, sub: &Subscribed, tick: &TickFrames, metrics: 
 // ---------------------------------------------------------------------------------------------------------------
 // /ws/track/{driver_id}
 
-/// `GET /ws/track/{driver_id}`: the driver's last fix at once (or `unknown`), then each new fix, `offline` when
-/// it goes stale and `online` when it is back.
+/// `GET /ws/track/{driver_id}`: after `auth` (the share token, or the fleet key), the driver's last fix at once
+/// (or `unknown`), then each new fix, `offline` when it goes stale and `online` when it is back. The socket closes
+/// (4403) with `revoked` when the driver stops sharing, and (4401) when the link expires.
 pub async fn track(
     upgrade: WebSocketUpgrade,
     headers: HeaderMap,
@@ -369,16 +444,81 @@ pub async fn track(
 ) -> Result<Response, ApiError> {
     check_origin(&headers, &state)?;
     check_driver_id(&driver_id)?;
-    Ok(limited(upgrade, &state).on_upgrade(move |socket| track_socket(socket, state, driver_id)))
+    let role = handshake_role(&headers, &state)?;
+    if let Some(role) = &role {
+        tracker_allowed(&state, role, &driver_id).await.map_err(ApiError::from_ws)?;
+    }
+    Ok(limited(upgrade, &state).on_upgrade(move |socket| track_socket(socket, state, driver_id, role)))
 }
 
-async fn track_socket(socket: WebSocket, state: AppState, driver_id: String) {
+/// Whether `role` may watch `driver_id` now (counted when not).
+async fn tracker_allowed(state: &AppState, role: &Role, driver_id: &str) -> Result<(), WsError> {
+    if !role.may_track(driver_id) {
+        state.metrics.auth_refused(ErrorCode::Forbidden);
+        return Err(error(ErrorCode::Forbidden, Some("token"), "this credential may not watch this driver"));
+    }
+    check_not_revoked(state, role).await.map_err(|e| e.error)
+}
+
+/// Waits for a tracker's `auth` message and checks it; on failure tells the client why and closes.
+async fn tracker_auth(sink: &mut Sink, state: &AppState, driver_id: &str) -> Option<Role> {
+    let first = tokio::time::timeout(AUTH_WAIT, sink.recv()).await;
+    let checked = match first {
+        Ok(Some(Ok(Message::Text(text)))) => match serde_json::from_str::<TrackClientMsg>(&text) {
+            Ok(TrackClientMsg::Auth { token }) => match state.auth.verify(&token, now_ms()) {
+                Ok(role) => tracker_allowed(state, &role, driver_id).await.map(|()| role),
+                Err(e) => {
+                    state.metrics.auth_refused(e.error.code);
+                    Err(e.error)
+                }
+            },
+            Err(_) => Err(error(
+                ErrorCode::Unauthorized,
+                Some("token"),
+                "the first message must be {\"type\":\"auth\",\"token\":...}",
+            )),
+        },
+        Ok(_) => return None,
+        Err(_) => Err(error(ErrorCode::Unauthorized, Some("token"), "no auth message within 10 s")),
+    };
+    match checked {
+        Ok(role) => Some(role),
+        Err(e) => {
+            if e.code == ErrorCode::Unauthorized {
+                state.metrics.auth_refused(e.code);
+            }
+            let code = auth_close_code(e.code);
+            let _ = send_json(sink, &TrackMsg::Error(e), SocketKind::Track, &state.metrics).await;
+            close(sink, code, "credential refused").await;
+            None
+        }
+    }
+}
+
+async fn track_socket(socket: WebSocket, state: AppState, driver_id: String, role: Option<Role>) {
     tracing::debug!(kind = "track", %driver_id, "socket opened");
     let _closed = ClosedLog("track");
     let metrics = state.metrics.clone();
     let _guard = metrics.subscriber(SocketKind::Track);
     let kind = SocketKind::Track;
     let mut sink = socket;
+    let role = match role {
+        Some(role) => role,
+        None => match tracker_auth(&mut sink, &state, &driver_id).await {
+            Some(role) => role,
+            None => return,
+        },
+    };
+    let expires = role.expires_ms().map(|at| {
+        let left = Duration::from_millis(at.saturating_sub(now_ms()).max(0) as u64);
+        tokio::time::Instant::now() + left
+    });
+    let mut expiry = std::pin::pin!(async move {
+        match expires {
+            Some(at) => tokio::time::sleep_until(at).await,
+            None => std::future::pending().await,
+        }
+    });
     let Some((mut now, mut updates)) = state.engine.track(driver_id.clone()).await else {
         close(&mut sink, CLOSE_GOING_AWAY, "server shutting down").await;
         return;
@@ -404,8 +544,22 @@ async fn track_socket(socket: WebSocket, state: AppState, driver_id: String) {
                 Some(Ok(Message::Close(_))) | None => return,
                 Some(Ok(_)) => continue,
             },
+            _ = &mut expiry => {
+                let e = error(ErrorCode::TokenExpired, Some("token"), "the tracking link has expired");
+                let _ = send_json(&mut sink, &TrackMsg::Error(e), kind, &metrics).await;
+                close(&mut sink, CLOSE_UNAUTHORIZED, "link expired").await;
+                return;
+            }
             update = updates.recv() => {
                 let sent = match update {
+                    Ok(text) if text.as_str().starts_with(REVOKED_PREFIX) => {
+                        if revokes(&state, &role, &text) {
+                            let _ = send(&mut sink, text, kind, &metrics).await;
+                            close(&mut sink, CLOSE_FORBIDDEN, "the driver stopped sharing").await;
+                            return;
+                        }
+                        Ok(())
+                    }
                     Ok(text) => send(&mut sink, text, kind, &metrics).await,
                     Err(RecvError::Lagged(_)) => {
                         // Behind: skip to the newest fix rather than replaying old ones.
@@ -422,4 +576,15 @@ async fn track_socket(socket: WebSocket, state: AppState, driver_id: String) {
             }
         }
     }
+}
+
+/// How a `revoked` message starts (serde writes the tag first): only those are decoded on the tracker's path.
+const REVOKED_PREFIX: &str = r#"{"type":"revoked""#;
+
+/// Whether a `revoked` message ends this tracker's link (a viewer's link made at or before the revocation; keys
+/// are not links). Remembers the revocation, which may come from another instance.
+fn revokes(state: &AppState, role: &Role, text: &str) -> bool {
+    let Ok(TrackMsg::Revoked { driver_id, before_ms }) = serde_json::from_str(text) else { return false };
+    state.auth.revoke(&driver_id, before_ms);
+    matches!(role, Role::Viewer { issued_ms, .. } if *issued_ms <= before_ms)
 }

@@ -16,13 +16,13 @@ use leaflet::{Circle, LatLng, Map, Marker};
 use leptos::{prelude::*, task::spawn_local};
 use wasm_bindgen::{prelude::Closure, JsCast};
 
-use super::{every, expose, live, local_storage, map::new_map, now_ms, origin, settings};
+use super::{every, expose, live, local_storage, map::new_map, now_ms, origin, post_api, settings, sleep};
 use crate::{
     pages::{
         driver::{DriverSignals, PingReply, Sharing},
         send_ping, CITY_CENTER,
     },
-    protocol::{distance_m, DriverClientMsg, DriverServerMsg, ErrorCode, Ping},
+    protocol::{distance_m, DriverClientMsg, DriverServerMsg, ErrorCode, IssuedToken, Ping},
     settings::SiteSettings,
     validate::{check_ping, Limits},
 };
@@ -33,13 +33,17 @@ const MAX_QUEUED: usize = 100;
 const MIN_INTERVAL_MS: f64 = 1_000.0;
 /// A new fix is worth sending before the heartbeat when it moved at least this far.
 const MIN_MOVE_M: f64 = 10.0;
-/// localStorage key of the driver id, made once per browser.
-const ID_KEY: &str = "pulsemap.driver_id";
+/// localStorage key of the driver's id and token (from `POST /api/drivers/enter`).
+const CREDENTIALS_KEY: &str = "pulsemap.driver";
+/// A stored token with less than this left is renewed on load.
+const RENEW_BEFORE_MS: f64 = 30.0 * 60_000.0;
 
 struct Session {
     s: DriverSignals,
     settings: SiteSettings,
     driver_id: String,
+    /// The driver's token: sent as `auth` on every connection and with every server-function ping.
+    token: String,
     map: Map,
     marker: Option<(Marker, Circle)>,
     watch: Option<Watch>,
@@ -68,32 +72,61 @@ struct Watch {
     _on_error: Closure<dyn FnMut(web_sys::PositionError)>,
 }
 
-/// The driver id this browser keeps (made once, then read back from localStorage).
-fn driver_id() -> String {
+/// This browser's driver id and token: the stored ones while they have time left, renewed when they are near
+/// their end, or a new driver from the server. Retries until the server answers.
+async fn credentials(s: DriverSignals) -> IssuedToken {
     let storage = local_storage();
-    if let Some(id) = storage.as_ref().and_then(|s| s.get_item(ID_KEY).ok().flatten()) {
-        if crate::validate::check_driver_id(&id).is_ok() {
-            return id;
+    let stored: Option<IssuedToken> = storage
+        .as_ref()
+        .and_then(|st| st.get_item(CREDENTIALS_KEY).ok().flatten())
+        .and_then(|text| serde_json::from_str(&text).ok());
+    let left = |t: &IssuedToken| t.expires_ms as f64 - now_ms();
+    if let Some(t) = stored.as_ref().filter(|t| left(t) > RENEW_BEFORE_MS) {
+        return t.clone();
+    }
+    let renew = stored.filter(|t| left(t) > 0.0).map(|t| t.token);
+    let mut attempt = 0u32;
+    let issued = loop {
+        match post_api::<IssuedToken>("/api/drivers/enter", renew.as_deref(), &serde_json::json!({})).await {
+            Ok(issued) => break issued,
+            Err(e) => {
+                attempt += 1;
+                s.error.set(format!("Cannot enter as a driver yet ({e}); retrying…"));
+                sleep(1_000 * attempt.min(10)).await;
+            }
         }
+    };
+    s.error.set(String::new());
+    if let (Some(storage), Ok(text)) = (storage, serde_json::to_string(&issued)) {
+        let _ = storage.set_item(CREDENTIALS_KEY, &text);
     }
-    let id = format!("drv-{:08x}", (js_sys::Math::random() * f64::from(u32::MAX)) as u32);
-    if let Some(storage) = storage {
-        let _ = storage.set_item(ID_KEY, &id);
+    issued
+}
+
+/// Forgets the stored credentials (the server refused them): the next load enters again.
+fn forget_credentials() {
+    if let Some(storage) = local_storage() {
+        let _ = storage.remove_item(CREDENTIALS_KEY);
     }
-    id
 }
 
 pub fn start(element: web_sys::HtmlDivElement, s: DriverSignals) {
+    spawn_local(async move {
+        let issued = credentials(s).await;
+        begin_session(element, s, issued);
+    });
+}
+
+fn begin_session(element: web_sys::HtmlDivElement, s: DriverSignals, issued: IssuedToken) {
     let settings = settings();
-    let id = driver_id();
-    s.driver_id.set(id.clone());
-    s.share_url.set(format!("{}/track/{id}", origin()));
+    s.driver_id.set(issued.driver_id.clone());
     let map = new_map(element.unchecked_ref(), CITY_CENTER, 13.0, &settings);
     expose("pulsemapMap", &map);
     let session: Shared = Rc::new(RefCell::new(Session {
         s,
         settings,
-        driver_id: id,
+        driver_id: issued.driver_id,
+        token: issued.token,
         map,
         marker: None,
         watch: None,
@@ -157,9 +190,19 @@ fn begin(this: &Shared) {
     };
     s.sharing.set(Sharing::Locating);
     let socket = live::open("/ws/driver", handlers(this));
-    let mut session = this.borrow_mut();
-    session.watch = Some(Watch { id: watch_id, _on_fix: on_fix, _on_error: on_error });
-    session.socket = Some(socket);
+    let token = {
+        let mut session = this.borrow_mut();
+        session.watch = Some(Watch { id: watch_id, _on_fix: on_fix, _on_error: on_error });
+        session.socket = Some(socket);
+        session.token.clone()
+    };
+    // A fresh tracking link for this sharing session; stopping revokes it.
+    spawn_local(async move {
+        match post_api::<IssuedToken>("/api/shares", Some(&token), &serde_json::json!({})).await {
+            Ok(link) => s.share_url.set(format!("{}{}", origin(), link.path.unwrap_or_default())),
+            Err(e) => s.error.set(format!("Could not make a tracking link: {e}")),
+        }
+    });
 }
 
 /// Stops the watch and the socket. What is still queued stays queued for the next start.
@@ -188,6 +231,15 @@ fn end(this: &Shared) {
     if watch.is_some() {
         s.sharing.set(Sharing::Stopped);
         s.link.set(crate::pages::Link::Connecting);
+        s.share_url.set(String::new());
+        let token = this.borrow().token.clone();
+        spawn_local(async move {
+            if let Err(e) =
+                post_api::<serde_json::Value>("/api/shares/revoke", Some(&token), &serde_json::json!({})).await
+            {
+                s.error.set(format!("Could not switch off the tracking link: {e}"));
+            }
+        });
     }
 }
 
@@ -197,9 +249,10 @@ fn handlers(this: &Shared) -> live::Handlers {
         on_open: Box::new({
             let this = this.clone();
             move || {
-                // Everything queued goes out first on the new connection.
+                // The credential first, then everything queued, on every new connection.
                 let mut session = this.borrow_mut();
-                let mut messages = Vec::new();
+                let auth = DriverClientMsg::Auth { token: session.token.clone() };
+                let mut messages = vec![serde_json::to_string(&auth).expect("messages serialise")];
                 while let Some(ping) = session.queue.pop_front() {
                     messages.push(session.track_in_flight(ping));
                 }
@@ -373,7 +426,8 @@ fn flush(this: &Shared) {
         loop {
             let Some(ping) = this.borrow().queue.front().cloned() else { break };
             let s = this.borrow().s;
-            match send_ping(ping).await {
+            let token = this.borrow().token.clone();
+            match send_ping(token, ping).await {
                 Ok(reply) => {
                     let mut session = this.borrow_mut();
                     session.queue.pop_front();
@@ -416,6 +470,20 @@ fn on_server_message(this: &Shared, text: &str) {
             }
         }
         DriverServerMsg::Error { seq, error, .. } => {
+            if matches!(error.code, ErrorCode::TokenInvalid | ErrorCode::TokenExpired | ErrorCode::Unauthorized) {
+                // The server no longer knows this token (restarted with a new secret, or it ran out): the fixes
+                // stay queued here; a reload enters again.
+                forget_credentials();
+                s.error.set(format!(
+                    "{} Reload the page to enter again; your unsent fixes are kept until then.",
+                    crate::pages::describe_error(&error)
+                ));
+                if let Some(ping) = seq.and_then(|seq| session.in_flight.remove(&seq)) {
+                    session.queue.push_front(ping);
+                    session.publish_counts();
+                }
+                return;
+            }
             let Some(ping) = seq.and_then(|seq| session.in_flight.remove(&seq)) else {
                 s.error.set(crate::pages::describe_error(&error));
                 return;
@@ -428,6 +496,7 @@ fn on_server_message(this: &Shared, text: &str) {
                 s.error.set(crate::pages::describe_error(&error));
             }
         }
+        DriverServerMsg::Ready { .. } => {}
         DriverServerMsg::SlowDown { retry_after_ms } => {
             s.error.set(format!("The server is busy; it asked to wait {retry_after_ms} ms. Nothing is lost."));
         }

@@ -84,3 +84,30 @@ pub fn local_storage() -> Option<web_sys::Storage> {
 pub fn browser_online() -> bool {
     window().navigator().on_line()
 }
+
+/// The browser's sessionStorage (gone when the tab closes): where a dispatcher's fleet key is kept.
+pub fn session_storage() -> Option<web_sys::Storage> {
+    window().session_storage().ok().flatten()
+}
+
+/// POSTs `body` as JSON to a path on this server, with `bearer` as the credential; the decoded reply, or what
+/// went wrong in words for people.
+pub async fn post_api<T: serde::de::DeserializeOwned>(
+    path: &str,
+    bearer: Option<&str>,
+    body: &serde_json::Value,
+) -> Result<T, String> {
+    let mut request = gloo_net::http::Request::post(path);
+    if let Some(bearer) = bearer {
+        request = request.header("Authorization", &format!("Bearer {bearer}"));
+    }
+    let request = request.json(body).map_err(|e| e.to_string())?;
+    let response = request.send().await.map_err(|_| "cannot reach the server".to_string())?;
+    if response.ok() {
+        return response.json::<T>().await.map_err(|e| format!("unreadable answer: {e}"));
+    }
+    match response.json::<crate::protocol::ErrorBody>().await {
+        Ok(body) => Err(crate::pages::describe_error(&body.error)),
+        Err(_) => Err(format!("the server answered {}", response.status())),
+    }
+}

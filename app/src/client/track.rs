@@ -12,15 +12,30 @@ use wasm_bindgen::{prelude::Closure, JsCast, JsValue};
 use super::{
     every, expose, go_to, live,
     map::{new_map, object, view_box},
-    now_ms, settings, sleep,
+    now_ms, session_storage, settings, sleep,
 };
 use crate::{
     pages::{
         track::{Presence, TrackSignals},
         CITY_CENTER,
     },
-    protocol::{distance_m, DriverFix, NearDriver, NearDrivers, TrackMsg},
+    protocol::{distance_m, DriverFix, ErrorCode, NearDriver, NearDrivers, TrackClientMsg, TrackMsg},
 };
+
+/// sessionStorage key of a dispatcher's fleet key (typed on `/track`): it lists nearby drivers and follows any.
+pub const FLEET_KEY: &str = "pulsemap.fleet_key";
+
+/// The credential this page follows the driver with: the share token in the link's fragment (`#share=...`,
+/// never sent to the server in the URL), else a dispatcher's fleet key from this tab.
+fn credential() -> Option<String> {
+    let hash = web_sys::window()?.location().hash().ok()?;
+    let from_link = hash
+        .trim_start_matches('#')
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("share="))
+        .map(|t| js_sys::decode_uri_component(t).ok().and_then(|t| t.as_string()).unwrap_or_else(|| t.to_string()));
+    from_link.filter(|t| !t.is_empty()).or_else(|| session_storage()?.get_item(FLEET_KEY).ok().flatten())
+}
 
 /// Points kept in the trail.
 const TRAIL_POINTS: usize = 60;
@@ -57,23 +72,44 @@ pub fn start(element: web_sys::HtmlDivElement, driver_id: String, s: TrackSignal
         at: CITY_CENTER,
         glide: 0,
     }));
+    s.now_ms.set(now_ms() as i64);
+    every(1_000, move || s.now_ms.set(now_ms() as i64));
+    let Some(token) = credential() else {
+        s.presence.set(Presence::Ended);
+        s.link.set(crate::pages::Link::Closed);
+        s.problem.set("This link has no share token: ask the driver for the tracking link their page shows.".into());
+        return;
+    };
+    let auth = serde_json::to_string(&TrackClientMsg::Auth { token }).expect("messages serialise");
+    // Held here so a message that ends the link can close the socket (and stop its reconnecting).
+    let holder: Rc<RefCell<Option<live::LiveSocket>>> = Rc::default();
     let socket = live::open(
         &format!("/ws/track/{driver_id}"),
         live::Handlers {
-            on_open: Box::new(Vec::new),
-            on_message: Box::new(move |text| on_message(&tracker, text, s)),
+            on_open: Box::new(move || vec![auth.clone()]),
+            on_message: Box::new({
+                let holder = holder.clone();
+                move |text| {
+                    if !on_message(&tracker, text, s) {
+                        if let Some(socket) = holder.borrow_mut().take() {
+                            socket.close();
+                        }
+                        s.link.set(crate::pages::Link::Closed);
+                    }
+                }
+            }),
             on_link: Box::new(move |link| s.link.set(link)),
             on_down: Box::new(|| {}),
         },
     );
-    s.now_ms.set(now_ms() as i64);
-    every(1_000, move || s.now_ms.set(now_ms() as i64));
-    // The socket lives as long as the page.
-    std::mem::forget(socket);
+    *holder.borrow_mut() = Some(socket);
+    // The socket lives as long as the page, or until the link ends.
+    std::mem::forget(holder);
 }
 
-fn on_message(tracker: &Rc<RefCell<Tracker>>, text: &str, s: TrackSignals) {
-    let Ok(message) = serde_json::from_str::<TrackMsg>(text) else { return };
+/// Applies one message; `false` when the link has ended (revoked, expired, refused) and the socket should close.
+fn on_message(tracker: &Rc<RefCell<Tracker>>, text: &str, s: TrackSignals) -> bool {
+    let Ok(message) = serde_json::from_str::<TrackMsg>(text) else { return true };
     match message {
         TrackMsg::Fix(fix) => {
             s.fixes.update(|n| *n += 1);
@@ -93,8 +129,28 @@ fn on_message(tracker: &Rc<RefCell<Tracker>>, text: &str, s: TrackSignals) {
             s.last_seen_ms.set(Some(last_seen_ms));
         }
         TrackMsg::Online { .. } => s.presence.set(Presence::Online),
-        TrackMsg::Error(error) => leptos::logging::warn!("tracking refused: {}", error.message),
+        TrackMsg::Revoked { .. } => {
+            s.presence.set(Presence::Ended);
+            s.problem.set("The driver stopped sharing: this link no longer works.".into());
+            return false;
+        }
+        TrackMsg::Error(error) => {
+            s.problem.set(crate::pages::describe_error(&error));
+            let ends = matches!(
+                error.code,
+                ErrorCode::Unauthorized
+                    | ErrorCode::TokenInvalid
+                    | ErrorCode::TokenExpired
+                    | ErrorCode::Forbidden
+                    | ErrorCode::ShareRevoked
+            );
+            if ends {
+                s.presence.set(Presence::Ended);
+                return false;
+            }
+        }
     }
+    true
 }
 
 fn move_to(tracker: &Rc<RefCell<Tracker>>, fix: &DriverFix, follow: bool) {
@@ -179,8 +235,16 @@ async fn refresh_near(
     let radius_m = (distance_m(view.south, view.west, view.north, view.east) / 2.0).clamp(500.0, 50_000.0);
     let url =
         format!("/api/drivers/near?lat={:.6}&lon={:.6}&radius_m={radius_m:.0}&limit=20", centre.lat(), centre.lng());
-    let found = match Request::get(&url).send().await {
+    let Some(key) = session_storage().and_then(|st| st.get_item(FLEET_KEY).ok().flatten()) else {
+        status.set("Listing drivers needs the fleet key (dispatchers: enter it above). Customers open the link their driver shares.".into());
+        return;
+    };
+    let found = match Request::get(&url).header("Authorization", &format!("Bearer {key}")).send().await {
         Ok(response) if response.ok() => response.json::<NearDrivers>().await.ok(),
+        Ok(response) if matches!(response.status(), 401 | 403) => {
+            status.set("The server refused this fleet key: check it and enter it again.".into());
+            return;
+        }
         _ => None,
     };
     let Some(found) = found else {

@@ -18,11 +18,12 @@ pub enum PingReply {
 }
 
 /// Sends one ping through the server's ingest path: the driver page's fallback when its WebSocket is down.
+/// `token` is the driver's, as on every ingest path.
 #[server(prefix = "/fn", endpoint = "send_ping", input = leptos::server_fn::codec::Json)]
-pub async fn send_ping(ping: Ping) -> Result<PingReply, ServerFnError> {
+pub async fn send_ping(token: String, ping: Ping) -> Result<PingReply, ServerFnError> {
     let sink = use_context::<crate::ingest::SharedPingSink>()
         .ok_or_else(|| ServerFnError::new("the ingest queue is not wired to the server functions"))?;
-    Ok(match sink.0.submit_one(ping) {
+    Ok(match sink.0.submit_one(&token, ping) {
         Ok(()) => PingReply::Accepted,
         Err(error) => PingReply::Rejected(error),
     })
@@ -120,7 +121,12 @@ pub fn DriverPage() -> impl IntoView {
                     <dd><code id="driver-id">{move || s.driver_id.get()}</code></dd>
                     <dt>"Tracking link"</dt>
                     <dd>
-                        <a id="share-link" href=move || s.share_url.get() rel="external">{move || s.share_url.get()}</a>
+                        <Show
+                            when=move || !s.share_url.get().is_empty()
+                            fallback=|| view! { <span id="share-link-none" class="muted">"made when you start sharing"</span> }
+                        >
+                            <a id="share-link" href=move || s.share_url.get() rel="external">{move || s.share_url.get()}</a>
+                        </Show>
                     </dd>
                     <dt>"Last fix"</dt>
                     <dd id="last-fix">{move || s.last_fix.get()}</dd>

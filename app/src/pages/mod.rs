@@ -89,6 +89,8 @@ pub enum Link {
     Reconnecting(u32),
     /// Several attempts failed (or the browser is offline); still retrying in this many seconds.
     Offline(u32),
+    /// Closed for good: the server said the page may not have this data any more (a revoked or expired link).
+    Closed,
 }
 
 impl Link {
@@ -98,6 +100,7 @@ impl Link {
             Link::Live => "live".into(),
             Link::Reconnecting(s) => format!("reconnecting in {s}s"),
             Link::Offline(s) => format!("offline · retry in {s}s"),
+            Link::Closed => "closed".into(),
         }
     }
 
@@ -106,7 +109,7 @@ impl Link {
             Link::Connecting => "badge connecting",
             Link::Live => "badge live",
             Link::Reconnecting(_) => "badge reconnecting",
-            Link::Offline(_) => "badge offline",
+            Link::Offline(_) | Link::Closed => "badge offline",
         }
     }
 }

@@ -15,6 +15,8 @@ pub enum Presence {
     Waiting,
     Online,
     Offline,
+    /// The link no longer works (revoked or expired): nothing more will come.
+    Ended,
 }
 
 #[derive(Clone, Copy)]
@@ -31,6 +33,8 @@ pub struct TrackSignals {
     pub position: RwSignal<String>,
     /// Fixes received on this page.
     pub fixes: RwSignal<u64>,
+    /// Why the page cannot show the driver (no or bad link), in words.
+    pub problem: RwSignal<String>,
 }
 
 #[component]
@@ -45,6 +49,7 @@ pub fn TrackPage() -> impl IntoView {
         follow: RwSignal::new(true),
         position: RwSignal::new("—".into()),
         fixes: RwSignal::new(0),
+        problem: RwSignal::new(String::new()),
     };
     let map_ref = NodeRef::<leptos::html::Div>::new();
     #[cfg(feature = "hydrate")]
@@ -68,6 +73,7 @@ pub fn TrackPage() -> impl IntoView {
         Presence::Waiting => ("waiting", "Waiting for this driver to share their location…"),
         Presence::Online => ("online", "On the move"),
         Presence::Offline => ("offline", "Offline: the driver stopped sharing or lost signal"),
+        Presence::Ended => ("ended", "This tracking link no longer works"),
     };
     view! {
         <Title text=format!("Tracking {driver_id} — pulsemap")/>
@@ -82,6 +88,7 @@ pub fn TrackPage() -> impl IntoView {
                 <p id="driver-state" class=move || format!("state {}", state().0) role="status">{move || state().1}</p>
                 <p id="last-update">{ago}</p>
                 <p id="driver-position">{move || s.position.get()}</p>
+                <p id="track-problem" class="error" role="alert">{move || s.problem.get()}</p>
                 <label class="toggle">
                     <input
                         id="follow"
@@ -102,6 +109,7 @@ pub fn TrackPicker() -> impl IntoView {
     let drivers = RwSignal::new(Vec::<NearDriver>::new());
     let status = RwSignal::new("Looking for drivers near the map's centre…".to_string());
     let typed = RwSignal::new(String::new());
+    let key = RwSignal::new(String::new());
     let map_ref = NodeRef::<leptos::html::Div>::new();
     #[cfg(feature = "hydrate")]
     super::when_mounted(map_ref, move |element| crate::client::track::start_picker(element, drivers, status));
@@ -114,20 +122,41 @@ pub fn TrackPicker() -> impl IntoView {
             </header>
             <form class="card row" method="get" action="/track" on:submit=move |ev| {
                 ev.prevent_default();
-                let id = typed.get_untracked();
-                let id = id.trim();
-                if !id.is_empty() {
+                let typed = typed.get_untracked();
+                let typed = typed.trim();
+                // A whole tracking link goes where it points; an id (for a dispatcher with the key) to its page.
+                let path = if typed.contains("/track/") { typed.to_string() } else { format!("/track/{typed}") };
+                if !typed.is_empty() {
                     #[cfg(feature = "hydrate")]
-                    crate::client::go_to(&format!("/track/{id}"));
+                    crate::client::go_to(&path);
                 }
+                let _ = path;
             }>
                 <label>
-                    "Driver id "
-                    <input id="driver-id-input" type="text" autocomplete="off" placeholder="drv-…"
+                    "Tracking link or driver id "
+                    <input id="driver-id-input" type="text" autocomplete="off" placeholder="https://…/track/drv-…#share=…"
                         prop:value=move || typed.get()
                         on:input=move |ev| typed.set(event_target_value(&ev))/>
                 </label>
                 <button class="button primary" type="submit">"Track"</button>
+            </form>
+            <form class="card row" on:submit=move |ev| {
+                ev.prevent_default();
+                #[cfg(feature = "hydrate")]
+                {
+                    if let Some(storage) = crate::client::session_storage() {
+                        let _ = storage.set_item(crate::client::track::FLEET_KEY, key.get_untracked().trim());
+                    }
+                    crate::client::go_to("/track");
+                }
+            }>
+                <label>
+                    "Fleet key (dispatchers) "
+                    <input id="fleet-key-input" type="password" autocomplete="off"
+                        prop:value=move || key.get()
+                        on:input=move |ev| key.set(event_target_value(&ev))/>
+                </label>
+                <button class="button" type="submit">"Use key"</button>
             </form>
             <div id="picker-map" class="map small" node_ref=map_ref aria-label="Drivers near the centre"></div>
             <section class="card">

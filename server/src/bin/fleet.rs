@@ -14,6 +14,9 @@ struct Args {
     /// Base URL of the server.
     #[arg(long, env = "PULSEMAP_URL", default_value = "http://127.0.0.1:3000")]
     url: String,
+    /// The server's fleet key (its `PULSEMAP_FLEET_KEY`): pings for any driver, and orders.
+    #[arg(long, env = "PULSEMAP_FLEET_KEY", hide_env_values = true)]
+    key: String,
     /// Drivers to simulate.
     #[arg(long, default_value_t = 500)]
     drivers: usize,
@@ -34,7 +37,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let client = reqwest::Client::new();
+    let client = pulsemap::load::keyed_client(&args.key)?.build()?;
     let mut fleet = Fleet::new(&args.prefix, args.drivers, args.orders_per_min, now_ms() as u64);
     let period = Duration::from_secs_f64(args.ping_secs.max(0.05));
     let started = std::time::Instant::now();

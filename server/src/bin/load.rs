@@ -91,6 +91,8 @@ enum Scenario {
 struct Server {
     child: Child,
     url: String,
+    /// The admin key the harness gave the server (random per run).
+    key: String,
 }
 
 impl Drop for Server {
@@ -106,6 +108,9 @@ fn start_server(args: &Args) -> anyhow::Result<Server> {
         None => std::env::current_exe()?.with_file_name("pulsemap"),
     };
     let mut command = Command::new(&bin);
+    let key = format!("load-{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
+    // In the environment, not the arguments, so `ps` does not show it.
+    command.env("PULSEMAP_ADMIN_KEY", &key);
     command.args(["--addr", "127.0.0.1:0", "--log-format", "json", "--tile-url", "none"]);
     if let Some(url) = &args.redis_url {
         command.args(["--redis-url", url, "--redis-prefix", &format!("load-{:08x}", fastrand::u32(..))]);
@@ -126,7 +131,7 @@ fn start_server(args: &Args) -> anyhow::Result<Server> {
     };
     // Keep draining the server's log so it never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
-    Ok(Server { child, url: format!("http://{addr}") })
+    Ok(Server { child, url: format!("http://{addr}"), key })
 }
 
 /// Runs a scenario and reads what it cost the server: CPU (% of one core over the run) and peak RSS (KiB).
@@ -169,6 +174,7 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Ingest { transport, drivers, batch, connections, rate, warmup_secs, duration_secs } => {
             let plan = IngestPlan {
                 url: server.url.clone(),
+                key: server.key.clone(),
                 transport: *transport,
                 drivers: *drivers,
                 batch: *batch,
@@ -206,6 +212,7 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Track { drivers, trackers, warmup_secs, duration_secs } => {
             let plan = TrackPlan {
                 url: server.url.clone(),
+                key: server.key.clone(),
                 drivers: *drivers,
                 trackers: *trackers,
                 warmup: Duration::from_secs_f64(*warmup_secs),
@@ -250,6 +257,7 @@ async fn main() -> anyhow::Result<()> {
             };
             let plan = FanoutPlan {
                 url: server.url.clone(),
+                key: server.key.clone(),
                 viewers,
                 drivers: *drivers,
                 moving: moving.unwrap_or(*drivers),

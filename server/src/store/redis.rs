@@ -86,6 +86,11 @@ impl Keys {
         format!("{}:trk:{driver_id}", self.prefix)
     }
 
+    /// When a driver's share links were last revoked (unix ms), kept as long as a link can live.
+    fn revoked(&self, driver_id: &str) -> String {
+        format!("{}:revoked:{driver_id}", self.prefix)
+    }
+
     fn track_prefix(&self) -> String {
         format!("{}:trk:", self.prefix)
     }
@@ -897,6 +902,29 @@ impl RedisHandle {
         near.sort_by(|a, b| a.distance_m.total_cmp(&b.distance_m).then_with(|| a.driver_id.cmp(&b.driver_id)));
         near.truncate(limit);
         Ok(near)
+    }
+
+    /// Records that `driver_id`'s share links made at or before `before_ms` are revoked, for every instance,
+    /// for `keep` (the longest a link lives).
+    pub async fn revoke_shares(&self, driver_id: &str, before_ms: i64, keep: Duration) -> anyhow::Result<()> {
+        let mut conn = self.conn.clone();
+        self.stats.round_trips.fetch_add(1, Relaxed);
+        let keep_ms = keep.as_millis().max(1) as u64;
+        let _: () = conn
+            .set_options(
+                self.keys.revoked(driver_id),
+                before_ms,
+                redis::SetOptions::default().with_expiration(redis::SetExpiry::PX(keep_ms)),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// When `driver_id`'s share links were last revoked on any instance, if within the longest link's life.
+    pub async fn shares_revoked_before(&self, driver_id: &str) -> anyhow::Result<Option<i64>> {
+        let mut conn = self.conn.clone();
+        self.stats.round_trips.fetch_add(1, Relaxed);
+        Ok(conn.get(self.keys.revoked(driver_id)).await?)
     }
 
     /// Whether Redis answers.

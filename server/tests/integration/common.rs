@@ -12,10 +12,18 @@ use serde_json::Value;
 use tokio::net::TcpStream;
 use tokio_tungstenite::{connect_async, tungstenite::Message, MaybeTlsStream, WebSocketStream};
 
-/// Test defaults: a free port and a fast tick, so conditions settle in milliseconds.
+/// The keys and secret every test server has (test values, not secrets).
+pub const FLEET_KEY: &str = "test-fleet-key-0123456789";
+pub const ADMIN_KEY: &str = "test-admin-key-0123456789";
+pub const SECRET: &str = "test-secret-0123456789-0123456789";
+
+/// Test defaults: a free port, a fast tick (conditions settle in milliseconds), and known keys.
 pub fn config() -> Config {
     let mut config = Config::for_tests();
     config.tick_ms = 20;
+    config.secret = Some(SECRET.into());
+    config.fleet_key = Some(FLEET_KEY.into());
+    config.admin_key = Some(ADMIN_KEY.into());
     config
 }
 
@@ -35,14 +43,23 @@ pub fn ping(driver: &str, lat: f64, lon: f64) -> Value {
     serde_json::json!({"driver_id": driver, "lat": lat, "lon": lon, "ts": now_ms()})
 }
 
+/// A POST with the admin key (which may do anything): what most tests want.
 pub async fn post(server: &Running, path: &str, body: impl Into<reqwest::Body>) -> (u16, Value) {
-    let response = reqwest::Client::new()
-        .post(url(server, path))
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .expect("request");
+    post_as(server, path, body, Some(ADMIN_KEY)).await
+}
+
+/// A POST with `bearer` as the credential, or none.
+pub async fn post_as(
+    server: &Running,
+    path: &str,
+    body: impl Into<reqwest::Body>,
+    bearer: Option<&str>,
+) -> (u16, Value) {
+    let mut request = reqwest::Client::new().post(url(server, path)).header("content-type", "application/json");
+    if let Some(bearer) = bearer {
+        request = request.bearer_auth(bearer);
+    }
+    let response = request.body(body).send().await.expect("request");
     let status = response.status().as_u16();
     let text = response.text().await.expect("body");
     (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
@@ -52,16 +69,38 @@ pub async fn post_json(server: &Running, path: &str, body: &Value) -> (u16, Valu
     post(server, path, serde_json::to_vec(body).unwrap()).await
 }
 
+pub async fn post_json_as(server: &Running, path: &str, body: &Value, bearer: Option<&str>) -> (u16, Value) {
+    post_as(server, path, serde_json::to_vec(body).unwrap(), bearer).await
+}
+
+/// A GET with the admin key.
 pub async fn get(server: &Running, path: &str) -> (u16, Value) {
-    let response = reqwest::get(url(server, path)).await.expect("request");
-    let status = response.status().as_u16();
-    let text = response.text().await.expect("body");
+    get_as(server, path, Some(ADMIN_KEY)).await
+}
+
+pub async fn get_as(server: &Running, path: &str, bearer: Option<&str>) -> (u16, Value) {
+    let (status, text) = get_text_as(server, path, bearer).await;
     (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
 }
 
 pub async fn get_text(server: &Running, path: &str) -> (u16, String) {
-    let response = reqwest::get(url(server, path)).await.expect("request");
+    get_text_as(server, path, Some(ADMIN_KEY)).await
+}
+
+pub async fn get_text_as(server: &Running, path: &str, bearer: Option<&str>) -> (u16, String) {
+    let mut request = reqwest::Client::new().get(url(server, path));
+    if let Some(bearer) = bearer {
+        request = request.bearer_auth(bearer);
+    }
+    let response = request.send().await.expect("request");
     (response.status().as_u16(), response.text().await.expect("body"))
+}
+
+/// A new driver through the open "Enter as Driver" path: its id and token.
+pub async fn enter(server: &Running) -> (String, String) {
+    let (status, body) = post_as(server, "/api/drivers/enter", "", None).await;
+    assert_eq!(status, 201, "{body}");
+    (body["driver_id"].as_str().unwrap().to_string(), body["token"].as_str().unwrap().to_string())
 }
 
 /// Awaits `check` returning `Some` within `secs` seconds, polling.
@@ -174,8 +213,19 @@ pub struct Socket {
 }
 
 impl Socket {
+    /// Connects with the admin key on the handshake (it may drive and watch any driver).
     pub async fn connect(server: &Running, path: &str) -> Socket {
-        let (inner, _) = connect_async(format!("ws://{}{path}", server.addr)).await.expect("websocket connects");
+        Socket::connect_as(server, path, Some(ADMIN_KEY)).await
+    }
+
+    /// Connects with `bearer` on the handshake, or no credential (to send an `auth` message, as browsers do).
+    pub async fn connect_as(server: &Running, path: &str, bearer: Option<&str>) -> Socket {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut request = format!("ws://{}{path}", server.addr).into_client_request().unwrap();
+        if let Some(bearer) = bearer {
+            request.headers_mut().insert("authorization", format!("Bearer {bearer}").parse().unwrap());
+        }
+        let (inner, _) = connect_async(request).await.expect("websocket connects");
         Socket { inner }
     }
 

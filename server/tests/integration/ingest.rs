@@ -82,6 +82,7 @@ async fn a_full_queue_answers_503_with_retry_after_and_accepts_nothing() {
     let batch = Value::Array((0..4).map(|i| ping(&format!("q{i}"), 6.5, 3.3)).collect());
     let response = reqwest::Client::new()
         .post(url(&server, "/api/pings"))
+        .bearer_auth(FLEET_KEY)
         .header("content-type", "application/json")
         .body(batch.to_string())
         .send()
@@ -144,19 +145,23 @@ async fn orders_are_validated_and_counted() {
 #[tokio::test]
 async fn the_server_function_takes_the_same_path() {
     let server = start(config()).await;
-    let (status, reply) = post_json(&server, "/fn/send_ping", &json!({"ping": ping("fn-driver", 6.5, 3.3)})).await;
+    let (id, token) = enter(&server).await;
+    let at = &server;
+    let send = |body: Value| async move { post_json_as(at, "/fn/send_ping", &body, None).await };
+    let (status, reply) = send(json!({"token": token, "ping": ping(&id, 6.5, 3.3)})).await;
     assert_eq!(status, 200, "{reply}");
     assert_eq!(reply, json!("Accepted"));
-    let (status, reply) = post_json(
-        &server,
-        "/fn/send_ping",
-        &json!({"ping": {"driver_id": "fn-driver", "lat": 0.0, "lon": 0.0, "ts": now_ms()}}),
-    )
-    .await;
+    let (status, reply) =
+        send(json!({"token": token, "ping": {"driver_id": id, "lat": 0.0, "lon": 0.0, "ts": now_ms()}})).await;
     assert_eq!(status, 200);
     assert_eq!(reply["Rejected"]["code"], "null_island", "{reply}");
+    // The token is checked as on every path: another driver's id, or a forged token, is refused.
+    let (_, reply) = send(json!({"token": token, "ping": ping("someone-else", 6.5, 3.3)})).await;
+    assert_eq!(reply["Rejected"]["code"], "driver_mismatch", "{reply}");
+    let (_, reply) = send(json!({"token": format!("{token}x"), "ping": ping(&id, 6.5, 3.3)})).await;
+    assert_eq!(reply["Rejected"]["code"], "token_invalid", "{reply}");
     eventually(5, "the fn driver is known", || async {
-        (get(&server, "/api/drivers/fn-driver").await.0 == 200).then_some(())
+        (get(&server, &format!("/api/drivers/{id}")).await.0 == 200).then_some(())
     })
     .await;
     server.stop().await;
@@ -168,7 +173,9 @@ async fn the_server_function_takes_the_same_path() {
 async fn the_three_ingest_paths_land_in_the_same_cell() {
     let server = start(config()).await;
     let (lat, lon) = (6.45310, 3.39562);
-    let (status, reply) = post_json(&server, "/fn/send_ping", &json!({"ping": ping("via-fn", lat, lon)})).await;
+    let (id, token) = enter(&server).await;
+    let body = json!({"token": token, "ping": ping(&id, lat, lon)});
+    let (status, reply) = post_json_as(&server, "/fn/send_ping", &body, None).await;
     assert_eq!((status, reply), (200, json!("Accepted")));
     let (status, report) = post_json(&server, "/api/pings", &json!([ping("via-batch", lat, lon)])).await;
     assert_eq!((status, report["accepted"].as_u64()), (202, Some(1)));

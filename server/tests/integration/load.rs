@@ -13,6 +13,7 @@ async fn the_ingest_scenario_runs_on_both_transports_and_loses_nothing() {
     for transport in [Transport::Http, Transport::Ws] {
         let plan = IngestPlan {
             url: url(&server, ""),
+            key: ADMIN_KEY.into(),
             transport,
             drivers: 200,
             batch: 50,
@@ -37,6 +38,7 @@ async fn the_track_scenario_measures_delivery_without_duplicates() {
     let server = start(config()).await;
     let plan = TrackPlan {
         url: url(&server, ""),
+        key: ADMIN_KEY.into(),
         drivers: 30,
         trackers: 10,
         warmup: Duration::from_millis(300),
@@ -58,6 +60,7 @@ async fn the_fanout_scenario_delivers_every_tick_to_every_viewer() {
     let server = start(config).await;
     let plan = FanoutPlan {
         url: url(&server, ""),
+        key: ADMIN_KEY.into(),
         viewers: 20,
         drivers: 300,
         moving: 300,

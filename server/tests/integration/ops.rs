@@ -108,6 +108,8 @@ async fn sigterm_on_the_binary_drains_the_queue_before_exit() {
 
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pulsemap"))
         .args(["--addr", "127.0.0.1:0", "--tick-ms", "1000", "--log-format", "json"])
+        .env("PULSEMAP_FLEET_KEY", FLEET_KEY)
+        .env("PULSEMAP_SECRET", SECRET)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .kill_on_drop(true)
@@ -116,6 +118,7 @@ async fn sigterm_on_the_binary_drains_the_queue_before_exit() {
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let addr = loop {
         let line = lines.next_line().await.unwrap().expect("the server logs its address");
+        assert!(!line.contains(FLEET_KEY) && !line.contains(SECRET), "a secret in the log: {line}");
         let entry: Value = serde_json::from_str(&line).expect("JSON logs");
         if let Some(addr) = entry["fields"]["addr"].as_str() {
             break addr.to_string();
@@ -125,7 +128,8 @@ async fn sigterm_on_the_binary_drains_the_queue_before_exit() {
     let mut accepted = 0;
     for round in 0..10 {
         let batch = Value::Array((0..1_000).map(|i| ping(&format!("term-{round}-{i}"), 6.5, 3.3)).collect());
-        let response = client.post(format!("http://{addr}/api/pings")).json(&batch).send().await.unwrap();
+        let response =
+            client.post(format!("http://{addr}/api/pings")).bearer_auth(FLEET_KEY).json(&batch).send().await.unwrap();
         assert_eq!(response.status().as_u16(), 202);
         accepted += response.json::<Value>().await.unwrap()["accepted"].as_u64().unwrap();
     }
@@ -134,6 +138,7 @@ async fn sigterm_on_the_binary_drains_the_queue_before_exit() {
     assert!(status.success());
     let mut stopped = None;
     while let Some(line) = lines.next_line().await.unwrap() {
+        assert!(!line.contains(FLEET_KEY) && !line.contains(SECRET), "a secret in the log: {line}");
         let entry: Value = serde_json::from_str(&line).unwrap();
         if entry["fields"]["message"] == "stopped" {
             stopped = Some(entry["fields"].clone());

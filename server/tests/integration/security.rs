@@ -39,7 +39,7 @@ async fn websockets_refuse_pages_of_other_sites() {
         let other_port = format!("http://127.0.0.1:{}", server.addr.port() + 1);
         assert_eq!(handshake(&server, path, Some(&other_port)).await.0, 403, "{path}: another port");
     }
-    let metrics = reqwest::get(url(&server, "/metrics")).await.unwrap().text().await.unwrap();
+    let metrics = get_text(&server, "/metrics").await.1;
     assert!(metrics.contains("pulsemap_ws_origin_refused_total 6"), "{metrics}");
     server.stop().await;
 }
