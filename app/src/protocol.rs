@@ -416,10 +416,12 @@ pub enum ErrorCode {
     DriverMismatch,
     /// The share link was revoked: the driver stopped sharing.
     ShareRevoked,
+    /// This client address already has `--max-connections-per-ip` connections open.
+    TooManyConnections,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 32] = [
+    pub const ALL: [ErrorCode; 33] = [
         ErrorCode::InvalidJson,
         ErrorCode::InvalidField,
         ErrorCode::NotFinite,
@@ -452,6 +454,7 @@ impl ErrorCode {
         ErrorCode::Forbidden,
         ErrorCode::DriverMismatch,
         ErrorCode::ShareRevoked,
+        ErrorCode::TooManyConnections,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -488,6 +491,7 @@ impl ErrorCode {
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::DriverMismatch => "driver_mismatch",
             ErrorCode::ShareRevoked => "share_revoked",
+            ErrorCode::TooManyConnections => "too_many_connections",
         }
     }
 }

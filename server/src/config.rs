@@ -82,6 +82,27 @@ pub struct Config {
     #[arg(long, env = "PULSEMAP_QUEUE_WAIT_MS", default_value_t = 2_000)]
     pub queue_wait_ms: u64,
 
+    /// Connections one client address may hold open (HTTP and WebSocket); more are refused. 0: no cap. Behind
+    /// a proxy every client has the proxy's address: raise it or cap at the proxy.
+    #[arg(long, env = "PULSEMAP_MAX_CONNECTIONS_PER_IP", default_value_t = 1024)]
+    pub max_connections_per_ip: usize,
+
+    /// Seconds a connection has to send its request headers (slower ones are closed: slowloris).
+    #[arg(long, env = "PULSEMAP_HEADER_TIMEOUT_SECS", default_value_t = 10.0)]
+    pub header_timeout_secs: f64,
+
+    /// Messages a client may send per second on one WebSocket (twice that at once); a batch is one message.
+    #[arg(long, env = "PULSEMAP_WS_MESSAGES_PER_SEC", default_value_t = 50.0)]
+    pub ws_messages_per_sec: f64,
+
+    /// Seconds between the server's pings on every WebSocket.
+    #[arg(long, env = "PULSEMAP_WS_PING_SECS", default_value_t = 20.0)]
+    pub ws_ping_secs: f64,
+
+    /// A WebSocket from which nothing (data, pong, anything) came for this many seconds is closed (4408).
+    #[arg(long, env = "PULSEMAP_WS_IDLE_SECS", default_value_t = 60.0)]
+    pub ws_idle_secs: f64,
+
     /// Origins whose pages may open the WebSockets, comma-separated (`https://app.example.com`). Empty: only
     /// pages served by this host (the Origin's host:port equals the Host header). A handshake without Origin
     /// (not a browser: the fleet, the load harness, native apps) is allowed; every browser sends one.
@@ -210,6 +231,18 @@ impl Config {
 
     pub fn max_share_ttl(&self) -> Duration {
         Duration::from_secs_f64(self.max_share_hours.max(0.0) * 3600.0)
+    }
+
+    pub fn header_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.header_timeout_secs.max(0.1))
+    }
+
+    pub fn ws_ping(&self) -> Duration {
+        Duration::from_secs_f64(self.ws_ping_secs.max(0.05))
+    }
+
+    pub fn ws_idle(&self) -> Duration {
+        Duration::from_secs_f64(self.ws_idle_secs.max(0.1))
     }
 
     pub fn tick(&self) -> Duration {

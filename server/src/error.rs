@@ -20,7 +20,7 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         InvalidJson | InvalidField | NotFinite | LatOutOfRange | LonOutOfRange | NullIsland | TsInFuture | TsTooOld
         | DriverIdInvalid | OrderIdInvalid | AccuracyInvalid | HeadingInvalid | SpeedInvalid | LayerInvalid
         | WindowInvalid | PrecisionInvalid | BboxInvalid | BboxTooLarge | NotSubscribed => StatusCode::BAD_REQUEST,
-        RateLimited => StatusCode::TOO_MANY_REQUESTS,
+        RateLimited | TooManyConnections => StatusCode::TOO_MANY_REQUESTS,
         BatchTooLarge | BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         QueueFull | ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
         NotFound => StatusCode::NOT_FOUND,

@@ -18,6 +18,7 @@ pub mod ingest;
 pub mod load;
 pub mod metrics;
 pub mod presence;
+pub mod serve;
 pub mod store;
 pub mod viewport;
 pub mod window;
@@ -53,6 +54,8 @@ pub struct AppState {
     pub redis: Option<store::redis::RedisHandle>,
     /// Tokens, keys and revoked share links.
     pub auth: Arc<auth::Auth>,
+    /// Open connections per client address (the accept loop's and the WebSockets').
+    pub connections: serve::Connections,
     /// Cancelled when the server begins to shut down: sockets close, the demo fleet stops.
     pub shutdown: CancellationToken,
     pub started: std::time::Instant,
@@ -78,7 +81,7 @@ pub fn leptos_options(config: &Config, addr: SocketAddr) -> LeptosOptions {
 pub struct Running {
     pub addr: SocketAddr,
     pub state: AppState,
-    serve: JoinHandle<std::io::Result<()>>,
+    serve: JoinHandle<()>,
     engine: EngineTask,
     /// Finishes once the last tick is written to Redis.
     redis_writer: Option<JoinHandle<()>>,
@@ -89,10 +92,8 @@ impl Running {
     /// Returns how many queued items the engine applied while draining.
     pub async fn stop(self) -> u64 {
         self.state.shutdown.cancel();
-        match tokio::time::timeout(Duration::from_secs(15), self.serve).await {
-            Ok(Ok(Err(error))) => tracing::warn!(%error, "server ended with an error"),
-            Err(_) => tracing::warn!("connections did not close within 15 s; stopping anyway"),
-            _ => {}
+        if tokio::time::timeout(Duration::from_secs(15), self.serve).await.is_err() {
+            tracing::warn!("connections did not close within 15 s; stopping anyway");
         }
         let drained = self.engine.drain().await;
         if let Some(writer) = self.redis_writer {
@@ -139,6 +140,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         }
     };
     let store_name = store.describe();
+    let config_per_ip = config.max_connections_per_ip;
     let redis = store.redis().cloned();
     let (engine, engine_task) = engine::spawn(&config, queue, metrics.clone(), store, remote);
     let state = AppState {
@@ -150,6 +152,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         store_name,
         redis,
         auth: Arc::new(auth),
+        connections: serve::Connections::new(config_per_ip),
         shutdown: CancellationToken::new(),
         started: std::time::Instant::now(),
     };
@@ -158,10 +161,14 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         spawn_demo_fleet(&state);
     }
     let app = http::router(state.clone());
-    let shutdown = state.shutdown.clone();
-    let serve = tokio::spawn(async move {
-        axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await
-    });
+    let serve = tokio::spawn(serve::run(
+        listener,
+        app,
+        state.config.header_timeout(),
+        state.connections.clone(),
+        state.metrics.clone(),
+        state.shutdown.clone(),
+    ));
     Ok(Running { addr, state, serve, engine: engine_task, redis_writer })
 }
 

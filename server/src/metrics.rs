@@ -24,14 +24,35 @@ const KINDS: [(SocketKind, &str); 3] =
 /// Tick duration histogram bucket bounds, in seconds.
 const TICK_BUCKETS: [f64; 10] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0];
 
+/// One counter per error code (index: position in `ErrorCode::ALL`). Arrays longer than 32 have no `Default`.
+pub struct PerCode([AtomicU64; ErrorCode::ALL.len()]);
+
+impl Default for PerCode {
+    fn default() -> Self {
+        PerCode(std::array::from_fn(|_| AtomicU64::new(0)))
+    }
+}
+
+impl PerCode {
+    fn add(&self, code: ErrorCode, n: u64) {
+        self.0[code_index(code)].fetch_add(n, Relaxed);
+    }
+}
+
 #[derive(Default)]
 pub struct Metrics {
     pub pings_accepted: AtomicU64,
     pub orders_accepted: AtomicU64,
-    /// Refusals by code, pings and orders apart (index: position in `ErrorCode::ALL`).
-    pings_rejected: [AtomicU64; ErrorCode::ALL.len()],
-    orders_rejected: [AtomicU64; ErrorCode::ALL.len()],
-    auth_refused: [AtomicU64; ErrorCode::ALL.len()],
+    /// Refusals by code: pings, orders, and credentials apart.
+    pings_rejected: PerCode,
+    orders_rejected: PerCode,
+    auth_refused: PerCode,
+    /// Connections refused at accept or handshake: their address already had `--max-connections-per-ip`.
+    pub connections_refused: AtomicU64,
+    /// WebSockets closed because nothing (not even a pong) came for `--ws-idle-secs`.
+    pub ws_idle_closed: AtomicU64,
+    /// WebSocket messages refused because their socket was over `--ws-messages-per-sec`.
+    pub ws_messages_refused: AtomicU64,
     /// Pings and orders the engine has folded into presence and windows: equals accepted once the queue drains.
     pub pings_aggregated: AtomicU64,
     pub orders_aggregated: AtomicU64,
@@ -73,20 +94,20 @@ impl Drop for SubscriberGuard<'_> {
 
 impl Metrics {
     pub fn ping_rejected(&self, code: ErrorCode, n: u64) {
-        self.pings_rejected[code_index(code)].fetch_add(n, Relaxed);
+        self.pings_rejected.add(code, n);
     }
 
     pub fn order_rejected(&self, code: ErrorCode, n: u64) {
-        self.orders_rejected[code_index(code)].fetch_add(n, Relaxed);
+        self.orders_rejected.add(code, n);
     }
 
     /// A request or socket refused for its credential (missing, invalid, expired, revoked, or not allowed).
     pub fn auth_refused(&self, code: ErrorCode) {
-        self.auth_refused[code_index(code)].fetch_add(1, Relaxed);
+        self.auth_refused.add(code, 1);
     }
 
     pub fn pings_rejected(&self, code: ErrorCode) -> u64 {
-        self.pings_rejected[code_index(code)].load(Relaxed)
+        self.pings_rejected.0[code_index(code)].load(Relaxed)
     }
 
     pub fn subscriber(&self, kind: SocketKind) -> SubscriberGuard<'_> {
@@ -138,6 +159,24 @@ impl Metrics {
             &one(self.ws_origin_refused.load(Relaxed)),
         );
         counter(
+            "connections_refused_total",
+            "Connections refused because their address already had --max-connections-per-ip open.",
+            "counter",
+            &one(self.connections_refused.load(Relaxed)),
+        );
+        counter(
+            "ws_idle_closed_total",
+            "WebSockets closed because nothing, not even a pong, came for --ws-idle-secs.",
+            "counter",
+            &one(self.ws_idle_closed.load(Relaxed)),
+        );
+        counter(
+            "ws_messages_refused_total",
+            "WebSocket messages refused because their socket sent faster than --ws-messages-per-sec.",
+            "counter",
+            &one(self.ws_messages_refused.load(Relaxed)),
+        );
+        counter(
             "orders_accepted_total",
             "Order events validated and queued.",
             "counter",
@@ -155,19 +194,19 @@ impl Metrics {
             "pings_rejected_total",
             "Pings refused, by reason (a refused body or socket message counts once).",
             "counter",
-            &by_reason(&self.pings_rejected),
+            &by_reason(&self.pings_rejected.0),
         );
         counter(
             "orders_rejected_total",
             "Order events refused, by reason (a refused body counts once).",
             "counter",
-            &by_reason(&self.orders_rejected),
+            &by_reason(&self.orders_rejected.0),
         );
         counter(
             "auth_refused_total",
             "Requests and sockets refused for their credential, by reason.",
             "counter",
-            &by_reason(&self.auth_refused),
+            &by_reason(&self.auth_refused.0),
         );
         counter(
             "pings_aggregated_total",

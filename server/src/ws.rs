@@ -21,6 +21,7 @@ use axum::{
     },
     http::{header, HeaderMap},
     response::Response,
+    Extension,
 };
 use futures::SinkExt;
 use tokio::sync::broadcast::{self, error::RecvError};
@@ -33,6 +34,7 @@ use crate::{
     hub::TickFrames,
     metrics::{Metrics, SocketKind},
     now_ms,
+    serve::{ConnectionSlot, Slot},
     viewport::{resolve, Viewport},
     AppState,
 };
@@ -49,6 +51,82 @@ const CLOSE_UNAUTHORIZED: u16 = 4401;
 const CLOSE_FORBIDDEN: u16 = 4403;
 /// How long a socket that must authenticate waits for its `auth` message.
 const AUTH_WAIT: Duration = Duration::from_secs(10);
+/// Close code for a socket from which nothing came for `--ws-idle-secs` (like HTTP's 408).
+const CLOSE_IDLE: u16 = 4408;
+
+/// Keeps a socket honest: a ping every `--ws-ping-secs`; the socket is due to close once nothing (data, pong,
+/// anything) has come from it for `--ws-idle-secs`. Browsers and WebSocket libraries answer pings by themselves.
+struct Liveness {
+    ping: tokio::time::Interval,
+    idle: Duration,
+    heard: tokio::time::Instant,
+}
+
+impl Liveness {
+    fn new(state: &AppState) -> Liveness {
+        let every = state.config.ws_ping();
+        let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Liveness { ping, idle: state.config.ws_idle(), heard: tokio::time::Instant::now() }
+    }
+
+    fn heard(&mut self) {
+        self.heard = tokio::time::Instant::now();
+    }
+
+    /// Waits for the next ping time; `false` when the peer has been silent too long.
+    async fn due(&mut self) -> bool {
+        self.ping.tick().await;
+        self.heard.elapsed() < self.idle
+    }
+}
+
+/// Messages a client may send on one socket: `--ws-messages-per-sec` sustained, twice that at once (GCRA: one
+/// timestamp). Each batch is one message; a socket over its rate has that message refused, not queued. Sockets
+/// authenticated with the fleet or admin key are not limited.
+struct MessageRate {
+    interval: Duration,
+    burst: Duration,
+    next: tokio::time::Instant,
+}
+
+impl MessageRate {
+    fn new(state: &AppState) -> MessageRate {
+        let per_sec = state.config.ws_messages_per_sec.max(0.01);
+        let interval = Duration::from_secs_f64(1.0 / per_sec);
+        MessageRate { interval, burst: interval * (2.0 * per_sec).ceil() as u32, next: tokio::time::Instant::now() }
+    }
+
+    fn allow(&mut self) -> bool {
+        let now = tokio::time::Instant::now();
+        let next = self.next.max(now);
+        if next - now >= self.burst {
+            return false;
+        }
+        self.next = next + self.interval;
+        true
+    }
+}
+
+/// The error for a message over the socket's rate (counted).
+fn too_fast(state: &AppState) -> WsError {
+    state.metrics.ws_messages_refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let rate = state.config.ws_messages_per_sec;
+    error(ErrorCode::RateLimited, Some("message"), format!("at most {rate} messages a second on one socket"))
+}
+
+/// The ping, or the close of a socket gone silent; `Err` when the socket is done.
+async fn keep_alive(sink: &mut Sink, alive: bool, metrics: &Metrics) -> Result<(), ()> {
+    if !alive {
+        metrics.ws_idle_closed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        close(sink, CLOSE_IDLE, "nothing came for too long").await;
+        return Err(());
+    }
+    match tokio::time::timeout(SEND_DEADLINE, sink.send(Message::Ping(Default::default()))).await {
+        Ok(Ok(())) => Ok(()),
+        _ => Err(()),
+    }
+}
 
 /// Sockets are not split: one task owns each, reads in a `select!` branch (cancel-safe) and writes in the others,
 /// so a write takes no lock.
@@ -168,11 +246,13 @@ fn auth_close_code(code: ErrorCode) -> u16 {
 pub async fn driver(
     upgrade: WebSocketUpgrade,
     headers: HeaderMap,
+    Extension(slot): Extension<ConnectionSlot>,
     State(state): State<AppState>,
 ) -> Result<Response, ApiError> {
     check_origin(&headers, &state)?;
     let role = handshake_role(&headers, &state)?;
-    Ok(limited(upgrade, &state).on_upgrade(move |socket| driver_socket(socket, state, role)))
+    let slot = slot.take();
+    Ok(limited(upgrade, &state).on_upgrade(move |socket| driver_socket(socket, state, role, slot)))
 }
 
 /// Takes a driver socket's `auth`: the new role and the reply, or the error to send before closing.
@@ -188,7 +268,7 @@ fn driver_auth(state: &AppState, token: &str) -> Result<(Role, DriverServerMsg),
     Ok((role, DriverServerMsg::Ready { driver_id }))
 }
 
-async fn driver_socket(socket: WebSocket, state: AppState, mut role: Option<Role>) {
+async fn driver_socket(socket: WebSocket, state: AppState, mut role: Option<Role>, _slot: Option<Slot>) {
     tracing::debug!(kind = "driver", "socket opened");
     let _closed = ClosedLog("driver");
     let metrics = state.metrics.clone();
@@ -197,14 +277,23 @@ async fn driver_socket(socket: WebSocket, state: AppState, mut role: Option<Role
     let kind = SocketKind::Driver;
     let wait = Duration::from_millis(state.config.queue_wait_ms);
     let mut shutdown = std::pin::pin!(state.shutdown.cancelled());
+    let mut live = Liveness::new(&state);
+    let mut rate = MessageRate::new(&state);
     loop {
         let message = tokio::select! {
             _ = &mut shutdown => {
                 close(&mut sink, CLOSE_GOING_AWAY, "server shutting down").await;
                 return;
             }
+            alive = live.due() => {
+                if keep_alive(&mut sink, alive, &metrics).await.is_err() {
+                    return;
+                }
+                continue;
+            }
             message = sink.recv() => message,
         };
+        live.heard();
         let text = match message {
             Some(Ok(Message::Text(text))) => text,
             Some(Ok(Message::Binary(_))) => {
@@ -220,6 +309,15 @@ async fn driver_socket(socket: WebSocket, state: AppState, mut role: Option<Role
             Some(Ok(Message::Close(_))) | None => return,
             Some(Ok(_)) => continue,
         };
+        // The fleet's gateways are trusted with their own pace; phones and strangers are not.
+        let trusted = matches!(role, Some(Role::Fleet | Role::Admin));
+        if !trusted && !rate.allow() {
+            let msg = DriverServerMsg::Error { seq: None, index: None, error: too_fast(&state) };
+            if send_json(&mut sink, &msg, kind, &metrics).await.is_err() {
+                return;
+            }
+            continue;
+        }
         let replies = match decode::driver_message(&text, state.ingest.max_batch()) {
             Err((seq, invalid)) => {
                 metrics.ping_rejected(invalid.code, 1);
@@ -301,10 +399,12 @@ async fn driver_socket(socket: WebSocket, state: AppState, mut role: Option<Role
 pub async fn heat(
     upgrade: WebSocketUpgrade,
     headers: HeaderMap,
+    Extension(slot): Extension<ConnectionSlot>,
     State(state): State<AppState>,
 ) -> Result<Response, ApiError> {
     check_origin(&headers, &state)?;
-    Ok(limited(upgrade, &state).on_upgrade(move |socket| heat_socket(socket, state)))
+    let slot = slot.take();
+    Ok(limited(upgrade, &state).on_upgrade(move |socket| heat_socket(socket, state, slot)))
 }
 
 struct Subscribed {
@@ -321,7 +421,7 @@ async fn next_frames(sub: &mut Option<Subscribed>) -> Result<Arc<TickFrames>, Re
     }
 }
 
-async fn heat_socket(socket: WebSocket, state: AppState) {
+async fn heat_socket(socket: WebSocket, state: AppState, _slot: Option<Slot>) {
     tracing::debug!(kind = "heat", "socket opened");
     let _closed = ClosedLog("heat");
     let metrics = state.metrics.clone();
@@ -330,19 +430,33 @@ async fn heat_socket(socket: WebSocket, state: AppState) {
     let mut sink = socket;
     let mut sub: Option<Subscribed> = None;
     let mut shutdown = std::pin::pin!(state.shutdown.cancelled());
+    let mut live = Liveness::new(&state);
+    let mut rate = MessageRate::new(&state);
     loop {
         tokio::select! {
             _ = &mut shutdown => {
                 close(&mut sink, CLOSE_GOING_AWAY, "server shutting down").await;
                 return;
             }
+            alive = live.due() => {
+                if keep_alive(&mut sink, alive, &metrics).await.is_err() {
+                    return;
+                }
+            }
             message = sink.recv() => {
+                live.heard();
                 let text = match message {
                     Some(Ok(Message::Text(text))) => text,
                     Some(Err(e)) => return close_after_read_error(&mut sink, e, &metrics, kind).await,
                     Some(Ok(Message::Close(_))) | None => return,
                     Some(Ok(_)) => continue,
                 };
+                if !rate.allow() {
+                    if send_json(&mut sink, &HeatServerMsg::Error(too_fast(&state)), kind, &metrics).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
                 let outcome = match serde_json::from_str::<HeatClientMsg>(&text) {
                     Ok(HeatClientMsg::Subscribe(request)) => match resolve(&request, state.config.max_bbox_cells) {
                         Ok(view) => {
@@ -439,6 +553,7 @@ async fn forward(sink: &mut Sink, sub: &Subscribed, tick: &TickFrames, metrics: 
 pub async fn track(
     upgrade: WebSocketUpgrade,
     headers: HeaderMap,
+    Extension(slot): Extension<ConnectionSlot>,
     State(state): State<AppState>,
     Path(driver_id): Path<String>,
 ) -> Result<Response, ApiError> {
@@ -448,7 +563,8 @@ pub async fn track(
     if let Some(role) = &role {
         tracker_allowed(&state, role, &driver_id).await.map_err(ApiError::from_ws)?;
     }
-    Ok(limited(upgrade, &state).on_upgrade(move |socket| track_socket(socket, state, driver_id, role)))
+    let slot = slot.take();
+    Ok(limited(upgrade, &state).on_upgrade(move |socket| track_socket(socket, state, driver_id, role, slot)))
 }
 
 /// Whether `role` may watch `driver_id` now (counted when not).
@@ -495,7 +611,7 @@ async fn tracker_auth(sink: &mut Sink, state: &AppState, driver_id: &str) -> Opt
     }
 }
 
-async fn track_socket(socket: WebSocket, state: AppState, driver_id: String, role: Option<Role>) {
+async fn track_socket(socket: WebSocket, state: AppState, driver_id: String, role: Option<Role>, _slot: Option<Slot>) {
     tracing::debug!(kind = "track", %driver_id, "socket opened");
     let _closed = ClosedLog("track");
     let metrics = state.metrics.clone();
@@ -533,17 +649,26 @@ async fn track_socket(socket: WebSocket, state: AppState, driver_id: String, rol
         return;
     }
     let mut shutdown = std::pin::pin!(state.shutdown.cancelled());
+    let mut live = Liveness::new(&state);
     loop {
         tokio::select! {
             _ = &mut shutdown => {
                 close(&mut sink, CLOSE_GOING_AWAY, "server shutting down").await;
                 return;
             }
-            message = sink.recv() => match message {
-                Some(Err(e)) => return close_after_read_error(&mut sink, e, &metrics, kind).await,
-                Some(Ok(Message::Close(_))) | None => return,
-                Some(Ok(_)) => continue,
-            },
+            alive = live.due() => {
+                if keep_alive(&mut sink, alive, &metrics).await.is_err() {
+                    return;
+                }
+            }
+            message = sink.recv() => {
+                live.heard();
+                match message {
+                    Some(Err(e)) => return close_after_read_error(&mut sink, e, &metrics, kind).await,
+                    Some(Ok(Message::Close(_))) | None => return,
+                    Some(Ok(_)) => continue,
+                }
+            }
             _ = &mut expiry => {
                 let e = error(ErrorCode::TokenExpired, Some("token"), "the tracking link has expired");
                 let _ = send_json(&mut sink, &TrackMsg::Error(e), kind, &metrics).await;

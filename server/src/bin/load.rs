@@ -111,7 +111,17 @@ fn start_server(args: &Args) -> anyhow::Result<Server> {
     let key = format!("load-{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
     // In the environment, not the arguments, so `ps` does not show it.
     command.env("PULSEMAP_ADMIN_KEY", &key);
-    command.args(["--addr", "127.0.0.1:0", "--log-format", "json", "--tile-url", "none"]);
+    // Every simulated client comes from 127.0.0.1: no per-address cap.
+    command.args([
+        "--addr",
+        "127.0.0.1:0",
+        "--log-format",
+        "json",
+        "--tile-url",
+        "none",
+        "--max-connections-per-ip",
+        "0",
+    ]);
     if let Some(url) = &args.redis_url {
         command.args(["--redis-url", url, "--redis-prefix", &format!("load-{:08x}", fastrand::u32(..))]);
     }

@@ -9,7 +9,7 @@
 //! - **Every instance applies every tick exactly once**, its own included, by reading the stream in order from
 //!   the id it loaded at; no instance applies an increment it produced itself.
 //! - **Tracking** fixes go to `{p}:trk:{driver}`; an instance subscribes to a driver's channel only while one of
-//!   its sockets tracks that driver.
+//!   its sockets tracks that driver, and publishes a fix only when another instance's socket does.
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -282,8 +282,8 @@ pub struct RedisHandle {
     track_subscriptions: mpsc::UnboundedSender<TrackSubscription>,
     /// `(channel, payload)` to PUBLISH; a task pipelines whatever is pending.
     publications: mpsc::UnboundedSender<(String, String)>,
-    /// Drivers tracked by a socket on any instance (refreshed every tick): only their fixes are published.
-    tracked_anywhere: Arc<parking_lot::RwLock<HashSet<String>>>,
+    /// Drivers tracked by a socket on another instance (refreshed every 250 ms): only their fixes are published.
+    tracked_elsewhere: Arc<parking_lot::RwLock<HashSet<String>>>,
     /// Drivers tracked by this instance's sockets.
     tracked_here: Arc<parking_lot::Mutex<HashSet<String>>>,
 }
@@ -300,7 +300,7 @@ async fn refresh_tracked(
     instance: String,
     stats: Arc<RedisStats>,
     here: Arc<parking_lot::Mutex<HashSet<String>>>,
-    anywhere: Arc<parking_lot::RwLock<HashSet<String>>>,
+    elsewhere: Arc<parking_lot::RwLock<HashSet<String>>>,
 ) {
     let mut every = tokio::time::interval(TRACK_REFRESH);
     loop {
@@ -321,10 +321,13 @@ async fn refresh_tracked(
         stats.round_trips.fetch_add(1, Relaxed);
         match pipe.query_async::<(Vec<String>,)>(&mut conn).await {
             Ok((claims,)) => {
-                let drivers: HashSet<String> =
-                    claims.iter().filter_map(|c| c.rsplit_once('|').map(|(d, _)| d.to_string())).collect();
-                stats.tracked_anywhere.store(drivers.len() as u64, Relaxed);
-                *anywhere.write() = drivers;
+                let claims: Vec<(&str, &str)> = claims.iter().filter_map(|c| c.rsplit_once('|')).collect();
+                let anywhere: HashSet<&str> = claims.iter().map(|(driver, _)| *driver).collect();
+                stats.tracked_anywhere.store(anywhere.len() as u64, Relaxed);
+                // Fixes of drivers tracked only here are delivered here: publishing them would send each one
+                // to Redis and back for nothing.
+                *elsewhere.write() =
+                    claims.iter().filter(|(_, by)| *by != instance).map(|(driver, _)| driver.to_string()).collect();
             }
             Err(_) => {
                 stats.errors.fetch_add(1, Relaxed);
@@ -394,7 +397,7 @@ pub async fn start(url: &str, prefix: &str) -> anyhow::Result<Started> {
     tokio::spawn(publish(conn.clone(), stats.clone(), pending));
     let (remote_tx, remote) = mpsc::channel(1024);
     tokio::spawn(read_stream(client.clone(), keys.clone(), loaded_id, stats.clone(), epoch, remote_tx));
-    let tracked_anywhere = Arc::new(parking_lot::RwLock::new(HashSet::new()));
+    let tracked_elsewhere = Arc::new(parking_lot::RwLock::new(HashSet::new()));
     let tracked_here = Arc::new(parking_lot::Mutex::new(HashSet::new()));
     tokio::spawn(refresh_tracked(
         conn.clone(),
@@ -402,7 +405,7 @@ pub async fn start(url: &str, prefix: &str) -> anyhow::Result<Started> {
         instance.clone(),
         stats.clone(),
         tracked_here.clone(),
-        tracked_anywhere.clone(),
+        tracked_elsewhere.clone(),
     ));
     let (subscriptions_tx, subscriptions) = mpsc::unbounded_channel();
     let (tracking_tx, tracking) = mpsc::unbounded_channel();
@@ -414,7 +417,7 @@ pub async fn start(url: &str, prefix: &str) -> anyhow::Result<Started> {
         stats,
         track_subscriptions: subscriptions_tx,
         publications,
-        tracked_anywhere,
+        tracked_elsewhere,
         tracked_here,
     };
     Ok(Started { handle, loaded, remote, tracking, writer, writer_done })
@@ -810,7 +813,6 @@ impl RedisHandle {
     /// at once so the instance hearing it starts publishing (within one refresh).
     pub fn subscribe_tracking(&self, driver_id: &str) {
         self.tracked_here.lock().insert(driver_id.to_string());
-        self.tracked_anywhere.write().insert(driver_id.to_string());
         let _ = self.track_subscriptions.send(TrackSubscription::Subscribe(driver_id.to_string()));
         let mut conn = self.conn.clone();
         let (key, member) = (self.keys.tracked(), format!("{driver_id}|{}", self.instance));
@@ -829,15 +831,15 @@ impl RedisHandle {
         });
     }
 
-    /// Whether a socket on any instance tracks this driver (as of the last refresh).
-    pub fn is_tracked(&self, driver_id: &str) -> bool {
-        self.tracked_anywhere.read().contains(driver_id)
+    /// Whether a socket on another instance tracks this driver (as of the last refresh).
+    pub fn is_tracked_elsewhere(&self, driver_id: &str) -> bool {
+        self.tracked_elsewhere.read().contains(driver_id)
     }
 
-    /// Publishes a tracking message for the instances whose sockets track this driver; drivers nobody tracks
-    /// cost Redis nothing.
+    /// Publishes a tracking message for the other instances whose sockets track this driver; drivers nobody
+    /// else tracks cost Redis nothing.
     pub fn publish_tracking(&self, driver_id: &str, msg: TrackMsg) {
-        if !self.is_tracked(driver_id) {
+        if !self.is_tracked_elsewhere(driver_id) {
             return;
         }
         let payload =

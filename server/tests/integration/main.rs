@@ -4,6 +4,8 @@
 mod auth;
 mod common;
 mod driver_ws;
+mod faults;
+mod fuzz;
 mod heat;
 mod ingest;
 mod load;

@@ -1,0 +1,216 @@
+//! Hostile and broken clients: slowloris connections, stalled heat viewers, silent sockets, one address opening
+//! too many connections. Memory stays bounded and healthy clients keep being served. The figures (memory, how
+//! long the attack lasted) are printed; nothing is timed.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
+
+use crate::common::*;
+
+/// This process's resident memory (the server runs in it), KiB.
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status.lines().find_map(|l| l.strip_prefix("VmRSS:")?.trim().strip_suffix("kB")?.trim().parse().ok()).unwrap()
+}
+
+/// Whether the server closed `stream` (EOF or reset) within `wait`.
+async fn closed_by_server(stream: &mut TcpStream, wait: Duration) -> bool {
+    let mut buf = [0u8; 1024];
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+#[tokio::test]
+async fn slowloris_connections_are_cut_at_the_header_timeout_while_others_are_served() {
+    let mut config = config();
+    config.header_timeout_secs = 1.0;
+    let server = start(config).await;
+    let before = rss_kib();
+    let started = Instant::now();
+    let mut attackers = Vec::new();
+    for _ in 0..1_000 {
+        let mut stream = TcpStream::connect(server.addr).await.unwrap();
+        // Headers begun, never finished.
+        stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ").await.unwrap();
+        attackers.push(stream);
+    }
+    // A healthy client during the attack.
+    let (status, body) = get_as(&server, "/healthz", None).await;
+    assert_eq!((status, body["status"].as_str()), (200, Some("ok")));
+    let during = rss_kib();
+    let mut closed = 0;
+    for stream in &mut attackers {
+        closed += usize::from(closed_by_server(stream, Duration::from_secs(10)).await);
+    }
+    assert_eq!(closed, 1_000, "every slow connection is closed by the server");
+    println!(
+        "slowloris: 1000 connections cut after {:.1} s; RSS {} -> {} KiB during the attack",
+        started.elapsed().as_secs_f64(),
+        before,
+        during
+    );
+    assert_eq!(get_as(&server, "/healthz", None).await.0, 200);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn one_address_gets_at_most_its_share_of_connections() {
+    let mut config = config();
+    config.max_connections_per_ip = 3;
+    let server = start(config).await;
+    let mut viewers = Vec::new();
+    for _ in 0..3 {
+        viewers.push(Socket::connect(&server, "/ws/heat").await);
+    }
+    // The fourth connection is answered 429 at accept and closed, whatever it would have asked.
+    let mut fourth = TcpStream::connect(server.addr).await.unwrap();
+    let mut reply = String::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), fourth.read_to_string(&mut reply)).await;
+    assert!(reply.starts_with("HTTP/1.1 429"), "{reply}");
+    assert!(reply.contains(r#""code":"too_many_connections""#), "{reply}");
+    // Once the viewers leave, the address has room again.
+    drop(viewers);
+    let refused = eventually(5, "room for the metrics read", || async {
+        let (status, text) = get_text_as(&server, "/metrics", Some(ADMIN_KEY)).await;
+        (status == 200).then(|| {
+            text.lines().find_map(|l| l.strip_prefix("pulsemap_connections_refused_total ")?.parse::<f64>().ok())
+        })?
+    })
+    .await;
+    assert_eq!(refused, 1.0);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn silent_sockets_are_closed_and_answering_ones_stay() {
+    let mut config = config();
+    config.ws_ping_secs = 0.2;
+    config.ws_idle_secs = 0.6;
+    let server = start(config).await;
+    let mut silent = Socket::connect(&server, "/ws/heat").await;
+    let mut answering = Socket::connect(&server, "/ws/heat").await;
+    // Reading answers the server's pings (the client library sends the pongs); the silent one never reads.
+    let kept = answering.try_next(Duration::from_secs(2)).await;
+    assert!(kept.is_none(), "nothing but pings was sent: {kept:?}");
+    assert_eq!(answering.closed_within(Duration::from_millis(100)).await, None, "the answering socket is open");
+    // Closed with 4408; the client library, answering the queued pings as it finally reads, may see the reset
+    // before the close frame.
+    let code = silent.closed_within(Duration::from_secs(5)).await;
+    assert!(matches!(code, Some(4408 | 1006)), "{code:?}");
+    assert_eq!(metric(&server, "pulsemap_ws_idle_closed_total").await, 1.0, "only the silent socket");
+    server.stop().await;
+}
+
+/// 1,000 viewers subscribe and never read while the city moves: the server's memory stays bounded (frames are
+/// shared; a socket holds at most its write buffer), and a healthy viewer receives every tick.
+#[tokio::test]
+async fn stalled_viewers_do_not_starve_a_healthy_one() {
+    let server = start(config()).await;
+    let subscribe = json!({"type": "subscribe", "layer": "drivers", "precision": 7,
+        "bbox": {"south": 6.38, "west": 3.25, "north": 6.70, "east": 3.60}});
+    let before = rss_kib();
+    let mut stalled = Vec::new();
+    for _ in 0..1_000 {
+        let mut socket = Socket::connect_as(&server, "/ws/heat", None).await;
+        socket.send(&subscribe).await;
+        stalled.push(socket);
+    }
+    let mut healthy = Socket::connect_as(&server, "/ws/heat", None).await;
+    healthy.send(&subscribe).await;
+    let snapshot = healthy.until(5, "snapshot", |m| m["type"] == "snapshot").await;
+    let mut seq = snapshot["seq"].as_u64().unwrap();
+    // Two seconds of a moving fleet: 400 drivers, every one moving each round.
+    let mut ticks = 0;
+    let started = Instant::now();
+    let mut round = 0u32;
+    while started.elapsed() < Duration::from_secs(2) {
+        round += 1;
+        let pings: Vec<_> = (0..400)
+            .map(|i| {
+                let step = f64::from(round) * 0.002;
+                ping(&format!("st-{i}"), 6.40 + (i % 20) as f64 * 0.015 + step, 3.28 + (i / 20) as f64 * 0.015)
+            })
+            .collect();
+        assert_eq!(post_json(&server, "/api/pings", &json!(pings)).await.0, 202);
+        while let Some(delta) = healthy.try_next(Duration::from_millis(5)).await {
+            assert_eq!(delta["type"], "delta", "the healthy viewer is never resynced: {delta}");
+            let next = delta["seq"].as_u64().unwrap();
+            assert!(next > seq, "in order");
+            seq = next;
+            ticks += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let after = rss_kib();
+    println!("stalled viewers: 1000 never reading; healthy viewer got {ticks} deltas; RSS {before} -> {after} KiB");
+    assert!(ticks >= 5, "the healthy viewer kept receiving: {ticks}");
+    assert!(after.saturating_sub(before) < 512 * 1024, "memory stays bounded: {before} -> {after} KiB");
+    drop(stalled);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_socket_sending_too_fast_has_the_excess_refused_and_stays_open() {
+    let mut config = config();
+    config.ws_messages_per_sec = 5.0;
+    let server = start(config).await;
+    let mut viewer = Socket::connect_as(&server, "/ws/heat", None).await;
+    let subscribe = json!({"type": "subscribe", "precision": 6,
+        "bbox": {"south": 6.38, "west": 3.25, "north": 6.70, "east": 3.60}});
+    for _ in 0..30 {
+        viewer.send(&subscribe).await;
+    }
+    let (mut snapshots, mut refused) = (0, 0);
+    while let Some(message) = viewer.try_next(Duration::from_millis(500)).await {
+        match message["type"].as_str() {
+            Some("snapshot") => snapshots += 1,
+            Some("error") => {
+                assert_eq!(message["code"], "rate_limited", "{message}");
+                refused += 1;
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(snapshots + refused, 30, "every message answered");
+    assert!(
+        (1..30).contains(&refused) && snapshots >= 10,
+        "the burst passes, the rest is refused: {snapshots} / {refused}"
+    );
+    assert_eq!(metric(&server, "pulsemap_ws_messages_refused_total").await, f64::from(refused));
+    // Later, at a sane pace, it is served again.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    viewer.send(&subscribe).await;
+    assert_eq!(viewer.until(5, "a snapshot", |m| m["type"] != "delta").await["type"], "snapshot");
+
+    // A phone's driver socket is limited the same way; the fleet key's is not.
+    let (id, token) = enter(&server).await;
+    let mut phone = Socket::connect_as(&server, "/ws/driver", Some(&token)).await;
+    let mut gateway = Socket::connect_as(&server, "/ws/driver", Some(FLEET_KEY)).await;
+    for seq in 0..30 {
+        let batch = json!({"type": "batch", "seq": seq, "pings": []});
+        phone.send(&batch).await;
+        gateway.send(&batch).await;
+    }
+    let mut phone_refused = 0;
+    while let Some(m) = phone.try_next(Duration::from_millis(300)).await {
+        phone_refused += usize::from(m["code"] == "rate_limited");
+    }
+    let mut gateway_acks = 0;
+    while let Some(m) = gateway.try_next(Duration::from_millis(300)).await {
+        gateway_acks += usize::from(m["type"] == "ack");
+    }
+    assert!(phone_refused > 0, "{id}");
+    assert_eq!(gateway_acks, 30);
+    server.stop().await;
+}

@@ -1,0 +1,138 @@
+//! Property tests of every decoder that reads outside input: bodies, socket messages, boxes, tokens. None may
+//! panic; each answers with a value or a coded error; valid items are never lost beside invalid ones.
+//!
+//! The suite runs proptest's default 256 cases per property; a long run is
+//! `PROPTEST_CASES=100000 cargo test -p server --test integration fuzz`.
+
+use app::protocol::{BBox, HeatSubscription, Layer, Ping};
+use proptest::prelude::*;
+use pulsemap::{
+    auth::{Auth, Kind},
+    decode::{self, DriverInput},
+    viewport::{parse_bbox, resolve},
+};
+
+/// JSON-ish text: mostly the characters JSON is made of, so the decoders get past their first byte.
+fn jsonish() -> impl Strategy<Value = String> {
+    let atoms = prop_oneof![
+        Just("{".to_string()),
+        Just("}".to_string()),
+        Just("[".to_string()),
+        Just("]".to_string()),
+        Just(",".to_string()),
+        Just(":".to_string()),
+        Just("\"driver_id\"".to_string()),
+        Just("\"lat\"".to_string()),
+        Just("\"lon\"".to_string()),
+        Just("\"ts\"".to_string()),
+        Just("\"type\"".to_string()),
+        Just("\"ping\"".to_string()),
+        Just("\"batch\"".to_string()),
+        Just("\"auth\"".to_string()),
+        Just("\"pings\"".to_string()),
+        Just("\"seq\"".to_string()),
+        Just("null".to_string()),
+        Just("1e999".to_string()),
+        Just("-0".to_string()),
+        any::<i64>().prop_map(|n| n.to_string()),
+        any::<f64>().prop_map(|n| n.to_string()),
+        "[a-z0-9_\\-]{0,8}".prop_map(|s| format!("\"{s}\"")),
+        any::<String>(),
+    ];
+    proptest::collection::vec(atoms, 0..40).prop_map(|parts| parts.concat())
+}
+
+fn ping_value(driver: &str, lat: f64, lon: f64, ts: i64) -> serde_json::Value {
+    serde_json::json!({"driver_id": driver, "lat": lat, "lon": lon, "ts": ts})
+}
+
+proptest! {
+    #[test]
+    fn batch_bodies_never_panic_and_respect_the_limit(body in prop_oneof![jsonish(), any::<String>()], max in 0usize..50) {
+        if let Ok(items) = decode::batch::<Ping>(body.as_bytes(), max) {
+            prop_assert!(items.len() <= max);
+        }
+    }
+
+    #[test]
+    fn raw_bytes_never_panic(body in proptest::collection::vec(any::<u8>(), 0..256)) {
+        let _ = decode::batch::<Ping>(&body, 100);
+        let _ = decode::batch::<app::protocol::OrderEvent>(&body, 100);
+        if let Ok(text) = std::str::from_utf8(&body) {
+            let _ = decode::driver_message(text, 100);
+        }
+    }
+
+    #[test]
+    fn driver_messages_never_panic(text in prop_oneof![jsonish(), any::<String>()]) {
+        match decode::driver_message(&text, 20) {
+            Ok(DriverInput::Pings(message)) => prop_assert!(message.pings.len() <= 20),
+            Ok(DriverInput::Auth(_)) | Err(_) => {}
+        }
+    }
+
+    /// Valid pings beside broken ones all survive decoding, in place.
+    #[test]
+    fn valid_items_survive_beside_invalid_ones(
+        shape in proptest::collection::vec(any::<bool>(), 1..30),
+        lat in -89.0f64..89.0,
+        lon in -179.0f64..179.0,
+    ) {
+        let items: Vec<serde_json::Value> = shape
+            .iter()
+            .enumerate()
+            .map(|(i, ok)| if *ok { ping_value(&format!("d{i}"), lat, lon, 1) } else { serde_json::json!({"lat": "north"}) })
+            .collect();
+        let body = serde_json::to_vec(&items).unwrap();
+        let decoded = decode::batch::<Ping>(&body, 100).unwrap();
+        prop_assert_eq!(decoded.len(), shape.len());
+        for (item, ok) in decoded.iter().zip(&shape) {
+            prop_assert_eq!(item.is_ok(), *ok);
+        }
+    }
+
+    #[test]
+    fn bbox_text_never_panics(text in "[0-9.,eE+\\-NaInfinity ]{0,40}") {
+        if let Ok(b) = parse_bbox(&text) {
+            prop_assert!([b.south, b.west, b.north, b.east].iter().all(|v| !v.is_nan()));
+        }
+    }
+
+    /// Any subscription either resolves to a box within the cell budget, or is refused with a code.
+    #[test]
+    fn subscriptions_resolve_within_the_budget(
+        south in prop_oneof![-100.0f64..100.0, Just(f64::NAN), Just(f64::INFINITY)],
+        west in -200.0f64..200.0,
+        height in 0.0f64..200.0,
+        width in 0.0f64..400.0,
+        precision in proptest::option::of(0u8..12),
+        zoom in proptest::option::of(-5.0f64..40.0),
+        window in prop_oneof![Just(1u32), Just(5), Just(7), Just(60)],
+    ) {
+        let bbox = BBox { south, west, north: south + height, east: west + width };
+        let sub = HeatSubscription { layer: Layer::Drivers, window_min: window, precision, zoom, bbox };
+        let max_cells = 262_144;
+        if let Ok(view) = resolve(&sub, max_cells) {
+            let cells = pulsemap::cell::cells_spanned(&view.bbox, view.key.precision);
+            prop_assert!(cells <= max_cells as f64);
+            prop_assert!(!view.tiles.is_empty());
+        }
+    }
+
+    /// Random strings and altered tokens never pass; a token passes only as issued.
+    #[test]
+    fn tokens_cannot_be_forged(text in prop_oneof![any::<String>(), "v1\\.(drv|shr)\\.[a-z0-9\\-]{1,10}\\.[0-9]{1,14}\\.[0-9]{1,14}\\.[A-Za-z0-9_\\-]{0,44}"], flip in 0usize..200) {
+        let secret = "fuzz-secret-0123456789-0123456789";
+        let (auth, _) = Auth::new(Some(secret), None, None, std::time::Duration::from_secs(3600)).unwrap();
+        prop_assert!(auth.verify(&text, 0).is_err());
+        let issued = auth.issue(Kind::Driver, "drv-1", std::time::Duration::from_secs(60), 1_000).token;
+        let mut bytes = issued.clone().into_bytes();
+        let at = flip % bytes.len();
+        bytes[at] = if bytes[at] == b'A' { b'B' } else { b'A' };
+        let altered = String::from_utf8(bytes).unwrap();
+        if altered != issued {
+            prop_assert!(auth.verify(&altered, 2_000).is_err(), "{}", altered);
+        }
+        prop_assert!(auth.verify(&issued, 2_000).is_ok());
+    }
+}
