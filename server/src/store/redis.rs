@@ -104,6 +104,11 @@ impl Keys {
     fn tracked(&self) -> String {
         format!("{}:tracked", self.prefix)
     }
+
+    /// Bumped whenever a claim comes or goes, so instances re-read the registry only when it changed.
+    fn tracked_version(&self) -> String {
+        format!("{}:tracked:version", self.prefix)
+    }
 }
 
 /// What one tick changed, summed: the heat increments and the presence updates.
@@ -293,7 +298,13 @@ const TRACK_CLAIM_MS: i64 = 5_000;
 /// How often the tracked registry is refreshed (and so how soon another instance starts publishing a driver).
 const TRACK_REFRESH: Duration = Duration::from_millis(250);
 
-/// Keeps this instance's claims in the tracked registry alive and reads everyone's, every `TRACK_REFRESH`.
+/// Claims are renewed every this many refreshes (a claim lasts `TRACK_CLAIM_MS`, 20 refreshes).
+const TRACK_RENEW_EVERY: u32 = 4;
+
+/// Keeps this instance's claims in the tracked registry alive and learns who tracks whom. Every
+/// `TRACK_REFRESH` it drops lapsed claims and reads the registry's version; only when the version moved (a claim
+/// came or went) does it read the whole registry. Re-writing and re-reading 10,000 claims four times a second
+/// was most of Redis's work under the tracking load.
 async fn refresh_tracked(
     mut conn: ConnectionManager,
     keys: Keys,
@@ -303,36 +314,56 @@ async fn refresh_tracked(
     elsewhere: Arc<parking_lot::RwLock<HashSet<String>>>,
 ) {
     let mut every = tokio::time::interval(TRACK_REFRESH);
-    loop {
+    let mut seen_version: Option<Option<u64>> = None;
+    for round in 0u32.. {
         every.tick().await;
         let now = now_ms();
         let mut pipe = redis::pipe();
-        let mine: Vec<String> = here.lock().iter().cloned().collect();
+        let mine: Vec<String> =
+            if round % TRACK_RENEW_EVERY == 0 { here.lock().iter().cloned().collect() } else { Vec::new() };
         if !mine.is_empty() {
             let mut zadd = redis::cmd("ZADD");
             zadd.arg(keys.tracked());
             for driver in &mine {
                 zadd.arg(now + TRACK_CLAIM_MS).arg(format!("{driver}|{instance}"));
             }
-            pipe.add_command(zadd).ignore();
+            pipe.add_command(zadd);
+        } else {
+            pipe.cmd("ECHO").arg(0);
         }
-        pipe.cmd("ZREMRANGEBYSCORE").arg(keys.tracked()).arg("-inf").arg(now).ignore();
-        pipe.cmd("ZRANGE").arg(keys.tracked()).arg(0).arg(-1);
+        pipe.cmd("ZREMRANGEBYSCORE").arg(keys.tracked()).arg("-inf").arg(now);
+        pipe.cmd("GET").arg(keys.tracked_version());
         stats.round_trips.fetch_add(1, Relaxed);
-        match pipe.query_async::<(Vec<String>,)>(&mut conn).await {
-            Ok((claims,)) => {
-                let claims: Vec<(&str, &str)> = claims.iter().filter_map(|c| c.rsplit_once('|')).collect();
-                let anywhere: HashSet<&str> = claims.iter().map(|(driver, _)| *driver).collect();
-                stats.tracked_anywhere.store(anywhere.len() as u64, Relaxed);
-                // Fixes of drivers tracked only here are delivered here: publishing them would send each one
-                // to Redis and back for nothing.
-                *elsewhere.write() =
-                    claims.iter().filter(|(_, by)| *by != instance).map(|(driver, _)| driver.to_string()).collect();
-            }
+        let (added, lapsed, version) = match pipe.query_async::<(u64, u64, Option<u64>)>(&mut conn).await {
+            Ok(answer) => answer,
             Err(_) => {
                 stats.errors.fetch_add(1, Relaxed);
+                continue;
             }
+        };
+        // Claims new to the registry (it lost its data) or gone from it change who tracks whom: say so.
+        let version = if added > 0 || lapsed > 0 {
+            stats.round_trips.fetch_add(1, Relaxed);
+            conn.incr::<_, _, u64>(keys.tracked_version(), 1).await.ok()
+        } else {
+            version
+        };
+        if seen_version == Some(version) {
+            continue;
         }
+        stats.round_trips.fetch_add(1, Relaxed);
+        let Ok(claims) = conn.zrange::<_, Vec<String>>(keys.tracked(), 0, -1).await else {
+            stats.errors.fetch_add(1, Relaxed);
+            continue;
+        };
+        seen_version = Some(version);
+        let claims: Vec<(&str, &str)> = claims.iter().filter_map(|c| c.rsplit_once('|')).collect();
+        let anywhere: HashSet<&str> = claims.iter().map(|(driver, _)| *driver).collect();
+        stats.tracked_anywhere.store(anywhere.len() as u64, Relaxed);
+        // Fixes of drivers tracked only here are delivered here: publishing them would send each one to Redis
+        // and back for nothing.
+        *elsewhere.write() =
+            claims.iter().filter(|(_, by)| *by != instance).map(|(driver, _)| driver.to_string()).collect();
     }
 }
 
@@ -816,8 +847,15 @@ impl RedisHandle {
         let _ = self.track_subscriptions.send(TrackSubscription::Subscribe(driver_id.to_string()));
         let mut conn = self.conn.clone();
         let (key, member) = (self.keys.tracked(), format!("{driver_id}|{}", self.instance));
+        let version = self.keys.tracked_version();
         tokio::spawn(async move {
-            let _ = conn.zadd::<_, _, _, ()>(key, member, now_ms() + TRACK_CLAIM_MS).await;
+            let _: Result<(), _> = redis::pipe()
+                .zadd(key, member, now_ms() + TRACK_CLAIM_MS)
+                .ignore()
+                .incr(version, 1)
+                .ignore()
+                .query_async(&mut conn)
+                .await;
         });
     }
 
@@ -826,8 +864,10 @@ impl RedisHandle {
         let _ = self.track_subscriptions.send(TrackSubscription::Unsubscribe(driver_id.to_string()));
         let mut conn = self.conn.clone();
         let (key, member) = (self.keys.tracked(), format!("{driver_id}|{}", self.instance));
+        let version = self.keys.tracked_version();
         tokio::spawn(async move {
-            let _ = conn.zrem::<_, _, ()>(key, member).await;
+            let _: Result<(), _> =
+                redis::pipe().zrem(key, member).ignore().incr(version, 1).ignore().query_async(&mut conn).await;
         });
     }
 

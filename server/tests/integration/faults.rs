@@ -214,3 +214,51 @@ async fn a_socket_sending_too_fast_has_the_excess_refused_and_stays_open() {
     assert_eq!(gateway_acks, 30);
     server.stop().await;
 }
+
+/// Redis killed and started again with nothing while pings stream into instance A: every ping A accepted is
+/// aggregated, and once repaired both instances count every driver exactly once.
+#[tokio::test]
+async fn redis_killed_under_load_loses_no_ping() {
+    let mut redis = RedisServer::start_own();
+    let prefix = unique_prefix("fault");
+    let a = start(redis_config(&redis, &prefix)).await;
+    let b = start(redis_config(&redis, &prefix)).await;
+    let drivers = 300;
+    let mut accepted = 0;
+    for round in 0..40 {
+        if round == 15 {
+            redis.restart();
+        }
+        let batch: Vec<_> = (0..drivers)
+            .map(|i| {
+                ping(
+                    &format!("ld-{i}"),
+                    6.40 + (i % 30) as f64 * 0.01,
+                    3.30 + (i / 30) as f64 * 0.01 + f64::from(round) * 1e-4,
+                )
+            })
+            .collect();
+        let (status, report) = post_json(&a, "/api/pings", &json!(batch)).await;
+        assert_eq!(status, 202, "{report}");
+        accepted += report["accepted"].as_u64().unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let accepted_metric = metric(&a, "pulsemap_pings_accepted_total").await;
+    assert_eq!(accepted_metric, accepted as f64);
+    eventually(20, "every accepted ping aggregated on A", || async {
+        (metric(&a, "pulsemap_pings_aggregated_total").await == accepted as f64).then_some(())
+    })
+    .await;
+    let bbox = "/api/heat?layer=drivers&precision=6&bbox=6.3,3.2,6.8,3.7";
+    for server in [&a, &b] {
+        eventually(20, "every driver once on both instances", || async {
+            let (_, body) = get(server, bbox).await;
+            let counted: u64 = body["cells"].as_array()?.iter().filter_map(|c| c[1].as_u64()).sum();
+            (body["totals"]["drivers_online"] == drivers && counted == drivers).then_some(())
+        })
+        .await;
+    }
+    println!("redis restart under load: {accepted} pings accepted and aggregated, {drivers} drivers counted once on both instances");
+    a.stop().await;
+    b.stop().await;
+}
