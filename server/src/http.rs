@@ -286,7 +286,7 @@ async fn get_heat(
     let zoom = number("zoom", ErrorCode::PrecisionInvalid)?;
     let bbox = parse_bbox(query.get("bbox").map(String::as_str).unwrap_or(""))?;
     let sub = HeatSubscription { layer, window_min, precision, zoom, bbox };
-    let view = resolve(&sub, state.config.max_bbox_cells)?;
+    let view = resolve(&sub, state.config.max_bbox_cells).inspect_err(|e| state.metrics.heat_refused(e.code))?;
     let snapshot = state.engine.snapshot(view.key, view.bbox, view.tiles).await.ok_or_else(stopping)?;
     Ok(Json(HeatServerMsg::Snapshot(snapshot)).into_response())
 }

@@ -47,6 +47,8 @@ pub struct Metrics {
     pings_rejected: PerCode,
     orders_rejected: PerCode,
     auth_refused: PerCode,
+    /// Heat subscriptions and snapshots refused (bad layer, window, precision or box; a box too large).
+    heat_refused: PerCode,
     /// Connections refused at accept or handshake: their address already had `--max-connections-per-ip`.
     pub connections_refused: AtomicU64,
     /// WebSockets closed because nothing (not even a pong) came for `--ws-idle-secs`.
@@ -104,6 +106,10 @@ impl Metrics {
     /// A request or socket refused for its credential (missing, invalid, expired, revoked, or not allowed).
     pub fn auth_refused(&self, code: ErrorCode) {
         self.auth_refused.add(code, 1);
+    }
+
+    pub fn heat_refused(&self, code: ErrorCode) {
+        self.heat_refused.add(code, 1);
     }
 
     pub fn pings_rejected(&self, code: ErrorCode) -> u64 {
@@ -207,6 +213,12 @@ impl Metrics {
             "Requests and sockets refused for their credential, by reason.",
             "counter",
             &by_reason(&self.auth_refused.0),
+        );
+        counter(
+            "heat_refused_total",
+            "Heat subscriptions and snapshots refused, by reason.",
+            "counter",
+            &by_reason(&self.heat_refused.0),
         );
         counter(
             "pings_aggregated_total",

@@ -465,7 +465,10 @@ async fn heat_socket(socket: WebSocket, state: AppState, _slot: Option<Slot>) {
                             sub = Some(Subscribed { view, frames, seen: 0 });
                             Ok(())
                         }
-                        Err(invalid) => Err(WsError::from(invalid)),
+                        Err(invalid) => {
+                            metrics.heat_refused(invalid.code);
+                            Err(WsError::from(invalid))
+                        }
                     },
                     Ok(HeatClientMsg::Resync) if sub.is_some() => Ok(()),
                     Ok(HeatClientMsg::Resync) => {

@@ -138,6 +138,7 @@ async fn resubscribing_moves_the_box_and_changes_precision() {
         "bbox": {"south": -80, "west": -170, "north": 80, "east": 170}}))
         .await;
     assert_eq!(ws.until(5, "error", |m| m["type"] == "error").await["code"], "bbox_too_large");
+    assert_eq!(metric(&server, "pulsemap_heat_refused_total{reason=\"bbox_too_large\"}").await, 1.0);
     ws.send(&json!({"type": "resync"})).await;
     assert_eq!(ws.until(5, "snapshot", |m| m["type"] == "snapshot").await["precision"], 5);
     server.stop().await;
