@@ -53,6 +53,10 @@ pub struct Metrics {
     pub connections_refused: AtomicU64,
     /// WebSockets closed because nothing (not even a pong) came for `--ws-idle-secs`.
     pub ws_idle_closed: AtomicU64,
+    /// WebSockets closed because a frame could not be written within the send deadline (a stalled reader).
+    pub ws_stalled_closed: AtomicU64,
+    /// Connections closed because their request headers did not arrive within `--header-timeout-secs`.
+    pub header_timeouts: AtomicU64,
     /// WebSocket messages refused because their socket was over `--ws-messages-per-sec`.
     pub ws_messages_refused: AtomicU64,
     /// Pings and orders the engine has folded into presence and windows: equals accepted once the queue drains.
@@ -169,6 +173,18 @@ impl Metrics {
             "Connections refused because their address already had --max-connections-per-ip open.",
             "counter",
             &one(self.connections_refused.load(Relaxed)),
+        );
+        counter(
+            "ws_stalled_closed_total",
+            "WebSockets closed because a frame could not be written within 10 s (the client stopped reading).",
+            "counter",
+            &one(self.ws_stalled_closed.load(Relaxed)),
+        );
+        counter(
+            "header_timeouts_total",
+            "Connections closed because their request headers took longer than --header-timeout-secs.",
+            "counter",
+            &one(self.header_timeouts.load(Relaxed)),
         );
         counter(
             "ws_idle_closed_total",

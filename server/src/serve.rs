@@ -99,6 +99,11 @@ fn too_many() -> &'static [u8] {
         .as_bytes()
 }
 
+/// Whether a connection ended because its request headers were too slow.
+fn is_header_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
+    error.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_timeout)
+}
+
 /// Serves `app` on `listener` until `shutdown`, then lets open connections finish (each is asked to close
 /// gracefully) and returns once they have.
 pub async fn run(
@@ -141,7 +146,7 @@ pub async fn run(
             request.extensions_mut().insert(for_requests.clone());
             request
         });
-        let (builder, shutdown) = (builder.clone(), shutdown.clone());
+        let (builder, shutdown, metrics) = (builder.clone(), shutdown.clone(), metrics.clone());
         tasks.spawn(async move {
             let _slot = slot;
             let service = TowerToHyperService::new(service);
@@ -149,7 +154,12 @@ pub async fn run(
             let mut closing = false;
             loop {
                 tokio::select! {
-                    _ = conn.as_mut() => break,
+                    ended = conn.as_mut() => {
+                        if ended.as_ref().is_err_and(|e| is_header_timeout(e.as_ref())) {
+                            metrics.header_timeouts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        break;
+                    }
                     _ = shutdown.cancelled(), if !closing => {
                         conn.as_mut().graceful_shutdown();
                         closing = true;

@@ -187,7 +187,11 @@ async fn send(sink: &mut Sink, text: Utf8Bytes, kind: SocketKind, metrics: &Metr
             metrics.sent(kind, len);
             Ok(())
         }
-        _ => Err(()),
+        Ok(Err(_)) => Err(()),
+        Err(_) => {
+            metrics.ws_stalled_closed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Err(())
+        }
     }
 }
 
@@ -543,7 +547,11 @@ async fn forward(sink: &mut Sink, sub: &Subscribed, tick: &TickFrames, metrics: 
             metrics.sent_many(SocketKind::Heat, frames, bytes);
             Ok(())
         }
-        _ => Err(()),
+        Ok(Err(_)) => Err(()),
+        Err(_) => {
+            metrics.ws_stalled_closed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Err(())
+        }
     }
 }
 

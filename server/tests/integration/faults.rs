@@ -56,6 +56,7 @@ async fn slowloris_connections_are_cut_at_the_header_timeout_while_others_are_se
         closed += usize::from(closed_by_server(stream, Duration::from_secs(10)).await);
     }
     assert_eq!(closed, 1_000, "every slow connection is closed by the server");
+    assert_eq!(metric(&server, "pulsemap_header_timeouts_total").await, 1_000.0);
     println!(
         "slowloris: 1000 connections cut after {:.1} s; /healthz answered in {healthy_ms:.1} ms meanwhile; RSS {} -> {} KiB",
         started.elapsed().as_secs_f64(),
