@@ -133,19 +133,18 @@ impl Auth {
             }
         };
         let mut auth = Auth { secret, fleet_key: None, admin_key: None, revoked: Mutex::default(), max_share };
-        for (name, key, slot) in [("fleet", fleet_key, 0), ("admin", admin_key, 1)] {
-            let Some(key) = key.filter(|k| !k.is_empty()) else { continue };
-            if key.len() < 16 {
-                anyhow::bail!("the {name} key is {} bytes; it must be at least 16", key.len());
-            }
-            let mac = auth.mac(&["key", key]);
-            if slot == 0 {
-                auth.fleet_key = Some(mac);
-            } else {
-                auth.admin_key = Some(mac);
-            }
-        }
+        auth.fleet_key = auth.key_mac("fleet", fleet_key)?;
+        auth.admin_key = auth.key_mac("admin", admin_key)?;
         Ok((auth, source))
+    }
+
+    /// What a configured key is stored as (`None`: not configured, so that role is off).
+    fn key_mac(&self, name: &str, key: Option<&str>) -> anyhow::Result<Option<Vec<u8>>> {
+        let Some(key) = key.filter(|k| !k.is_empty()) else { return Ok(None) };
+        if key.len() < 16 {
+            anyhow::bail!("the {name} key is {} bytes; it must be at least 16", key.len());
+        }
+        Ok(Some(self.mac(&["key", key])))
     }
 
     fn mac(&self, parts: &[&str]) -> Vec<u8> {

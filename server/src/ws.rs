@@ -1,10 +1,11 @@
 //! The three WebSockets: drivers stream pings in, heat viewers and trackers receive frames out.
 //!
-//! Each socket is one task: a `select!` over the client's messages, the engine's frames and the shutdown
-//! signal. The shutdown future is made once per socket: made per loop turn, every socket woken by a tick would
-//! take and release the token's one lock twice (20,000 viewers contending for it each tick). Sends have a
-//! deadline, so a client that stops reading is closed instead of pinning a task, and every buffer in between is
-//! bounded (see `hub` for heat and `engine` for trackers).
+//! Each socket is one task, not split (a write takes no lock): a `select!` over the client's messages (read in
+//! a cancel-safe branch), the engine's frames, the keep-alive pings and the shutdown signal. The shutdown future
+//! is made once per socket: made per loop turn, every socket woken by a tick would take and release the token's
+//! one lock twice (20,000 viewers contending for it each tick). Sends have a deadline, so a client that stops
+//! reading is closed instead of pinning a task, and every buffer in between is bounded (see `hub` for heat and
+//! `engine` for trackers).
 
 use std::{sync::Arc, time::Duration};
 
@@ -116,21 +117,17 @@ fn too_fast(state: &AppState) -> WsError {
 }
 
 /// The ping, or the close of a socket gone silent; `Err` when the socket is done.
-async fn keep_alive(sink: &mut Sink, alive: bool, metrics: &Metrics) -> Result<(), ()> {
+async fn keep_alive(socket: &mut WebSocket, alive: bool, metrics: &Metrics) -> Result<(), ()> {
     if !alive {
         metrics.ws_idle_closed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        close(sink, CLOSE_IDLE, "nothing came for too long").await;
+        close(socket, CLOSE_IDLE, "nothing came for too long").await;
         return Err(());
     }
-    match tokio::time::timeout(SEND_DEADLINE, sink.send(Message::Ping(Default::default()))).await {
+    match tokio::time::timeout(SEND_DEADLINE, socket.send(Message::Ping(Default::default()))).await {
         Ok(Ok(())) => Ok(()),
         _ => Err(()),
     }
 }
-
-/// Sockets are not split: one task owns each, reads in a `select!` branch (cancel-safe) and writes in the others,
-/// so a write takes no lock.
-type Sink = WebSocket;
 
 /// Logs a socket's end however its task ends.
 struct ClosedLog(&'static str);
@@ -180,9 +177,9 @@ pub fn check_origin(headers: &HeaderMap, state: &AppState) -> Result<(), ApiErro
 }
 
 /// Sends one text frame within the deadline, counting it (written at once: see [`forward`] for batched writes).
-async fn send(sink: &mut Sink, text: Utf8Bytes, kind: SocketKind, metrics: &Metrics) -> Result<(), ()> {
+async fn send(socket: &mut WebSocket, text: Utf8Bytes, kind: SocketKind, metrics: &Metrics) -> Result<(), ()> {
     let len = text.len();
-    match tokio::time::timeout(SEND_DEADLINE, sink.send(Message::Text(text))).await {
+    match tokio::time::timeout(SEND_DEADLINE, socket.send(Message::Text(text))).await {
         Ok(Ok(())) => {
             metrics.sent(kind, len);
             Ok(())
@@ -196,31 +193,31 @@ async fn send(sink: &mut Sink, text: Utf8Bytes, kind: SocketKind, metrics: &Metr
 }
 
 async fn send_json<T: serde::Serialize>(
-    sink: &mut Sink,
+    socket: &mut WebSocket,
     msg: &T,
     kind: SocketKind,
     metrics: &Metrics,
 ) -> Result<(), ()> {
     let text = serde_json::to_string(msg).expect("protocol types always serialise");
-    send(sink, Utf8Bytes::from(text), kind, metrics).await
+    send(socket, Utf8Bytes::from(text), kind, metrics).await
 }
 
-async fn close(sink: &mut Sink, code: u16, reason: &'static str) {
+async fn close(socket: &mut WebSocket, code: u16, reason: &'static str) {
     let frame = CloseFrame { code, reason: Utf8Bytes::from_static(reason) };
-    let _ = tokio::time::timeout(SEND_DEADLINE, sink.send(Message::Close(Some(frame)))).await;
+    let _ = tokio::time::timeout(SEND_DEADLINE, socket.send(Message::Close(Some(frame)))).await;
 }
 
 /// Closes a socket whose read failed: 1009 when the client sent more than the message limit, 1002 otherwise.
-async fn close_after_read_error(sink: &mut Sink, error: axum::Error, metrics: &Metrics, kind: SocketKind) {
+async fn close_after_read_error(socket: &mut WebSocket, error: axum::Error, metrics: &Metrics, kind: SocketKind) {
     let too_big =
         matches!(error.into_inner().downcast_ref::<tungstenite::Error>(), Some(tungstenite::Error::Capacity(_)));
     if too_big {
         if kind == SocketKind::Driver {
             metrics.ping_rejected(ErrorCode::BodyTooLarge, 1);
         }
-        close(sink, CLOSE_TOO_BIG, "message larger than the limit").await;
+        close(socket, CLOSE_TOO_BIG, "message larger than the limit").await;
     } else {
-        close(sink, CLOSE_PROTOCOL_ERROR, "malformed WebSocket frame").await;
+        close(socket, CLOSE_PROTOCOL_ERROR, "malformed WebSocket frame").await;
     }
 }
 
@@ -272,12 +269,11 @@ fn driver_auth(state: &AppState, token: &str) -> Result<(Role, DriverServerMsg),
     Ok((role, DriverServerMsg::Ready { driver_id }))
 }
 
-async fn driver_socket(socket: WebSocket, state: AppState, mut role: Option<Role>, _slot: Option<Slot>) {
+async fn driver_socket(mut socket: WebSocket, state: AppState, mut role: Option<Role>, _slot: Option<Slot>) {
     tracing::debug!(kind = "driver", "socket opened");
     let _closed = ClosedLog("driver");
     let metrics = state.metrics.clone();
     let _guard = metrics.subscriber(SocketKind::Driver);
-    let mut sink = socket;
     let kind = SocketKind::Driver;
     let wait = Duration::from_millis(state.config.queue_wait_ms);
     let mut shutdown = std::pin::pin!(state.shutdown.cancelled());
@@ -286,16 +282,16 @@ async fn driver_socket(socket: WebSocket, state: AppState, mut role: Option<Role
     loop {
         let message = tokio::select! {
             _ = &mut shutdown => {
-                close(&mut sink, CLOSE_GOING_AWAY, "server shutting down").await;
+                close(&mut socket, CLOSE_GOING_AWAY, "server shutting down").await;
                 return;
             }
             alive = live.due() => {
-                if keep_alive(&mut sink, alive, &metrics).await.is_err() {
+                if keep_alive(&mut socket, alive, &metrics).await.is_err() {
                     return;
                 }
                 continue;
             }
-            message = sink.recv() => message,
+            message = socket.recv() => message,
         };
         live.heard();
         let text = match message {
@@ -304,12 +300,12 @@ async fn driver_socket(socket: WebSocket, state: AppState, mut role: Option<Role
                 metrics.ping_rejected(ErrorCode::InvalidJson, 1);
                 let e = error(ErrorCode::InvalidJson, Some("message"), "send JSON text frames, not binary");
                 let msg = DriverServerMsg::Error { seq: None, index: None, error: e };
-                if send_json(&mut sink, &msg, kind, &metrics).await.is_err() {
+                if send_json(&mut socket, &msg, kind, &metrics).await.is_err() {
                     return;
                 }
                 continue;
             }
-            Some(Err(e)) => return close_after_read_error(&mut sink, e, &metrics, kind).await,
+            Some(Err(e)) => return close_after_read_error(&mut socket, e, &metrics, kind).await,
             Some(Ok(Message::Close(_))) | None => return,
             Some(Ok(_)) => continue,
         };
@@ -317,7 +313,7 @@ async fn driver_socket(socket: WebSocket, state: AppState, mut role: Option<Role
         let trusted = matches!(role, Some(Role::Fleet | Role::Admin));
         if !trusted && !rate.allow() {
             let msg = DriverServerMsg::Error { seq: None, index: None, error: too_fast(&state) };
-            if send_json(&mut sink, &msg, kind, &metrics).await.is_err() {
+            if send_json(&mut socket, &msg, kind, &metrics).await.is_err() {
                 return;
             }
             continue;
@@ -336,13 +332,13 @@ async fn driver_socket(socket: WebSocket, state: AppState, mut role: Option<Role
                     metrics.auth_refused(e.code);
                     let code = auth_close_code(e.code);
                     let _ = send_json(
-                        &mut sink,
+                        &mut socket,
                         &DriverServerMsg::Error { seq: None, index: None, error: e },
                         kind,
                         &metrics,
                     )
                     .await;
-                    close(&mut sink, code, "credential refused").await;
+                    close(&mut socket, code, "credential refused").await;
                     return;
                 }
             },
@@ -358,7 +354,7 @@ async fn driver_socket(socket: WebSocket, state: AppState, mut role: Option<Role
                     metrics.ping_rejected(code, message.pings.len() as u64);
                     let e = error(code, Some("token"), text);
                     let msg = DriverServerMsg::Error { seq: message.seq, index: None, error: e };
-                    if send_json(&mut sink, &msg, kind, &metrics).await.is_err() {
+                    if send_json(&mut socket, &msg, kind, &metrics).await.is_err() {
                         return;
                     }
                     continue;
@@ -367,7 +363,7 @@ async fn driver_socket(socket: WebSocket, state: AppState, mut role: Option<Role
                 let n = message.pings.len();
                 if state.ingest.queue_depth() + n > state.ingest.queue_capacity() {
                     let slow = DriverServerMsg::SlowDown { retry_after_ms: wait.as_millis() as u64 };
-                    if send_json(&mut sink, &slow, kind, &metrics).await.is_err() {
+                    if send_json(&mut socket, &slow, kind, &metrics).await.is_err() {
                         return;
                     }
                     state.ingest.wait_for_room(n, wait).await;
@@ -389,7 +385,7 @@ async fn driver_socket(socket: WebSocket, state: AppState, mut role: Option<Role
             }
         };
         for reply in &replies {
-            if send_json(&mut sink, reply, kind, &metrics).await.is_err() {
+            if send_json(&mut socket, reply, kind, &metrics).await.is_err() {
                 return;
             }
         }
@@ -399,7 +395,8 @@ async fn driver_socket(socket: WebSocket, state: AppState, mut role: Option<Role
 // ---------------------------------------------------------------------------------------------------------------
 // /ws/heat
 
-/// `GET /ws/heat`: `subscribe` (again at will) -> `snapshot`, then a `delta` per tick and region that changed.
+/// `GET /ws/heat`: `subscribe` (again at will) -> `snapshot`, then the deltas of each tick that changed something in
+/// view (see [`TickFrames::for_view`]).
 pub async fn heat(
     upgrade: WebSocketUpgrade,
     headers: HeaderMap,
@@ -425,13 +422,12 @@ async fn next_frames(sub: &mut Option<Subscribed>) -> Result<Arc<TickFrames>, Re
     }
 }
 
-async fn heat_socket(socket: WebSocket, state: AppState, _slot: Option<Slot>) {
+async fn heat_socket(mut socket: WebSocket, state: AppState, _slot: Option<Slot>) {
     tracing::debug!(kind = "heat", "socket opened");
     let _closed = ClosedLog("heat");
     let metrics = state.metrics.clone();
     let _guard = metrics.subscriber(SocketKind::Heat);
     let kind = SocketKind::Heat;
-    let mut sink = socket;
     let mut sub: Option<Subscribed> = None;
     let mut shutdown = std::pin::pin!(state.shutdown.cancelled());
     let mut live = Liveness::new(&state);
@@ -439,24 +435,24 @@ async fn heat_socket(socket: WebSocket, state: AppState, _slot: Option<Slot>) {
     loop {
         tokio::select! {
             _ = &mut shutdown => {
-                close(&mut sink, CLOSE_GOING_AWAY, "server shutting down").await;
+                close(&mut socket, CLOSE_GOING_AWAY, "server shutting down").await;
                 return;
             }
             alive = live.due() => {
-                if keep_alive(&mut sink, alive, &metrics).await.is_err() {
+                if keep_alive(&mut socket, alive, &metrics).await.is_err() {
                     return;
                 }
             }
-            message = sink.recv() => {
+            message = socket.recv() => {
                 live.heard();
                 let text = match message {
                     Some(Ok(Message::Text(text))) => text,
-                    Some(Err(e)) => return close_after_read_error(&mut sink, e, &metrics, kind).await,
+                    Some(Err(e)) => return close_after_read_error(&mut socket, e, &metrics, kind).await,
                     Some(Ok(Message::Close(_))) | None => return,
                     Some(Ok(_)) => continue,
                 };
                 if !rate.allow() {
-                    if send_json(&mut sink, &HeatServerMsg::Error(too_fast(&state)), kind, &metrics).await.is_err() {
+                    if send_json(&mut socket, &HeatServerMsg::Error(too_fast(&state)), kind, &metrics).await.is_err() {
                         return;
                     }
                     continue;
@@ -481,8 +477,8 @@ async fn heat_socket(socket: WebSocket, state: AppState, _slot: Option<Slot>) {
                     Err(e) => Err(error(ErrorCode::InvalidJson, Some("message"), format!("not a heat message: {e}"))),
                 };
                 let sent = match outcome {
-                    Ok(()) => send_snapshot(&mut sink, &state, sub.as_mut().expect("subscribed")).await,
-                    Err(e) => send_json(&mut sink, &HeatServerMsg::Error(e), kind, &metrics).await,
+                    Ok(()) => send_snapshot(&mut socket, &state, sub.as_mut().expect("subscribed")).await,
+                    Err(e) => send_json(&mut socket, &HeatServerMsg::Error(e), kind, &metrics).await,
                 };
                 if sent.is_err() {
                     return;
@@ -491,13 +487,13 @@ async fn heat_socket(socket: WebSocket, state: AppState, _slot: Option<Slot>) {
             frames = next_frames(&mut sub) => {
                 let current = sub.as_mut().expect("frames only flow to a subscribed socket");
                 let sent = match frames {
-                    Ok(tick) if tick.resync => send_snapshot(&mut sink, &state, current).await,
-                    Ok(tick) => forward(&mut sink, current, &tick, &metrics).await,
+                    Ok(tick) if tick.resync => send_snapshot(&mut socket, &state, current).await,
+                    Ok(tick) => forward(&mut socket, current, &tick, &metrics).await,
                     Err(RecvError::Lagged(missed)) => {
                         // Fell behind: the missed deltas are gone, a snapshot replaces them.
                         tracing::debug!(missed, "heat viewer fell behind; resyncing with a snapshot");
                         metrics.heat_resyncs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        send_snapshot(&mut sink, &state, current).await
+                        send_snapshot(&mut socket, &state, current).await
                     }
                     Err(RecvError::Closed) => return,
                 };
@@ -509,30 +505,30 @@ async fn heat_socket(socket: WebSocket, state: AppState, _slot: Option<Slot>) {
     }
 }
 
-async fn send_snapshot(sink: &mut Sink, state: &AppState, sub: &mut Subscribed) -> Result<(), ()> {
+async fn send_snapshot(socket: &mut WebSocket, state: &AppState, sub: &mut Subscribed) -> Result<(), ()> {
     let view = &sub.view;
     let Some(snapshot): Option<HeatSnapshot> = state.engine.snapshot(view.key, view.bbox, view.tiles.clone()).await
     else {
         return Err(());
     };
     sub.seen = snapshot.seq;
-    send_json(sink, &HeatServerMsg::Snapshot(snapshot), SocketKind::Heat, &state.metrics).await
+    send_json(socket, &HeatServerMsg::Snapshot(snapshot), SocketKind::Heat, &state.metrics).await
 }
 
 /// Sends the frames of a tick the viewer's box calls for ([`TickFrames::for_view`]), buffered and flushed once:
 /// one write per viewer per tick.
-async fn forward(sink: &mut Sink, sub: &Subscribed, tick: &TickFrames, metrics: &Metrics) -> Result<(), ()> {
+async fn forward(socket: &mut WebSocket, sub: &Subscribed, tick: &TickFrames, metrics: &Metrics) -> Result<(), ()> {
     if tick.seq <= sub.seen {
         return Ok(());
     }
     let write = async {
         let (mut frames, mut bytes) = (0, 0);
         for text in tick.for_view(&sub.view.tile_set) {
-            sink.feed(Message::Text(text.clone())).await?;
+            socket.feed(Message::Text(text.clone())).await?;
             frames += 1;
             bytes += text.len();
         }
-        sink.flush().await?;
+        socket.flush().await?;
         Ok::<_, axum::Error>((frames, bytes))
     };
     // Most writes complete at once (the kernel buffer has room): only a write that has to wait gets a deadline,
@@ -588,8 +584,8 @@ async fn tracker_allowed(state: &AppState, role: &Role, driver_id: &str) -> Resu
 }
 
 /// Waits for a tracker's `auth` message and checks it; on failure tells the client why and closes.
-async fn tracker_auth(sink: &mut Sink, state: &AppState, driver_id: &str) -> Option<Role> {
-    let first = tokio::time::timeout(AUTH_WAIT, sink.recv()).await;
+async fn tracker_auth(socket: &mut WebSocket, state: &AppState, driver_id: &str) -> Option<Role> {
+    let first = tokio::time::timeout(AUTH_WAIT, socket.recv()).await;
     let checked = match first {
         Ok(Some(Ok(Message::Text(text)))) => match serde_json::from_str::<TrackClientMsg>(&text) {
             Ok(TrackClientMsg::Auth { token }) => match state.auth.verify(&token, now_ms()) {
@@ -615,23 +611,28 @@ async fn tracker_auth(sink: &mut Sink, state: &AppState, driver_id: &str) -> Opt
                 state.metrics.auth_refused(e.code);
             }
             let code = auth_close_code(e.code);
-            let _ = send_json(sink, &TrackMsg::Error(e), SocketKind::Track, &state.metrics).await;
-            close(sink, code, "credential refused").await;
+            let _ = send_json(socket, &TrackMsg::Error(e), SocketKind::Track, &state.metrics).await;
+            close(socket, code, "credential refused").await;
             None
         }
     }
 }
 
-async fn track_socket(socket: WebSocket, state: AppState, driver_id: String, role: Option<Role>, _slot: Option<Slot>) {
+async fn track_socket(
+    mut socket: WebSocket,
+    state: AppState,
+    driver_id: String,
+    role: Option<Role>,
+    _slot: Option<Slot>,
+) {
     tracing::debug!(kind = "track", %driver_id, "socket opened");
     let _closed = ClosedLog("track");
     let metrics = state.metrics.clone();
     let _guard = metrics.subscriber(SocketKind::Track);
     let kind = SocketKind::Track;
-    let mut sink = socket;
     let role = match role {
         Some(role) => role,
-        None => match tracker_auth(&mut sink, &state, &driver_id).await {
+        None => match tracker_auth(&mut socket, &state, &driver_id).await {
             Some(role) => role,
             None => return,
         },
@@ -647,7 +648,7 @@ async fn track_socket(socket: WebSocket, state: AppState, driver_id: String, rol
         }
     });
     let Some((mut now, mut updates)) = state.engine.track(driver_id.clone()).await else {
-        close(&mut sink, CLOSE_GOING_AWAY, "server shutting down").await;
+        close(&mut socket, CLOSE_GOING_AWAY, "server shutting down").await;
         return;
     };
     if let (TrackMsg::Unknown { .. }, Some(redis)) = (&now, &state.redis) {
@@ -656,7 +657,7 @@ async fn track_socket(socket: WebSocket, state: AppState, driver_id: String, rol
             now = TrackMsg::Fix(fix);
         }
     }
-    if send_json(&mut sink, &now, kind, &metrics).await.is_err() {
+    if send_json(&mut socket, &now, kind, &metrics).await.is_err() {
         return;
     }
     let mut shutdown = std::pin::pin!(state.shutdown.cancelled());
@@ -664,43 +665,43 @@ async fn track_socket(socket: WebSocket, state: AppState, driver_id: String, rol
     loop {
         tokio::select! {
             _ = &mut shutdown => {
-                close(&mut sink, CLOSE_GOING_AWAY, "server shutting down").await;
+                close(&mut socket, CLOSE_GOING_AWAY, "server shutting down").await;
                 return;
             }
             alive = live.due() => {
-                if keep_alive(&mut sink, alive, &metrics).await.is_err() {
+                if keep_alive(&mut socket, alive, &metrics).await.is_err() {
                     return;
                 }
             }
-            message = sink.recv() => {
+            message = socket.recv() => {
                 live.heard();
                 match message {
-                    Some(Err(e)) => return close_after_read_error(&mut sink, e, &metrics, kind).await,
+                    Some(Err(e)) => return close_after_read_error(&mut socket, e, &metrics, kind).await,
                     Some(Ok(Message::Close(_))) | None => return,
                     Some(Ok(_)) => continue,
                 }
             }
             _ = &mut expiry => {
                 let e = error(ErrorCode::TokenExpired, Some("token"), "the tracking link has expired");
-                let _ = send_json(&mut sink, &TrackMsg::Error(e), kind, &metrics).await;
-                close(&mut sink, CLOSE_UNAUTHORIZED, "link expired").await;
+                let _ = send_json(&mut socket, &TrackMsg::Error(e), kind, &metrics).await;
+                close(&mut socket, CLOSE_UNAUTHORIZED, "link expired").await;
                 return;
             }
             update = updates.recv() => {
                 let sent = match update {
                     Ok(text) if text.as_str().starts_with(REVOKED_PREFIX) => {
                         if revokes(&state, &role, &text) {
-                            let _ = send(&mut sink, text, kind, &metrics).await;
-                            close(&mut sink, CLOSE_FORBIDDEN, "the driver stopped sharing").await;
+                            let _ = send(&mut socket, text, kind, &metrics).await;
+                            close(&mut socket, CLOSE_FORBIDDEN, "the driver stopped sharing").await;
                             return;
                         }
                         Ok(())
                     }
-                    Ok(text) => send(&mut sink, text, kind, &metrics).await,
+                    Ok(text) => send(&mut socket, text, kind, &metrics).await,
                     Err(RecvError::Lagged(_)) => {
                         // Behind: skip to the newest fix rather than replaying old ones.
                         match state.engine.driver(driver_id.clone()).await.flatten() {
-                            Some(fix) => send_json(&mut sink, &TrackMsg::Fix(fix), kind, &metrics).await,
+                            Some(fix) => send_json(&mut socket, &TrackMsg::Fix(fix), kind, &metrics).await,
                             None => Ok(()),
                         }
                     }
