@@ -1,11 +1,9 @@
 //! The three WebSockets: drivers stream pings in, heat viewers and trackers receive frames out.
 //!
-//! Each socket is one task, not split (a write takes no lock): a `select!` over the client's messages (read in
-//! a cancel-safe branch), the engine's frames, the keep-alive pings and the shutdown signal. The shutdown future
-//! is made once per socket: made per loop turn, every socket woken by a tick would take and release the token's
-//! one lock twice (20,000 viewers contending for it each tick). Sends have a deadline, so a client that stops
-//! reading is closed instead of pinning a task, and every buffer in between is bounded (see `hub` for heat and
-//! `engine` for trackers).
+//! Each socket is one task, not split (a write takes no lock): a `select!` over the client's side ([`Inbound`]:
+//! its messages, the keep-alive pings, the shutdown signal) and, for viewers and trackers, the engine's frames.
+//! Sends have a deadline, so a client that stops reading is closed instead of pinning a task, and every buffer in
+//! between is bounded (see `hub` for heat and `engine` for trackers).
 
 use std::{sync::Arc, time::Duration};
 
@@ -126,6 +124,52 @@ async fn keep_alive(socket: &mut WebSocket, alive: bool, metrics: &Metrics) -> R
     match tokio::time::timeout(SEND_DEADLINE, socket.send(Message::Ping(Default::default()))).await {
         Ok(Ok(())) => Ok(()),
         _ => Err(()),
+    }
+}
+
+/// The client's side of a socket: its messages, the server's keep-alive pings and the shutdown signal. Every
+/// end (shutdown, silence, the client's close, a read error) is dealt with here, so a socket loop sees only
+/// messages to handle. The shutdown future is made once per socket: made per loop turn, every socket woken by a
+/// tick would take and release the token's one lock twice (20,000 viewers contending for it each tick).
+struct Inbound {
+    shutdown: std::pin::Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
+    live: Liveness,
+    metrics: Arc<Metrics>,
+    kind: SocketKind,
+}
+
+impl Inbound {
+    fn new(state: &AppState, kind: SocketKind) -> Inbound {
+        Inbound {
+            shutdown: Box::pin(state.shutdown.clone().cancelled_owned()),
+            live: Liveness::new(state),
+            metrics: state.metrics.clone(),
+            kind,
+        }
+    }
+
+    /// The client's next message, or `None` once the socket is done (and closed as it should be).
+    async fn next(&mut self, socket: &mut WebSocket) -> Option<Message> {
+        loop {
+            tokio::select! {
+                _ = &mut self.shutdown => {
+                    close(socket, CLOSE_GOING_AWAY, "server shutting down").await;
+                    return None;
+                }
+                alive = self.live.due() => keep_alive(socket, alive, &self.metrics).await.ok()?,
+                message = socket.recv() => {
+                    self.live.heard();
+                    return match message {
+                        Some(Ok(Message::Close(_))) | None => None,
+                        Some(Err(e)) => {
+                            close_after_read_error(socket, e, &self.metrics, self.kind).await;
+                            None
+                        }
+                        Some(Ok(message)) => Some(message),
+                    };
+                }
+            }
+        }
     }
 }
 
@@ -276,27 +320,12 @@ async fn driver_socket(mut socket: WebSocket, state: AppState, mut role: Option<
     let _guard = metrics.subscriber(SocketKind::Driver);
     let kind = SocketKind::Driver;
     let wait = Duration::from_millis(state.config.queue_wait_ms);
-    let mut shutdown = std::pin::pin!(state.shutdown.cancelled());
-    let mut live = Liveness::new(&state);
+    let mut inbound = Inbound::new(&state, kind);
     let mut rate = MessageRate::new(&state);
-    loop {
-        let message = tokio::select! {
-            _ = &mut shutdown => {
-                close(&mut socket, CLOSE_GOING_AWAY, "server shutting down").await;
-                return;
-            }
-            alive = live.due() => {
-                if keep_alive(&mut socket, alive, &metrics).await.is_err() {
-                    return;
-                }
-                continue;
-            }
-            message = socket.recv() => message,
-        };
-        live.heard();
+    while let Some(message) = inbound.next(&mut socket).await {
         let text = match message {
-            Some(Ok(Message::Text(text))) => text,
-            Some(Ok(Message::Binary(_))) => {
+            Message::Text(text) => text,
+            Message::Binary(_) => {
                 metrics.ping_rejected(ErrorCode::InvalidJson, 1);
                 let e = error(ErrorCode::InvalidJson, Some("message"), "send JSON text frames, not binary");
                 let msg = DriverServerMsg::Error { seq: None, index: None, error: e };
@@ -305,9 +334,7 @@ async fn driver_socket(mut socket: WebSocket, state: AppState, mut role: Option<
                 }
                 continue;
             }
-            Some(Err(e)) => return close_after_read_error(&mut socket, e, &metrics, kind).await,
-            Some(Ok(Message::Close(_))) | None => return,
-            Some(Ok(_)) => continue,
+            _ => continue,
         };
         // The fleet's gateways are trusted with their own pace; phones and strangers are not.
         let trusted = matches!(role, Some(Role::Fleet | Role::Admin));
@@ -429,27 +456,15 @@ async fn heat_socket(mut socket: WebSocket, state: AppState, _slot: Option<Slot>
     let _guard = metrics.subscriber(SocketKind::Heat);
     let kind = SocketKind::Heat;
     let mut sub: Option<Subscribed> = None;
-    let mut shutdown = std::pin::pin!(state.shutdown.cancelled());
-    let mut live = Liveness::new(&state);
+    let mut inbound = Inbound::new(&state, kind);
     let mut rate = MessageRate::new(&state);
     loop {
         tokio::select! {
-            _ = &mut shutdown => {
-                close(&mut socket, CLOSE_GOING_AWAY, "server shutting down").await;
-                return;
-            }
-            alive = live.due() => {
-                if keep_alive(&mut socket, alive, &metrics).await.is_err() {
-                    return;
-                }
-            }
-            message = socket.recv() => {
-                live.heard();
+            message = inbound.next(&mut socket) => {
                 let text = match message {
-                    Some(Ok(Message::Text(text))) => text,
-                    Some(Err(e)) => return close_after_read_error(&mut socket, e, &metrics, kind).await,
-                    Some(Ok(Message::Close(_))) | None => return,
-                    Some(Ok(_)) => continue,
+                    Some(Message::Text(text)) => text,
+                    Some(_) => continue,
+                    None => return,
                 };
                 if !rate.allow() {
                     if send_json(&mut socket, &HeatServerMsg::Error(too_fast(&state)), kind, &metrics).await.is_err() {
@@ -660,27 +675,12 @@ async fn track_socket(
     if send_json(&mut socket, &now, kind, &metrics).await.is_err() {
         return;
     }
-    let mut shutdown = std::pin::pin!(state.shutdown.cancelled());
-    let mut live = Liveness::new(&state);
+    let mut inbound = Inbound::new(&state, kind);
     loop {
         tokio::select! {
-            _ = &mut shutdown => {
-                close(&mut socket, CLOSE_GOING_AWAY, "server shutting down").await;
+            message = inbound.next(&mut socket) => if message.is_none() {
                 return;
-            }
-            alive = live.due() => {
-                if keep_alive(&mut socket, alive, &metrics).await.is_err() {
-                    return;
-                }
-            }
-            message = socket.recv() => {
-                live.heard();
-                match message {
-                    Some(Err(e)) => return close_after_read_error(&mut socket, e, &metrics, kind).await,
-                    Some(Ok(Message::Close(_))) | None => return,
-                    Some(Ok(_)) => continue,
-                }
-            }
+            },
             _ = &mut expiry => {
                 let e = error(ErrorCode::TokenExpired, Some("token"), "the tracking link has expired");
                 let _ = send_json(&mut socket, &TrackMsg::Error(e), kind, &metrics).await;
