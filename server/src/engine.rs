@@ -84,16 +84,19 @@ impl EngineHandle {
     }
 }
 
-/// The running engine: stop it with [`EngineTask::drain`] after the server stops taking requests.
+/// The running engine. From the moment the server begins to shut down it drains: it keeps applying what the
+/// ingest queue holds (in-flight requests still add to it) until [`EngineTask::drain`] says nothing more can
+/// come.
 pub struct EngineTask {
-    stop: CancellationToken,
+    closed: CancellationToken,
     join: JoinHandle<u64>,
 }
 
 impl EngineTask {
-    /// Applies everything still queued, publishes a last tick, and returns how many items it drained.
+    /// Call once the server takes no more requests: applies everything still queued, publishes a last tick, and
+    /// returns how many items were applied after shutdown began.
     pub async fn drain(self) -> u64 {
-        self.stop.cancel();
+        self.closed.cancel();
         self.join.await.unwrap_or(0)
     }
 }
@@ -108,16 +111,18 @@ pub struct Remote {
     pub tracking: mpsc::UnboundedReceiver<crate::store::redis::TrackEnvelope>,
 }
 
+/// Spawns the engine; it starts draining when `shutdown` is cancelled.
 pub fn spawn(
     config: &Config,
     queue: QueueReceiver,
     metrics: Arc<Metrics>,
     store: Store,
     remote: Option<Remote>,
+    shutdown: CancellationToken,
 ) -> (EngineHandle, EngineTask) {
     let (commands, command_rx) = mpsc::channel(4096);
     let hub = Arc::new(Hub::new(config.viewer_buffer));
-    let stop = CancellationToken::new();
+    let closed = CancellationToken::new();
     let mut heat = HeatState::new(now_ms());
     let (increments, tracking) = match remote {
         Some(remote) => {
@@ -142,8 +147,8 @@ pub fn spawn(
         forget_ms: config.forget_after_ms(),
         last_totals: None,
     };
-    let join = tokio::spawn(engine.run(queue, command_rx, config.tick(), stop.clone()));
-    (EngineHandle { commands, hub }, EngineTask { stop, join })
+    let join = tokio::spawn(engine.run(queue, command_rx, config.tick(), shutdown, closed.clone()));
+    (EngineHandle { commands, hub }, EngineTask { closed, join })
 }
 
 struct Engine {
@@ -190,14 +195,15 @@ impl Engine {
         mut queue: QueueReceiver,
         mut commands: mpsc::Receiver<Command>,
         tick: std::time::Duration,
-        stop: CancellationToken,
+        shutdown: CancellationToken,
+        closed: CancellationToken,
     ) -> u64 {
         let mut ticker = tokio::time::interval(tick);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 biased;
-                _ = stop.cancelled() => break,
+                _ = shutdown.cancelled() => break,
                 _ = ticker.tick() => self.tick(),
                 Some(command) = commands.recv() => self.answer(command),
                 item = queue.rx.recv() => match item {
@@ -208,9 +214,25 @@ impl Engine {
                 Some(envelope) = recv_opt_unbounded(&mut self.remote_tracking) => self.relay_remote_track(envelope),
             }
         }
-        // Drain: no new items are accepted, every queued one is applied and published.
-        queue.rx.close();
+        // Draining: requests still in flight may queue more, and handlers may still ask questions, until the
+        // server says nothing more can come; then the queue is closed and what is left applied.
         let mut drained = 0;
+        loop {
+            tokio::select! {
+                biased;
+                _ = closed.cancelled() => break,
+                Some(command) = commands.recv() => self.answer(command),
+                item = queue.rx.recv() => match item {
+                    Some(item) => {
+                        drained += item.count() as u64;
+                        self.take(item, &queue);
+                    }
+                    None => break,
+                },
+                _ = ticker.tick() => self.tick(),
+            }
+        }
+        queue.rx.close();
         while let Some(item) = queue.rx.recv().await {
             drained += item.count() as u64;
             self.take(item, &queue);

@@ -89,7 +89,8 @@ pub struct Running {
 
 impl Running {
     /// Graceful stop: close sockets, finish in-flight requests, then drain the queue into the engine.
-    /// Returns how many queued items the engine applied while draining.
+    /// Returns how many items the engine applied after the stop began (queued before it, or by requests in
+    /// flight).
     pub async fn stop(self) -> u64 {
         self.state.shutdown.cancel();
         if tokio::time::timeout(Duration::from_secs(15), self.serve).await.is_err() {
@@ -142,7 +143,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let store_name = store.describe();
     let config_per_ip = config.max_connections_per_ip;
     let redis = store.redis().cloned();
-    let (engine, engine_task) = engine::spawn(&config, queue, metrics.clone(), store, remote);
+    let shutdown = CancellationToken::new();
+    let (engine, engine_task) = engine::spawn(&config, queue, metrics.clone(), store, remote, shutdown.clone());
     let state = AppState {
         leptos: leptos_options(&config, addr),
         config: Arc::new(config),
@@ -153,7 +155,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         redis,
         auth: Arc::new(auth),
         connections: serve::Connections::new(config_per_ip),
-        shutdown: CancellationToken::new(),
+        shutdown,
         started: std::time::Instant::now(),
     };
     spawn_housekeeping(&state);

@@ -80,14 +80,18 @@ pub fn resolve(sub: &HeatSubscription, max_cells: u64) -> Result<Viewport, Inval
     Ok(Viewport { key: HeatKey::new(sub.layer, sub.window_min, precision), bbox: b, tiles, tile_set })
 }
 
-/// Parses `south,west,north,east`.
+/// Parses `south,west,north,east`: four finite numbers.
 pub fn parse_bbox(text: &str) -> Result<BBox, Invalid> {
-    let parts: Vec<f64> = text.split(',').map(|p| p.trim().parse::<f64>()).collect::<Result<_, _>>().map_err(|_| {
-        Invalid::new(ErrorCode::BboxInvalid, "bbox", "bbox must be four numbers: south,west,north,east")
-    })?;
+    let refused =
+        || Invalid::new(ErrorCode::BboxInvalid, "bbox", "bbox must be four finite numbers: south,west,north,east");
+    let parts: Vec<f64> = text
+        .split(',')
+        .map(|p| p.trim().parse::<f64>().ok().filter(|v| v.is_finite()))
+        .collect::<Option<_>>()
+        .ok_or_else(refused)?;
     match parts[..] {
         [south, west, north, east] => Ok(BBox { south, west, north, east }),
-        _ => Err(Invalid::new(ErrorCode::BboxInvalid, "bbox", "bbox must be four numbers: south,west,north,east")),
+        _ => Err(refused()),
     }
 }
 
@@ -126,5 +130,6 @@ mod tests {
         assert_eq!(parse_bbox("6.4,3.2,6.7,3.6").unwrap(), BBox { south: 6.4, west: 3.2, north: 6.7, east: 3.6 });
         assert!(parse_bbox("6.4,3.2,6.7").is_err());
         assert!(parse_bbox("a,b,c,d").is_err());
+        assert!(parse_bbox("NaN,3.2,6.7,3.6").is_err(), "numbers must be finite");
     }
 }

@@ -176,6 +176,13 @@ impl RedisServer {
         self.spawn();
     }
 
+    /// Starts a server again on the same port after [`RedisServer::kill`]: empty, as after a crash without
+    /// persistence.
+    pub fn revive(&mut self) {
+        assert!(self.external.is_none() && self.child.is_none(), "only a killed server of the test's own");
+        self.spawn();
+    }
+
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();

@@ -42,6 +42,46 @@ fn jsonish() -> impl Strategy<Value = String> {
     proptest::collection::vec(atoms, 0..40).prop_map(|parts| parts.concat())
 }
 
+/// One part of a box's text: the text and, when it is a number, its value.
+fn bbox_part() -> impl Strategy<Value = (String, Option<f64>)> {
+    prop_oneof![
+        4 => (-200.0f64..200.0).prop_map(|v| (v.to_string(), Some(v))),
+        1 => prop_oneof![Just("NaN"), Just("inf"), Just("-inf"), Just("1e999")].prop_map(|t| (t.to_string(), Some(t.parse::<f64>().unwrap()))),
+        1 => "[a-z ]{0,4}".prop_map(|t| (t, None)),
+    ]
+}
+
+/// A heat subscription: well-formed (a known window, a precision, a finite box inside the world) three times in
+/// four, anything at all otherwise; and which of the two it is.
+fn subscription() -> impl Strategy<Value = (HeatSubscription, bool)> {
+    let well_formed = (
+        prop_oneof![Just(1u32), Just(5), Just(15), Just(60)],
+        4u8..=8,
+        -89.0f64..89.0,
+        -179.0f64..179.0,
+        0.0f64..2.0,
+        0.0f64..2.0,
+    )
+        .prop_map(|(window_min, precision, south, west, height, width)| {
+            let bbox = BBox { south, west, north: (south + height).min(90.0), east: (west + width).min(180.0) };
+            (HeatSubscription { layer: Layer::Orders, window_min, precision: Some(precision), zoom: None, bbox }, true)
+        });
+    let anything = (
+        prop_oneof![-100.0f64..100.0, Just(f64::NAN), Just(f64::INFINITY)],
+        -200.0f64..200.0,
+        0.0f64..200.0,
+        0.0f64..400.0,
+        proptest::option::of(0u8..12),
+        proptest::option::of(-5.0f64..40.0),
+        prop_oneof![Just(1u32), Just(5), Just(7), Just(60)],
+    )
+        .prop_map(|(south, west, height, width, precision, zoom, window_min)| {
+            let bbox = BBox { south, west, north: south + height, east: west + width };
+            (HeatSubscription { layer: Layer::Drivers, window_min, precision, zoom, bbox }, false)
+        });
+    prop_oneof![3 => well_formed, 1 => anything]
+}
+
 fn ping_value(driver: &str, lat: f64, lon: f64, ts: i64) -> serde_json::Value {
     serde_json::json!({"driver_id": driver, "lat": lat, "lon": lon, "ts": ts})
 }
@@ -91,31 +131,42 @@ proptest! {
         }
     }
 
+    /// Box text is four finite numbers or a coded refusal; well-formed text (most cases here) parses to exactly
+    /// its numbers.
     #[test]
-    fn bbox_text_never_panics(text in "[0-9.,eE+\\-NaInfinity ]{0,40}") {
-        if let Ok(b) = parse_bbox(&text) {
-            prop_assert!([b.south, b.west, b.north, b.east].iter().all(|v| !v.is_nan()));
+    fn bbox_text_is_four_finite_numbers_or_refused(parts in proptest::collection::vec(bbox_part(), 0..6), sep in prop_oneof![Just(","), Just(", "), Just(";")]) {
+        let text = parts.iter().map(|(t, _)| t.as_str()).collect::<Vec<_>>().join(sep);
+        let well_formed = parts.len() == 4 && sep != ";" && parts.iter().all(|(_, v)| v.is_some_and(f64::is_finite));
+        match parse_bbox(&text) {
+            Ok(b) => {
+                prop_assert!(well_formed, "accepted {:?}", text);
+                let values: Vec<f64> = parts.iter().map(|(_, v)| v.unwrap()).collect();
+                prop_assert_eq!(vec![b.south, b.west, b.north, b.east], values);
+            }
+            Err(e) => {
+                prop_assert!(!well_formed, "refused {:?}: {:?}", text, e);
+                prop_assert_eq!(e.code, app::protocol::ErrorCode::BboxInvalid);
+            }
         }
     }
 
-    /// Any subscription either resolves to a box within the cell budget, or is refused with a code.
+    /// Any subscription either resolves to a box within the cell budget, or is refused with a code. Well-formed
+    /// ones (most cases here) resolve exactly when their box is within the budget.
     #[test]
-    fn subscriptions_resolve_within_the_budget(
-        south in prop_oneof![-100.0f64..100.0, Just(f64::NAN), Just(f64::INFINITY)],
-        west in -200.0f64..200.0,
-        height in 0.0f64..200.0,
-        width in 0.0f64..400.0,
-        precision in proptest::option::of(0u8..12),
-        zoom in proptest::option::of(-5.0f64..40.0),
-        window in prop_oneof![Just(1u32), Just(5), Just(7), Just(60)],
-    ) {
-        let bbox = BBox { south, west, north: south + height, east: west + width };
-        let sub = HeatSubscription { layer: Layer::Drivers, window_min: window, precision, zoom, bbox };
+    fn subscriptions_resolve_within_the_budget((sub, well_formed) in subscription()) {
         let max_cells = 262_144;
-        if let Ok(view) = resolve(&sub, max_cells) {
-            let cells = pulsemap::cell::cells_spanned(&view.bbox, view.key.precision);
-            prop_assert!(cells <= max_cells as f64);
-            prop_assert!(!view.tiles.is_empty());
+        match resolve(&sub, max_cells) {
+            Ok(view) => {
+                let cells = pulsemap::cell::cells_spanned(&view.bbox, view.key.precision);
+                prop_assert!(cells <= max_cells as f64);
+                prop_assert!(!view.tiles.is_empty());
+            }
+            Err(invalid) if well_formed => {
+                let precision = sub.precision.unwrap();
+                prop_assert_eq!(invalid.code, app::protocol::ErrorCode::BboxTooLarge);
+                prop_assert!(pulsemap::cell::cells_spanned(&sub.bbox, precision) > max_cells as f64);
+            }
+            Err(_) => {}
         }
     }
 

@@ -228,8 +228,6 @@ async fn a_stalled_viewer_is_resynced_with_a_snapshot() {
         post_json(&server, "/api/pings", &Value::Array(batch)).await;
         tokio::time::sleep(Duration::from_millis(10)).await;
         let bytes = metric(&server, "pulsemap_bytes_sent_total{kind=\"heat\"}").await;
-        // However long the stall, the server holds at most `viewer_buffer` ticks of frames for it.
-        assert!(metric(&server, "pulsemap_heat_backlog_ticks").await <= 2.0);
         stuck_rounds = if bytes == last_bytes { stuck_rounds + 1 } else { 0 };
         last_bytes = bytes;
     }
