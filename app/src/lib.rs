@@ -1,19 +1,83 @@
-//! pulsemap's pages and the types the server and the browser share.
+//! pulsemap's pages: each feature is a folder with its page (rendered on the server, hydrated in the browser) and
+//! its browser half beside it.
 //!
-//! `protocol` is the wire format of every HTTP body and WebSocket message, `validate` the one validation path
-//! for pings and orders. Both compile for the server (`ssr`) and for the browser (`hydrate`), so neither side
-//! hand-duplicates a struct. `ingest` (server only) is how the `#[server]` function reaches the server's queue
-//! without this crate depending on the server.
+//! - [`home`]: `/`, the live heatmap. [`driver`]: `/driver`, Enter as Driver (and the `send_ping` server
+//!   function). [`track`]: `/track/{id}` follows one driver; `/track` picks one.
+//! - [`ui`]: what the pages share (the connection badge, the city). `browser` (hydrate only): DOM helpers, the
+//!   reconnecting socket, the Leaflet map and heat layer.
+//!
+//! Every page renders its whole structure on the server; after hydration a client-only start attaches the map
+//! and the sockets (each page's `live` module), feeding plain signals the view reads. The types on the wire come
+//! from the `protocol` crate, shared with the server.
 
-pub mod pages;
-pub mod protocol;
-pub mod settings;
-pub mod validate;
+pub mod driver;
+pub mod home;
+pub mod track;
+pub mod ui;
 
 #[cfg(feature = "hydrate")]
-pub mod client;
+mod browser;
 
-#[cfg(feature = "ssr")]
-pub mod ingest;
+use leptos::prelude::*;
+use leptos_meta::{provide_meta_context, MetaTags};
+use leptos_router::{
+    components::{Route, Router, Routes},
+    ParamSegment, StaticSegment,
+};
+use protocol::settings::{SiteSettings, SETTINGS_ELEMENT_ID};
 
-pub use pages::{shell, App};
+/// The document around every page: head (styles, Leaflet, settings, hydration scripts) and body.
+pub fn shell(options: LeptosOptions, settings: SiteSettings) -> impl IntoView {
+    let stylesheet = format!("/{}/{}.css", options.site_pkg_dir, options.output_name);
+    view! {
+        <!DOCTYPE html>
+        <html lang="en">
+            <head>
+                <meta charset="utf-8"/>
+                <meta name="viewport" content="width=device-width, initial-scale=1, viewport-fit=cover"/>
+                <meta name="theme-color" content="#0f172a"/>
+                <link rel="icon" href="/favicon.svg" type="image/svg+xml"/>
+                <link rel="stylesheet" href="/vendor/leaflet/leaflet.css"/>
+                <link rel="stylesheet" href=stylesheet/>
+                // Leaflet and Leaflet.heat bind to the global `L`: classic scripts, loaded before hydration.
+                <script src="/vendor/leaflet/leaflet.js"></script>
+                <script src="/vendor/leaflet-heat.js"></script>
+                <script id=SETTINGS_ELEMENT_ID type="application/json" inner_html=settings.to_script_json()></script>
+                <AutoReload options=options.clone()/>
+                <HydrationScripts options/>
+                <MetaTags/>
+            </head>
+            <body>
+                <App/>
+            </body>
+        </html>
+    }
+}
+
+/// The routes: one per page.
+#[component]
+pub fn App() -> impl IntoView {
+    provide_meta_context();
+    view! {
+        <Router>
+            <Routes fallback=NotFound>
+                <Route path=StaticSegment("") view=home::HomePage/>
+                <Route path=StaticSegment("driver") view=driver::DriverPage/>
+                <Route path=StaticSegment("track") view=track::TrackPicker/>
+                <Route path=(StaticSegment("track"), ParamSegment("id")) view=track::TrackPage/>
+            </Routes>
+        </Router>
+    }
+}
+
+#[component]
+fn NotFound() -> impl IntoView {
+    // The server's fallback handler answers unknown paths with 404 and this view.
+    view! {
+        <leptos_meta::Title text="Not found — pulsemap"/>
+        <main class="page">
+            <h1>"Not found"</h1>
+            <p><a href="/" rel="external">"Back to the live map"</a></p>
+        </main>
+    }
+}

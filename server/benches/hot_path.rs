@@ -10,18 +10,23 @@
 
 use std::hint::black_box;
 
-use app::{
-    protocol::{DriverFix, HeatDelta, HeatServerMsg, HeatSnapshot, Layer, Ping, Totals, TrackMsg},
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use protocol::{
+    driver::Ping,
+    geo::BBox,
+    heat::{HeatDelta, HeatServerMsg, HeatSnapshot, Layer, Totals},
+    track::{DriverFix, TrackMsg},
     validate::{check_ping, Limits},
 };
-use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use pulsemap::{
-    decode,
-    fleet::Fleet,
-    heat::{HeatState, Increment},
+    ingest::decode,
     now_ms,
-    presence::PresenceMap,
+    state::{
+        heat::{HeatState, Increment},
+        presence::PresenceMap,
+    },
 };
+use sim::Fleet;
 
 fn fleet_pings(drivers: usize, steps: usize) -> Vec<Ping> {
     let mut fleet = Fleet::new("bench", drivers, 0.0, 1);
@@ -56,7 +61,7 @@ fn engine(c: &mut Criterion) {
             |(mut presence, mut heat, pings)| {
                 let now = now_ms();
                 for ping in pings {
-                    let change = presence.apply(ping, now);
+                    let (change, _) = presence.apply(ping, now);
                     if let Some(cell) = change.left {
                         heat.apply(Increment::Driver { cell, delta: -1 });
                     }
@@ -89,7 +94,7 @@ fn frames(c: &mut Criterion) {
         layer: Layer::Drivers,
         window_min: 5,
         precision: 6,
-        bbox: app::protocol::BBox { south: 6.35, west: 3.25, north: 6.70, east: 3.60 },
+        bbox: BBox { south: 6.35, west: 3.25, north: 6.70, east: 3.60 },
         cells: (0..600).map(cell).collect(),
         totals,
     });

@@ -16,14 +16,12 @@
 
 use std::{collections::HashMap, time::Duration};
 
-use app::protocol::ErrorCode;
 use axum::http::{header, HeaderMap};
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD as B64, Engine};
 use hmac::{Hmac, Mac};
 use parking_lot::Mutex;
+use protocol::problem::{ErrorCode, Problem};
 use sha2::Sha256;
-
-use crate::error::ApiError;
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -185,7 +183,7 @@ impl Auth {
     }
 
     /// What `credential` (a token or a key) proves at `now_ms`.
-    pub fn verify(&self, credential: &str, now_ms: i64) -> Result<Role, ApiError> {
+    pub fn verify(&self, credential: &str, now_ms: i64) -> Result<Role, Problem> {
         let credential = credential.trim();
         if credential.starts_with("v1.") {
             return self.verify_token(credential, now_ms);
@@ -202,7 +200,7 @@ impl Auth {
         }
     }
 
-    fn verify_token(&self, token: &str, now_ms: i64) -> Result<Role, ApiError> {
+    fn verify_token(&self, token: &str, now_ms: i64) -> Result<Role, Problem> {
         let parts: Vec<&str> = token.split('.').collect();
         let [version, kind, driver_id, issued, expires, mac] = parts[..] else {
             return Err(invalid("a token has six dot-separated parts"));
@@ -215,7 +213,7 @@ impl Auth {
             return Err(invalid("the token's times are not numbers"));
         };
         if now_ms >= expires_ms {
-            return Err(ApiError::field(ErrorCode::TokenExpired, "token", "the token has expired"));
+            return Err(Problem::field(ErrorCode::TokenExpired, "token", "the token has expired"));
         }
         match kind {
             "drv" => Ok(Role::Driver { driver_id: driver_id.to_string(), expires_ms }),
@@ -245,7 +243,7 @@ impl Auth {
     }
 
     /// The role the request's `Authorization: Bearer` header proves, if it has one.
-    pub fn from_headers(&self, headers: &HeaderMap, now_ms: i64) -> Result<Option<Role>, ApiError> {
+    pub fn from_headers(&self, headers: &HeaderMap, now_ms: i64) -> Result<Option<Role>, Problem> {
         let Some(value) = headers.get(header::AUTHORIZATION) else { return Ok(None) };
         let value = value.to_str().map_err(|_| invalid("the Authorization header is not text"))?;
         let credential = value
@@ -262,13 +260,13 @@ impl Auth {
         now_ms: i64,
         what: &str,
         allowed: impl FnOnce(&Role) -> bool,
-    ) -> Result<Role, ApiError> {
+    ) -> Result<Role, Problem> {
         match self.from_headers(headers, now_ms)? {
             Some(role) if allowed(&role) => Ok(role),
             Some(_) => {
-                Err(ApiError::field(ErrorCode::Forbidden, "authorization", format!("this credential may not {what}")))
+                Err(Problem::field(ErrorCode::Forbidden, "authorization", format!("this credential may not {what}")))
             }
-            None => Err(ApiError::field(
+            None => Err(Problem::field(
                 ErrorCode::Unauthorized,
                 "authorization",
                 format!("{what} needs `Authorization: Bearer <token or key>`"),
@@ -277,12 +275,12 @@ impl Auth {
     }
 }
 
-fn invalid(message: &str) -> ApiError {
-    ApiError::field(ErrorCode::TokenInvalid, "token", message)
+fn invalid(message: &str) -> Problem {
+    Problem::field(ErrorCode::TokenInvalid, "token", message)
 }
 
-pub fn revoked() -> ApiError {
-    ApiError::field(ErrorCode::ShareRevoked, "token", "the driver stopped sharing: this link no longer works")
+pub(crate) fn revoked() -> Problem {
+    Problem::field(ErrorCode::ShareRevoked, "token", "the driver stopped sharing: this link no longer works")
 }
 
 #[cfg(test)]
@@ -305,7 +303,7 @@ mod tests {
         assert!(auth.verify(&t.token, 2_000).unwrap().may_ping_as("drv-1"));
         assert!(!auth.verify(&t.token, 2_000).unwrap().may_ping_as("drv-2"));
         let expired = auth.verify(&t.token, t.expires_ms).unwrap_err();
-        assert_eq!(expired.error.code, ErrorCode::TokenExpired);
+        assert_eq!(expired.code, ErrorCode::TokenExpired);
     }
 
     #[test]
@@ -318,7 +316,7 @@ mod tests {
         let foreign =
             Auth::new(Some(&"x".repeat(32)), None, None, HOUR).unwrap().0.issue(Kind::Driver, "drv-1", HOUR, 1_000);
         for bad in [other_driver, longer, as_share, foreign.token, "v1.drv".into(), "v1.drv.a.1.2.!!".into()] {
-            assert_eq!(auth.verify(&bad, 2_000).unwrap_err().error.code, ErrorCode::TokenInvalid, "{bad}");
+            assert_eq!(auth.verify(&bad, 2_000).unwrap_err().code, ErrorCode::TokenInvalid, "{bad}");
         }
     }
 
@@ -327,7 +325,7 @@ mod tests {
         let auth = auth();
         assert_eq!(auth.verify("fleet-key-0123456789", 0).unwrap(), Role::Fleet);
         assert_eq!(auth.verify("admin-key-0123456789", 0).unwrap(), Role::Admin);
-        assert_eq!(auth.verify("fleet-key-012345678", 0).unwrap_err().error.code, ErrorCode::TokenInvalid);
+        assert_eq!(auth.verify("fleet-key-012345678", 0).unwrap_err().code, ErrorCode::TokenInvalid);
         assert!(Auth::new(Some("short"), None, None, HOUR).is_err());
         let (generated, source) = Auth::new(None, None, None, HOUR).unwrap();
         assert_eq!(source, SecretSource::Generated);
@@ -341,7 +339,7 @@ mod tests {
         let old = auth.issue(Kind::Share, "drv-1", HOUR, 1_000);
         let other = auth.issue(Kind::Share, "drv-2", HOUR, 1_000);
         auth.revoke("drv-1", 5_000);
-        assert_eq!(auth.verify(&old.token, 6_000).unwrap_err().error.code, ErrorCode::ShareRevoked);
+        assert_eq!(auth.verify(&old.token, 6_000).unwrap_err().code, ErrorCode::ShareRevoked);
         assert!(auth.verify(&other.token, 6_000).is_ok());
         // Made in the same millisecond as the revocation: still a new link.
         let new = auth.issue(Kind::Share, "drv-1", HOUR, 5_000);

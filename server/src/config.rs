@@ -3,8 +3,8 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use app::validate::Limits;
 use clap::Parser;
+use protocol::{heat::WINDOWS_MIN, settings::SiteSettings, validate::Limits};
 
 /// pulsemap: live driver tracking and demand heatmaps.
 #[derive(Debug, Clone, Parser)]
@@ -177,6 +177,15 @@ pub struct Config {
     /// Log format: `text` for people, `json` for log pipelines. The filter is RUST_LOG (default `info`).
     #[arg(long, env = "PULSEMAP_LOG_FORMAT", default_value = "text")]
     pub log_format: LogFormat,
+
+    /// A WebSocket that cannot take a frame within this time is closed (its reader is gone or stalled). Not a
+    /// flag: fixed for deployments, shortened by tests.
+    #[arg(skip = Duration::from_secs(10))]
+    pub ws_send_timeout: Duration,
+
+    /// How long a tracking socket that must authenticate waits for its `auth` message. Not a flag, as above.
+    #[arg(skip = Duration::from_secs(10))]
+    pub ws_auth_wait: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -205,14 +214,14 @@ impl Config {
     pub fn limits(&self) -> Limits {
         Limits {
             max_future_ms: self.max_future_secs as i64 * 1000,
-            max_age_ms: i64::from(*app::protocol::WINDOWS_MIN.iter().max().expect("windows")) * 60_000,
+            max_age_ms: i64::from(*WINDOWS_MIN.iter().max().expect("windows")) * 60_000,
         }
     }
 
     /// What the pages are told at render time.
-    pub fn site_settings(&self) -> app::settings::SiteSettings {
+    pub fn site_settings(&self) -> SiteSettings {
         let tiles = self.tile_url.trim();
-        app::settings::SiteSettings {
+        SiteSettings {
             tile_url: (!tiles.is_empty() && tiles != "none").then(|| tiles.to_string()),
             tile_attribution: self.tile_attribution.clone(),
             max_accuracy_m: self.driver_max_accuracy_m,

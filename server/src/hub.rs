@@ -1,8 +1,8 @@
 //! Fan-out of heat deltas: one broadcast channel per heat key, carrying each tick's frames serialised once.
 //!
-//! The engine groups a tick's changed cells by region (a geohash [`tile`](crate::cell::tile_len)) and
-//! serialises one frame per region; every viewer socket of that key receives the same `Arc` and forwards the
-//! frames of the regions its box overlaps. A viewer that falls `buffer` ticks behind loses its place in the
+//! The engine groups a tick's changed cells by tile (a geohash prefix, see [`tile_len`]) and serialises one
+//! frame per tile; every viewer socket of that key receives the same `Arc` and forwards the frames of the tiles
+//! its box overlaps. A viewer that falls `buffer` ticks behind loses its place in the
 //! ring (the channel reports how many it missed) and resyncs with a snapshot: memory per viewer stays bounded
 //! however slow it reads.
 
@@ -11,29 +11,31 @@ use std::{collections::HashSet, sync::Arc};
 use axum::extract::ws::Utf8Bytes;
 use tokio::sync::broadcast;
 
-use crate::{
+#[cfg(doc)]
+use crate::state::cell::tile_len;
+use crate::state::{
     cell::Cell,
     heat::{HeatKey, KEY_COUNT},
 };
 
-/// One region's serialised delta frame.
+/// One tile's serialised delta frame.
 #[derive(Debug, Clone)]
-pub struct TileFrame {
+pub(crate) struct TileFrame {
     /// The geohash prefix all the frame's cells share.
     pub tile: Cell,
     pub text: Utf8Bytes,
 }
 
-/// Everything one tick changed for one key, serialised twice over: whole, for the viewers who see every region
-/// that changed (the homepage's city view, the common case: one frame per viewer per tick), and per region for
-/// the viewers who see only some.
+/// Everything one tick changed for one key, serialised twice over: whole, for the viewers who see every tile that
+/// changed (the homepage's city view, the common case: one frame per viewer per tick), and per tile for the
+/// viewers who see only some.
 #[derive(Debug, Default)]
-pub struct TickFrames {
+pub(crate) struct TickFrames {
     pub seq: u64,
     /// Every changed cell, and the totals if they changed.
     pub whole: Option<Utf8Bytes>,
-    /// The changed cells, one frame per region, without totals.
-    pub regions: Vec<TileFrame>,
+    /// The changed cells, one frame per tile, without totals.
+    pub tiles: Vec<TileFrame>,
     /// The totals alone, if they changed.
     pub totals: Option<Utf8Bytes>,
     /// The heat was rebuilt (after a store reset): every viewer needs a fresh snapshot, not deltas.
@@ -41,20 +43,20 @@ pub struct TickFrames {
 }
 
 impl TickFrames {
-    /// The frames a viewer whose box overlaps the regions `tiles` should get: the whole frame if it sees every
-    /// region that changed, otherwise the frames of the regions it sees and the totals (if they changed).
-    pub fn for_view<'a>(&'a self, tiles: &'a HashSet<Cell>) -> impl Iterator<Item = &'a Utf8Bytes> + 'a {
-        let sees_all = self.regions.iter().all(|r| tiles.contains(&r.tile));
+    /// The frames a viewer whose box overlaps the tiles `view` should get: the whole frame if it sees every tile
+    /// that changed, otherwise the frames of the tiles it sees and the totals (if they changed).
+    pub fn for_view<'a>(&'a self, view: &'a HashSet<Cell>) -> impl Iterator<Item = &'a Utf8Bytes> + 'a {
+        let sees_all = self.tiles.iter().all(|t| view.contains(&t.tile));
         let whole = self.whole.as_ref().filter(|_| sees_all);
         let parts = (!sees_all).then(|| {
-            let regions = self.regions.iter().filter(|r| tiles.contains(&r.tile)).map(|r| &r.text);
-            regions.chain(self.totals.as_ref())
+            let tiles = self.tiles.iter().filter(|t| view.contains(&t.tile)).map(|t| &t.text);
+            tiles.chain(self.totals.as_ref())
         });
         whole.into_iter().chain(parts.into_iter().flatten())
     }
 }
 
-pub struct Hub {
+pub(crate) struct Hub {
     heat: Vec<broadcast::Sender<Arc<TickFrames>>>,
 }
 
@@ -93,11 +95,11 @@ impl Hub {
 mod tests {
     use super::*;
 
-    fn tick(regions: &[&str], totals: bool) -> TickFrames {
+    fn tick(tiles: &[&str], totals: bool) -> TickFrames {
         TickFrames {
             seq: 1,
             whole: Some("whole".into()),
-            regions: regions.iter().map(|t| TileFrame { tile: Cell::parse(t).unwrap(), text: (*t).into() }).collect(),
+            tiles: tiles.iter().map(|t| TileFrame { tile: Cell::parse(t).unwrap(), text: (*t).into() }).collect(),
             totals: totals.then(|| "totals".into()),
             resync: false,
         }
@@ -109,13 +111,13 @@ mod tests {
     }
 
     #[test]
-    fn a_viewer_of_every_changed_region_gets_the_whole_frame_alone() {
+    fn a_viewer_of_every_changed_tile_gets_the_whole_frame_alone() {
         assert_eq!(sent(&tick(&["s14m", "s14k"], true), &["s14m", "s14k", "s14j"]), ["whole"]);
         assert_eq!(sent(&tick(&[], true), &["s14m"]), ["whole"], "totals only");
     }
 
     #[test]
-    fn a_viewer_of_some_regions_gets_those_and_the_totals() {
+    fn a_viewer_of_some_tiles_gets_those_and_the_totals() {
         assert_eq!(sent(&tick(&["s14m", "s14k"], true), &["s14m"]), ["s14m", "totals"]);
         assert_eq!(sent(&tick(&["s14m", "s14k"], false), &["s14m"]), ["s14m"]);
         assert!(sent(&tick(&["s14m", "s14k"], false), &["s0bb"]).is_empty());

@@ -1,74 +1,52 @@
 //! pulsemap's server as a library: `main.rs` parses the configuration and calls [`start`]; the tests call the
 //! same function on a free port and talk to it over real sockets.
 //!
-//! Data flows one way: `http`/`ws` -> `ingest` (validate, rate-limit, bounded queue) -> `engine` (presence,
-//! heat windows, trackers; through `store`) -> `hub` (frames per tick) -> sockets.
+//! A ping's path, one direction each, module by module:
+//!
+//! ```text
+//! web::api (POST /api/pings) | web::ws::driver | the send_ping server fn
+//!   -> ingest (decode, validate, rate-limit, bounded queue)
+//!   -> engine (one task; state::presence, state::heat through the store's state of record)
+//!   -> hub (each tick's frames, serialised once per key and tile)
+//!   -> web::ws::heat viewers;  engine::tracking -> web::ws::track trackers
+//! ```
+//!
+//! With Redis the store's feed brings every instance's ticks back into the engine, and its tracking bus carries
+//! fixes to trackers on other instances (`store`). `demo` feeds the same ingest path with a simulated fleet.
+//!
+//! Exported, and why: [`start`], [`Running`] and [`Config`] for the binary and the tests; [`state`] (the pure
+//! model), [`ingest::decode`] and [`auth`]'s tokens for the benchmarks and property tests; [`now_ms`], the clock
+//! they share. Everything else is `pub(crate)`.
 
 pub mod auth;
-pub mod cell;
 pub mod config;
-pub mod decode;
-pub mod engine;
-pub mod error;
-pub mod fleet;
-pub mod heat;
-pub mod http;
-pub mod hub;
 pub mod ingest;
-pub mod load;
-pub mod metrics;
-pub mod presence;
-pub mod serve;
-pub mod store;
-pub mod viewport;
-pub mod window;
-pub mod ws;
+pub mod state;
+
+mod clock;
+mod demo;
+mod engine;
+mod hub;
+mod metrics;
+mod store;
+mod task;
+mod web;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use axum::extract::FromRef;
 use leptos::config::LeptosOptions;
 use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 
+pub use clock::now_ms;
 pub use config::Config;
-use engine::{EngineHandle, EngineTask};
+use engine::EngineTask;
 use ingest::Ingest;
 use metrics::Metrics;
-
-/// The server clock, unix milliseconds.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
-}
-
-/// What every handler can reach.
-#[derive(Clone)]
-pub struct AppState {
-    pub leptos: LeptosOptions,
-    pub config: Arc<Config>,
-    pub ingest: Arc<Ingest>,
-    pub engine: EngineHandle,
-    pub metrics: Arc<Metrics>,
-    pub store_name: &'static str,
-    /// The shared store, when this instance runs on Redis.
-    pub redis: Option<store::redis::RedisHandle>,
-    /// Tokens, keys and revoked share links.
-    pub auth: Arc<auth::Auth>,
-    /// Open connections per client address (the accept loop's and the WebSockets').
-    pub connections: serve::Connections,
-    /// Cancelled when the server begins to shut down: sockets close, the demo fleet stops.
-    pub shutdown: CancellationToken,
-    pub started: std::time::Instant,
-}
-
-impl FromRef<AppState> for LeptosOptions {
-    fn from_ref(state: &AppState) -> Self {
-        state.leptos.clone()
-    }
-}
+pub use web::AppState;
 
 /// The Leptos options, from the same names the site build uses (the root Cargo.toml's leptos metadata).
-pub fn leptos_options(config: &Config, addr: SocketAddr) -> LeptosOptions {
+fn leptos_options(config: &Config, addr: SocketAddr) -> LeptosOptions {
     LeptosOptions::builder()
         .output_name(env!("PULSEMAP_SITE_NAME"))
         .site_root(config.site_root.to_string_lossy().to_string())
@@ -80,34 +58,75 @@ pub fn leptos_options(config: &Config, addr: SocketAddr) -> LeptosOptions {
 /// A running server: its address, and how to stop it.
 pub struct Running {
     pub addr: SocketAddr,
-    pub state: AppState,
+    state: AppState,
     serve: JoinHandle<()>,
     engine: EngineTask,
-    /// Finishes once the last tick is written to Redis.
-    redis_writer: Option<JoinHandle<()>>,
+    /// Finishes once the store has written the last ticks (Redis).
+    written: Option<JoinHandle<()>>,
+}
+
+/// What a stopped server did, for its last log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stopped {
+    /// Items the engine applied after the stop began (queued before it, or by requests in flight).
+    pub drained: u64,
+    pub pings_accepted: u64,
+    pub pings_aggregated: u64,
+    pub orders_accepted: u64,
+    pub orders_aggregated: u64,
 }
 
 impl Running {
-    /// Graceful stop: close sockets, finish in-flight requests, then drain the queue into the engine.
-    /// Returns how many items the engine applied after the stop began (queued before it, or by requests in
-    /// flight).
-    pub async fn stop(self) -> u64 {
+    /// The name of the store the server runs on (`embedded (in-memory)` or `redis`).
+    pub fn store_name(&self) -> &'static str {
+        self.state.store_name
+    }
+
+    /// Graceful stop: close sockets, finish in-flight requests, then drain the queue into the engine and write
+    /// the store's last ticks.
+    pub async fn stop(self) -> Stopped {
         self.state.shutdown.cancel();
         if tokio::time::timeout(Duration::from_secs(15), self.serve).await.is_err() {
             tracing::warn!("connections did not close within 15 s; stopping anyway");
         }
         let drained = self.engine.drain().await;
-        if let Some(writer) = self.redis_writer {
-            if tokio::time::timeout(Duration::from_secs(10), writer).await.is_err() {
-                tracing::warn!("the last ticks could not be written to Redis within 10 s");
+        if let Some(written) = self.written {
+            if tokio::time::timeout(Duration::from_secs(10), written).await.is_err() {
+                tracing::warn!("the last ticks could not be written to the store within 10 s");
             }
         }
-        drained
+        let metrics = &self.state.metrics;
+        Stopped {
+            drained,
+            pings_accepted: metrics.pings_accepted.get(),
+            pings_aggregated: metrics.pings_aggregated.get(),
+            orders_accepted: metrics.orders_accepted.get(),
+            orders_aggregated: metrics.orders_aggregated.get(),
+        }
     }
 }
 
-/// Binds, spawns the engine (and the demo fleet if asked), and serves until [`Running::stop`].
+/// Binds, opens the store, spawns the engine (and the demo fleet if asked), and serves until [`Running::stop`].
 pub async fn start(config: Config) -> anyhow::Result<Running> {
+    let listener =
+        TcpListener::bind(config.addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.addr))?;
+    let addr = listener.local_addr()?;
+    let (state, engine, written) = assemble(config, addr).await?;
+    let app = web::router(state.clone());
+    let serve = tokio::spawn(web::serve::run(
+        listener,
+        app,
+        state.config.header_timeout(),
+        state.connections.clone(),
+        state.metrics.clone(),
+        state.shutdown.clone(),
+    ));
+    Ok(Running { addr, state, serve, engine, written })
+}
+
+/// Everything but the listener: credentials, the store, the engine, the background tasks. The router's tests
+/// use it without a socket.
+async fn assemble(config: Config, addr: SocketAddr) -> anyhow::Result<(AppState, EngineTask, Option<JoinHandle<()>>)> {
     let (auth, source) = auth::Auth::new(
         config.secret.as_deref(),
         config.fleet_key.as_deref(),
@@ -124,76 +143,32 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     if !auth.admin_enabled() {
         tracing::info!("no PULSEMAP_ADMIN_KEY: /metrics and revoking other drivers' links are off");
     }
-    let listener =
-        TcpListener::bind(config.addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.addr))?;
-    let addr = listener.local_addr()?;
-    let metrics = Arc::new(Metrics::default());
+    let mut metrics = Metrics::new();
+    let mut store = store::open(&config, &mut metrics).await?;
+    let metrics = Arc::new(metrics);
     let (ingest, queue) = Ingest::new(&config, metrics.clone());
     let ingest = Arc::new(ingest);
-    let (store, remote, redis_writer) = match &config.redis_url {
-        None => (store::Store::Memory, None, None),
-        Some(url) => {
-            let started = connect_redis(url, &config).await?;
-            let remote =
-                engine::Remote { loaded: started.loaded, increments: started.remote, tracking: started.tracking };
-            let store = store::Store::Redis(Box::new(store::RedisStore::new(started.handle, started.writer)));
-            (store, Some(remote), Some(started.writer_done))
-        }
-    };
-    let store_name = store.describe();
-    let config_per_ip = config.max_connections_per_ip;
-    let redis = store.redis().cloned();
+    let (store_name, lookups, written) = (store.name, store.lookups.clone(), store.written.take());
     let shutdown = CancellationToken::new();
-    let (engine, engine_task) = engine::spawn(&config, queue, metrics.clone(), store, remote, shutdown.clone());
+    let (engine, engine_task) = engine::spawn(&config, queue, metrics.clone(), store, shutdown.clone());
     let state = AppState {
         leptos: leptos_options(&config, addr),
+        connections: web::serve::Connections::new(config.max_connections_per_ip),
         config: Arc::new(config),
         ingest,
         engine,
+        lookups,
         metrics,
         store_name,
-        redis,
         auth: Arc::new(auth),
-        connections: serve::Connections::new(config_per_ip),
         shutdown,
         started: std::time::Instant::now(),
     };
     spawn_housekeeping(&state);
     if state.config.demo {
-        spawn_demo_fleet(&state);
+        demo::spawn(&state.config, state.ingest.clone(), state.shutdown.clone());
     }
-    let app = http::router(state.clone());
-    let serve = tokio::spawn(serve::run(
-        listener,
-        app,
-        state.config.header_timeout(),
-        state.connections.clone(),
-        state.metrics.clone(),
-        state.shutdown.clone(),
-    ));
-    Ok(Running { addr, state, serve, engine: engine_task, redis_writer })
-}
-
-/// Connects to Redis, retrying with backoff for `--redis-connect-secs` before giving up with the last error.
-async fn connect_redis(url: &str, config: &Config) -> anyhow::Result<store::redis::Started> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(config.redis_connect_secs);
-    let mut backoff = Duration::from_millis(200);
-    loop {
-        match store::redis::start(url, &config.redis_prefix).await {
-            Ok(started) => return Ok(started),
-            Err(error) if tokio::time::Instant::now() + backoff < deadline => {
-                tracing::warn!(%error, retry_in_ms = backoff.as_millis() as u64, "Redis is not reachable yet");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
-            Err(error) => {
-                return Err(error.context(format!(
-                    "gave up on Redis after {} s (--redis-connect-secs); is it running at {url}?",
-                    config.redis_connect_secs
-                )))
-            }
-        }
-    }
+    Ok((state, engine_task, written))
 }
 
 /// Periodic chores: keep the rate limiter's memory bounded, and log a one-line summary for operators.
@@ -204,7 +179,6 @@ fn spawn_housekeeping(state: &AppState) {
     tokio::spawn(async move {
         let period = Duration::from_secs(60);
         let mut every = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-        let count = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
         let mut last_pings = 0;
         loop {
             tokio::select! {
@@ -212,10 +186,10 @@ fn spawn_housekeeping(state: &AppState) {
                 _ = every.tick() => {}
             }
             ingest.purge_idle_rate_limits();
-            let pings = count(&metrics.pings_aggregated);
+            let pings = metrics.pings_aggregated.get();
             tracing::info!(
                 pings_per_sec = (pings - last_pings) as f64 / period.as_secs_f64(),
-                drivers_online = count(&metrics.drivers_online),
+                drivers_online = metrics.drivers_online.get(),
                 queue_depth = ingest.queue_depth(),
                 "engine summary"
             );
@@ -224,29 +198,42 @@ fn spawn_housekeeping(state: &AppState) {
     });
 }
 
-/// The built-in demo: a simulated fleet feeding the same ingest path as real drivers.
-fn spawn_demo_fleet(state: &AppState) {
-    let config = &state.config;
-    let mut fleet = fleet::Fleet::new("demo", config.demo_drivers, config.demo_orders_per_min, now_ms() as u64);
-    let period = Duration::from_secs_f64(config.demo_ping_secs.max(0.1));
-    let ingest = state.ingest.clone();
-    let shutdown = state.shutdown.clone();
-    tracing::info!(drivers = fleet.len(), "demo fleet started around Lagos");
-    tokio::spawn(async move {
-        let mut every = tokio::time::interval(period);
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = every.tick() => {
-                    let now = now_ms();
-                    let dt = period.as_secs_f64();
-                    let pings = fleet.step(dt, now).into_iter().map(Ok).collect();
-                    let orders = fleet.orders(dt, now).into_iter().map(Ok).collect();
-                    if let Err(e) = ingest.submit_pings(&auth::Role::Fleet, pings).and_then(|_| ingest.submit_orders(orders)) {
-                        tracing::warn!(error = ?e, "demo fleet could not queue its pings; it will try next round");
-                    }
-                }
-            }
+#[cfg(test)]
+mod tests {
+    use protocol::driver::Ping;
+
+    use super::*;
+
+    /// Pings still queued when the stop begins are applied before it returns, and reported as drained. The test
+    /// runtime has one thread, so the engine cannot run while the queue is being filled: the queue is full when
+    /// the stop begins.
+    #[tokio::test]
+    async fn stopping_drains_every_queued_ping_into_the_engine() {
+        let server = start(Config::for_tests()).await.unwrap();
+        let ingest = server.state.ingest.clone();
+        let mut accepted = 0;
+        for round in 0..20 {
+            let pings = (0..500)
+                .map(|i| {
+                    let driver_id = format!("drain-{round}-{i}");
+                    Ok(Ping {
+                        driver_id,
+                        lat: 6.5,
+                        lon: 3.3,
+                        ts: now_ms(),
+                        accuracy_m: None,
+                        heading_deg: None,
+                        speed_mps: None,
+                    })
+                })
+                .collect();
+            accepted += ingest.submit_pings(&auth::Role::Fleet, pings).unwrap().accepted;
         }
-    });
+        assert_eq!(accepted, 10_000);
+        assert_eq!(ingest.queue_depth(), 10_000, "queued, not applied yet");
+        let stopped = server.stop().await;
+        assert_eq!(stopped.drained, 10_000, "every queued ping was applied by the drain");
+        assert_eq!(stopped.pings_aggregated, 10_000, "every accepted ping reached the engine before the stop returned");
+        assert_eq!(ingest.queue_depth(), 0);
+    }
 }

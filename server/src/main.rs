@@ -17,18 +17,17 @@ async fn main() -> anyhow::Result<()> {
     }
     tracing::info!(config = ?config.redacted(), "configuration");
     let running = pulsemap::start(config).await?;
-    tracing::info!(addr = %running.addr, store = running.state.store_name, "pulsemap listening on http://{}", running.addr);
+    // The line supervisors read the address from (`protocol::ops::listening_addr`).
+    tracing::info!(addr = %running.addr, store = running.store_name(), "{}", protocol::ops::listening_line(running.addr));
     shutdown_signal().await;
     tracing::info!("shutting down: closing sockets, draining the ingest queue");
-    let metrics = running.state.metrics.clone();
-    let drained = running.stop().await;
-    let count = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    let stopped = running.stop().await;
     tracing::info!(
-        drained,
-        pings_accepted = count(&metrics.pings_accepted),
-        pings_aggregated = count(&metrics.pings_aggregated),
-        orders_accepted = count(&metrics.orders_accepted),
-        orders_aggregated = count(&metrics.orders_aggregated),
+        drained = stopped.drained,
+        pings_accepted = stopped.pings_accepted,
+        pings_aggregated = stopped.pings_aggregated,
+        orders_accepted = stopped.orders_accepted,
+        orders_aggregated = stopped.orders_aggregated,
         "stopped"
     );
     Ok(())

@@ -1,18 +1,22 @@
-//! Counters and gauges for everything a person would graph, rendered as Prometheus text on `GET /metrics`.
+//! Counters and gauges for everything a person would graph, exposed on `GET /metrics` in the Prometheus text
+//! format by the Prometheus project's own client library.
 //!
-//! Plain atomics: every ingest task and socket bumps them without a lock, and the render reads them all.
+//! Every metric is registered once, here (the Redis store adds its own through [`Metrics::register`] before the
+//! server starts). Hot paths touch plain atomics: the per-socket-kind counters are fetched from their families
+//! once, at start, so counting a frame takes no lock.
 
-use std::{
-    fmt::Write,
-    sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed},
-    time::Duration,
+use std::time::Duration;
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
 };
-
-use app::protocol::ErrorCode;
+use protocol::problem::ErrorCode;
 
 /// The kinds of WebSocket, for subscriber gauges and frame counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SocketKind {
+pub(crate) enum SocketKind {
     Heat = 0,
     Track = 1,
     Driver = 2,
@@ -21,108 +25,208 @@ pub enum SocketKind {
 const KINDS: [(SocketKind, &str); 3] =
     [(SocketKind::Heat, "heat"), (SocketKind::Track, "track"), (SocketKind::Driver, "driver")];
 
+impl SocketKind {
+    /// The kind's label in metrics and logs.
+    pub fn name(self) -> &'static str {
+        KINDS[self as usize].1
+    }
+}
+
 /// Tick duration histogram bucket bounds, in seconds.
 const TICK_BUCKETS: [f64; 10] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0];
 
-/// One counter per error code (index: position in `ErrorCode::ALL`). Arrays longer than 32 have no `Default`.
-pub struct PerCode([AtomicU64; ErrorCode::ALL.len()]);
-
-impl Default for PerCode {
-    fn default() -> Self {
-        PerCode(std::array::from_fn(|_| AtomicU64::new(0)))
-    }
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Reason {
+    reason: &'static str,
 }
 
-impl PerCode {
-    fn add(&self, code: ErrorCode, n: u64) {
-        self.0[code_index(code)].fetch_add(n, Relaxed);
-    }
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Kind {
+    kind: &'static str,
 }
 
-#[derive(Default)]
-pub struct Metrics {
-    pub pings_accepted: AtomicU64,
-    pub orders_accepted: AtomicU64,
-    /// Refusals by code: pings, orders, and credentials apart.
-    pings_rejected: PerCode,
-    orders_rejected: PerCode,
-    auth_refused: PerCode,
-    /// Heat subscriptions and snapshots refused (bad layer, window, precision or box; a box too large).
-    heat_refused: PerCode,
-    /// Connections refused at accept or handshake: their address already had `--max-connections-per-ip`.
-    pub connections_refused: AtomicU64,
+/// Refusals counted by their error code.
+type ByReason = Family<Reason, Counter>;
+
+pub(crate) struct Metrics {
+    registry: Registry,
+    pub pings_accepted: Counter,
+    pub orders_accepted: Counter,
+    /// Refusals by code: pings, orders, credentials and heat subscriptions apart.
+    pings_rejected: ByReason,
+    orders_rejected: ByReason,
+    auth_refused: ByReason,
+    heat_refused: ByReason,
+    /// Connections refused at accept: their address already had `--max-connections-per-ip`.
+    pub connections_refused: Counter,
     /// WebSockets closed because nothing (not even a pong) came for `--ws-idle-secs`.
-    pub ws_idle_closed: AtomicU64,
+    pub ws_idle_closed: Counter,
     /// WebSockets closed because a frame could not be written within the send deadline (a stalled reader).
-    pub ws_stalled_closed: AtomicU64,
+    pub ws_stalled_closed: Counter,
     /// Connections closed because their request headers did not arrive within `--header-timeout-secs`.
-    pub header_timeouts: AtomicU64,
+    pub header_timeouts: Counter,
     /// WebSocket messages refused because their socket was over `--ws-messages-per-sec`.
-    pub ws_messages_refused: AtomicU64,
+    pub ws_messages_refused: Counter,
     /// Pings and orders the engine has folded into presence and windows: equals accepted once the queue drains.
-    pub pings_aggregated: AtomicU64,
-    pub orders_aggregated: AtomicU64,
+    pub pings_aggregated: Counter,
+    pub orders_aggregated: Counter,
     /// Heat viewers that fell behind and were resynced with a snapshot.
-    pub heat_resyncs: AtomicU64,
+    pub heat_resyncs: Counter,
     /// WebSocket handshakes refused because of their Origin.
-    pub ws_origin_refused: AtomicU64,
-    pub drivers_online: AtomicU64,
-    pub ticks: AtomicU64,
-    subscribers: [AtomicI64; 3],
-    frames_sent: [AtomicU64; 3],
-    bytes_sent: [AtomicU64; 3],
-    tick_buckets: [AtomicU64; TICK_BUCKETS.len()],
-    tick_sum_micros: AtomicU64,
+    pub ws_origin_refused: Counter,
+    pub drivers_online: Gauge,
+    queue_depth: Gauge,
+    queue_capacity: Gauge,
+    heat_backlog_ticks: Gauge,
+    /// Per socket kind (by `SocketKind as usize`), fetched from their families once.
+    subscribers: [Gauge; 3],
+    frames_sent: [Counter; 3],
+    bytes_sent: [Counter; 3],
+    tick_duration: Histogram,
 }
 
 /// Gauges owned by other parts, read when rendering.
-pub struct Gauges {
+pub(crate) struct Gauges {
     pub queue_depth: usize,
     pub queue_capacity: usize,
     pub heat_backlog_ticks: usize,
 }
 
-fn code_index(code: ErrorCode) -> usize {
-    ErrorCode::ALL.iter().position(|c| *c == code).expect("every code is in ALL")
-}
-
 /// Keeps a subscriber gauge up while it lives.
-pub struct SubscriberGuard<'a> {
-    metrics: &'a Metrics,
-    kind: SocketKind,
+pub(crate) struct SubscriberGuard {
+    gauge: Gauge,
 }
 
-impl Drop for SubscriberGuard<'_> {
+impl Drop for SubscriberGuard {
     fn drop(&mut self) {
-        self.metrics.subscribers[self.kind as usize].fetch_sub(1, Relaxed);
+        self.gauge.dec();
     }
 }
 
 impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("pulsemap");
+        let mut counter = |name: &str, help: &str| {
+            let counter = Counter::default();
+            registry.register(name, help, counter.clone());
+            counter
+        };
+        let pings_accepted = counter("pings_accepted", "Pings validated and queued.");
+        let ws_origin_refused =
+            counter("ws_origin_refused", "WebSocket handshakes refused: the page's Origin is not allowed.");
+        let connections_refused = counter(
+            "connections_refused",
+            "Connections refused because their address already had --max-connections-per-ip open.",
+        );
+        let ws_stalled_closed = counter(
+            "ws_stalled_closed",
+            "WebSockets closed because a frame could not be written within 10 s (the client stopped reading).",
+        );
+        let header_timeouts = counter(
+            "header_timeouts",
+            "Connections closed because their request headers took longer than --header-timeout-secs.",
+        );
+        let ws_idle_closed =
+            counter("ws_idle_closed", "WebSockets closed because nothing, not even a pong, came for --ws-idle-secs.");
+        let ws_messages_refused = counter(
+            "ws_messages_refused",
+            "WebSocket messages refused because their socket sent faster than --ws-messages-per-sec.",
+        );
+        let orders_accepted = counter("orders_accepted", "Order events validated and queued.");
+        let pings_aggregated = counter("pings_aggregated", "Pings folded into presence and heat.");
+        let orders_aggregated = counter("orders_aggregated", "Order events folded into the windows.");
+        let heat_resyncs = counter("heat_resyncs", "Heat viewers that fell behind and got a fresh snapshot.");
+        let mut by_reason = |name: &str, help: &str| {
+            let family = ByReason::default();
+            registry.register(name, help, family.clone());
+            family
+        };
+        let pings_rejected =
+            by_reason("pings_rejected", "Pings refused, by reason (a refused body or socket message counts once).");
+        let orders_rejected =
+            by_reason("orders_rejected", "Order events refused, by reason (a refused body counts once).");
+        let auth_refused = by_reason("auth_refused", "Requests and sockets refused for their credential, by reason.");
+        let heat_refused = by_reason("heat_refused", "Heat subscriptions and snapshots refused, by reason.");
+        let mut gauge = |name: &str, help: &str| {
+            let gauge = Gauge::default();
+            registry.register(name, help, gauge.clone());
+            gauge
+        };
+        let queue_depth = gauge("queue_depth", "Items waiting in the ingest queue.");
+        let queue_capacity = gauge("queue_capacity", "Items the ingest queue holds before refusing.");
+        let heat_backlog_ticks = gauge(
+            "heat_backlog_ticks",
+            "Ticks of heat frames held for the slowest viewer (bounded by --viewer-buffer).",
+        );
+        let drivers_online = gauge("drivers_online", "Drivers heard from within the stale time.");
+        let subscribers = Family::<Kind, Gauge>::default();
+        registry.register("subscribers", "Open WebSockets, by kind.", subscribers.clone());
+        let frames_sent = Family::<Kind, Counter>::default();
+        registry.register("frames_sent", "WebSocket frames sent, by kind.", frames_sent.clone());
+        let bytes_sent = Family::<Kind, Counter>::default();
+        registry.register("bytes_sent", "WebSocket payload bytes sent, by kind.", bytes_sent.clone());
+        let tick_duration = Histogram::new(TICK_BUCKETS);
+        registry.register("tick_duration_seconds", "Time the engine spends on one tick.", tick_duration.clone());
+        let per_kind =
+            |family: &Family<Kind, Counter>| KINDS.map(|(_, kind)| family.get_or_create(&Kind { kind }).clone());
+        Metrics {
+            pings_accepted,
+            orders_accepted,
+            pings_rejected,
+            orders_rejected,
+            auth_refused,
+            heat_refused,
+            connections_refused,
+            ws_idle_closed,
+            ws_stalled_closed,
+            header_timeouts,
+            ws_messages_refused,
+            pings_aggregated,
+            orders_aggregated,
+            heat_resyncs,
+            ws_origin_refused,
+            drivers_online,
+            queue_depth,
+            queue_capacity,
+            heat_backlog_ticks,
+            subscribers: KINDS.map(|(_, kind)| subscribers.get_or_create(&Kind { kind }).clone()),
+            frames_sent: per_kind(&frames_sent),
+            bytes_sent: per_kind(&bytes_sent),
+            tick_duration,
+            registry,
+        }
+    }
+
+    /// Adds metrics owned by another part (the Redis store's); before the metrics are shared.
+    pub fn register(&mut self, add: impl FnOnce(&mut Registry)) {
+        add(&mut self.registry);
+    }
+
+    fn count(family: &ByReason, code: ErrorCode, n: u64) {
+        family.get_or_create(&Reason { reason: code.as_str() }).inc_by(n);
+    }
+
     pub fn ping_rejected(&self, code: ErrorCode, n: u64) {
-        self.pings_rejected.add(code, n);
+        Self::count(&self.pings_rejected, code, n);
     }
 
     pub fn order_rejected(&self, code: ErrorCode, n: u64) {
-        self.orders_rejected.add(code, n);
+        Self::count(&self.orders_rejected, code, n);
     }
 
     /// A request or socket refused for its credential (missing, invalid, expired, revoked, or not allowed).
     pub fn auth_refused(&self, code: ErrorCode) {
-        self.auth_refused.add(code, 1);
+        Self::count(&self.auth_refused, code, 1);
     }
 
     pub fn heat_refused(&self, code: ErrorCode) {
-        self.heat_refused.add(code, 1);
+        Self::count(&self.heat_refused, code, 1);
     }
 
-    pub fn pings_rejected(&self, code: ErrorCode) -> u64 {
-        self.pings_rejected.0[code_index(code)].load(Relaxed)
-    }
-
-    pub fn subscriber(&self, kind: SocketKind) -> SubscriberGuard<'_> {
-        self.subscribers[kind as usize].fetch_add(1, Relaxed);
-        SubscriberGuard { metrics: self, kind }
+    pub fn subscriber(&self, kind: SocketKind) -> SubscriberGuard {
+        let gauge = self.subscribers[kind as usize].clone();
+        gauge.inc();
+        SubscriberGuard { gauge }
     }
 
     pub fn sent(&self, kind: SocketKind, bytes: usize) {
@@ -131,171 +235,54 @@ impl Metrics {
 
     pub fn sent_many(&self, kind: SocketKind, frames: u64, bytes: usize) {
         if frames > 0 {
-            self.frames_sent[kind as usize].fetch_add(frames, Relaxed);
-            self.bytes_sent[kind as usize].fetch_add(bytes as u64, Relaxed);
+            self.frames_sent[kind as usize].inc_by(frames);
+            self.bytes_sent[kind as usize].inc_by(bytes as u64);
         }
     }
 
     pub fn observe_tick(&self, took: Duration) {
-        let secs = took.as_secs_f64();
-        self.ticks.fetch_add(1, Relaxed);
-        self.tick_sum_micros.fetch_add(took.as_micros() as u64, Relaxed);
-        if let Some(i) = TICK_BUCKETS.iter().position(|b| secs <= *b) {
-            self.tick_buckets[i].fetch_add(1, Relaxed);
-        }
+        self.tick_duration.observe(took.as_secs_f64());
     }
 
-    /// The Prometheus text exposition of every metric, with the gauges read from their owners.
+    /// The text exposition of every metric, with the gauges read from their owners.
     pub fn render(&self, gauges: Gauges) -> String {
         let Gauges { queue_depth, queue_capacity, heat_backlog_ticks } = gauges;
+        self.queue_depth.set(queue_depth as i64);
+        self.queue_capacity.set(queue_capacity as i64);
+        self.heat_backlog_ticks.set(heat_backlog_ticks as i64);
         let mut out = String::with_capacity(8 * 1024);
-        let mut counter = |name: &str, help: &str, kind: &str, samples: &[(String, f64)]| {
-            let _ = writeln!(out, "# HELP pulsemap_{name} {help}\n# TYPE pulsemap_{name} {kind}");
-            for (labels, value) in samples {
-                let _ = writeln!(out, "pulsemap_{name}{labels} {value}");
-            }
-        };
-        let one = |v: u64| vec![(String::new(), v as f64)];
-        counter(
-            "pings_accepted_total",
-            "Pings validated and queued.",
-            "counter",
-            &one(self.pings_accepted.load(Relaxed)),
-        );
-        counter(
-            "ws_origin_refused_total",
-            "WebSocket handshakes refused: the page's Origin is not allowed.",
-            "counter",
-            &one(self.ws_origin_refused.load(Relaxed)),
-        );
-        counter(
-            "connections_refused_total",
-            "Connections refused because their address already had --max-connections-per-ip open.",
-            "counter",
-            &one(self.connections_refused.load(Relaxed)),
-        );
-        counter(
-            "ws_stalled_closed_total",
-            "WebSockets closed because a frame could not be written within 10 s (the client stopped reading).",
-            "counter",
-            &one(self.ws_stalled_closed.load(Relaxed)),
-        );
-        counter(
-            "header_timeouts_total",
-            "Connections closed because their request headers took longer than --header-timeout-secs.",
-            "counter",
-            &one(self.header_timeouts.load(Relaxed)),
-        );
-        counter(
-            "ws_idle_closed_total",
-            "WebSockets closed because nothing, not even a pong, came for --ws-idle-secs.",
-            "counter",
-            &one(self.ws_idle_closed.load(Relaxed)),
-        );
-        counter(
-            "ws_messages_refused_total",
-            "WebSocket messages refused because their socket sent faster than --ws-messages-per-sec.",
-            "counter",
-            &one(self.ws_messages_refused.load(Relaxed)),
-        );
-        counter(
-            "orders_accepted_total",
-            "Order events validated and queued.",
-            "counter",
-            &one(self.orders_accepted.load(Relaxed)),
-        );
-        let by_reason = |arr: &[AtomicU64]| -> Vec<(String, f64)> {
-            ErrorCode::ALL
-                .iter()
-                .zip(arr)
-                .map(|(c, v)| (format!("{{reason=\"{}\"}}", c.as_str()), v.load(Relaxed) as f64))
-                .filter(|(_, v)| *v > 0.0)
-                .collect()
-        };
-        counter(
-            "pings_rejected_total",
-            "Pings refused, by reason (a refused body or socket message counts once).",
-            "counter",
-            &by_reason(&self.pings_rejected.0),
-        );
-        counter(
-            "orders_rejected_total",
-            "Order events refused, by reason (a refused body counts once).",
-            "counter",
-            &by_reason(&self.orders_rejected.0),
-        );
-        counter(
-            "auth_refused_total",
-            "Requests and sockets refused for their credential, by reason.",
-            "counter",
-            &by_reason(&self.auth_refused.0),
-        );
-        counter(
-            "heat_refused_total",
-            "Heat subscriptions and snapshots refused, by reason.",
-            "counter",
-            &by_reason(&self.heat_refused.0),
-        );
-        counter(
-            "pings_aggregated_total",
-            "Pings folded into presence and heat.",
-            "counter",
-            &one(self.pings_aggregated.load(Relaxed)),
-        );
-        counter(
-            "orders_aggregated_total",
-            "Order events folded into the windows.",
-            "counter",
-            &one(self.orders_aggregated.load(Relaxed)),
-        );
-        counter("queue_depth", "Items waiting in the ingest queue.", "gauge", &one(queue_depth as u64));
-        counter(
-            "queue_capacity",
-            "Items the ingest queue holds before refusing.",
-            "gauge",
-            &one(queue_capacity as u64),
-        );
-        counter(
-            "heat_backlog_ticks",
-            "Ticks of heat frames held for the slowest viewer (bounded by --viewer-buffer).",
-            "gauge",
-            &one(heat_backlog_ticks as u64),
-        );
-        counter(
-            "drivers_online",
-            "Drivers heard from within the stale time.",
-            "gauge",
-            &one(self.drivers_online.load(Relaxed)),
-        );
-        let per_kind = |arr: &[AtomicU64]| -> Vec<(String, f64)> {
-            KINDS.iter().map(|(k, n)| (format!("{{kind=\"{n}\"}}"), arr[*k as usize].load(Relaxed) as f64)).collect()
-        };
-        let subscribers: Vec<(String, f64)> = KINDS
-            .iter()
-            .map(|(k, n)| (format!("{{kind=\"{n}\"}}"), self.subscribers[*k as usize].load(Relaxed) as f64))
-            .collect();
-        counter("subscribers", "Open WebSockets, by kind.", "gauge", &subscribers);
-        counter("frames_sent_total", "WebSocket frames sent, by kind.", "counter", &per_kind(&self.frames_sent));
-        counter("bytes_sent_total", "WebSocket payload bytes sent, by kind.", "counter", &per_kind(&self.bytes_sent));
-        counter(
-            "heat_resyncs_total",
-            "Heat viewers that fell behind and got a fresh snapshot.",
-            "counter",
-            &one(self.heat_resyncs.load(Relaxed)),
-        );
-        let _ = writeln!(
-            out,
-            "# HELP pulsemap_tick_duration_seconds Time the engine spends on one tick.\n# TYPE pulsemap_tick_duration_seconds histogram"
-        );
-        let mut cumulative = 0;
-        for (bound, n) in TICK_BUCKETS.iter().zip(&self.tick_buckets) {
-            cumulative += n.load(Relaxed);
-            let _ = writeln!(out, "pulsemap_tick_duration_seconds_bucket{{le=\"{bound}\"}} {cumulative}");
-        }
-        let count = self.ticks.load(Relaxed);
-        let _ = writeln!(out, "pulsemap_tick_duration_seconds_bucket{{le=\"+Inf\"}} {count}");
-        let _ = writeln!(out, "pulsemap_tick_duration_seconds_sum {}", self.tick_sum_micros.load(Relaxed) as f64 / 1e6);
-        let _ = writeln!(out, "pulsemap_tick_duration_seconds_count {count}");
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String");
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_exposition_names_every_metric_as_before() {
+        let metrics = Metrics::new();
+        metrics.pings_accepted.inc_by(3);
+        metrics.ping_rejected(ErrorCode::NullIsland, 2);
+        metrics.sent_many(SocketKind::Track, 4, 100);
+        let _viewer = metrics.subscriber(SocketKind::Heat);
+        metrics.observe_tick(Duration::from_micros(700));
+        let text = metrics.render(Gauges { queue_depth: 5, queue_capacity: 10, heat_backlog_ticks: 1 });
+        for line in [
+            "# TYPE pulsemap_pings_accepted counter",
+            "pulsemap_pings_accepted_total 3",
+            "pulsemap_pings_rejected_total{reason=\"null_island\"} 2",
+            "pulsemap_frames_sent_total{kind=\"track\"} 4",
+            "pulsemap_bytes_sent_total{kind=\"track\"} 100",
+            "pulsemap_subscribers{kind=\"heat\"} 1",
+            "pulsemap_subscribers{kind=\"driver\"} 0",
+            "pulsemap_queue_depth 5",
+            "# TYPE pulsemap_tick_duration_seconds histogram",
+            "pulsemap_tick_duration_seconds_bucket{le=\"0.001\"} 1",
+            "pulsemap_tick_duration_seconds_count 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+        }
     }
 }

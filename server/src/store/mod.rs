@@ -1,114 +1,156 @@
-//! Where the heat's increments are recorded: the seam between the engine and its state of record.
+//! Where the city's state is kept, behind the four seams the rest of the server uses. The embedded store (the
+//! default, no other service) and the Redis store (many instances, one city) both sit behind all four, so the
+//! engine and the handlers never ask which one they have:
 //!
-//! The embedded store (the default, no other service) applies each increment to the local heat at once. The
-//! Redis store buffers a tick's increments, writes them in one pipeline and lets the stream bring them back —
-//! from every instance, its own included — which is why the engine never applies an increment itself: it always
-//! goes through [`Store::record`].
+//! - [`StateOfRecord`]: the engine records each change to the heat (and each driver's newest state) and ends
+//!   every tick. The embedded store applies a change at once; Redis writes a tick's changes in one pipeline
+//!   and applies them when they come back through the feed, from every instance alike.
+//! - [`Feed`]: what other instances did, as this one must apply it (the embedded store's never yields).
+//! - [`TrackingBus`]: a driver's fixes for trackers on other instances.
+//! - [`Lookups`]: questions about the whole city that a handler asks beyond this instance's own drivers.
+//!
+//! [`memory`] is the embedded implementation, [`redis`] the shared one.
 
-pub mod redis;
+pub(crate) mod memory;
+pub(crate) mod redis;
 
-use std::collections::HashMap;
+use std::{sync::Arc, time::Duration};
 
-use app::protocol::DriverFix;
-use tokio::sync::mpsc;
+use futures::future::BoxFuture;
+use protocol::track::{DriverFix, NearDriver, TrackMsg};
+use tokio::{sync::mpsc, task::JoinHandle};
 
 use crate::{
-    cell::Cell,
-    heat::{HeatState, Increment},
-    presence::PresenceMap,
-    window::{slot_of, SLOT_MS},
+    config::Config,
+    metrics::Metrics,
+    state::{
+        heat::{HeatState, Increment},
+        presence::{DriverState, PresenceMap},
+    },
+    task::or_pending,
 };
 
-pub enum Store {
-    /// State lives in this process only.
-    Memory,
-    /// State of record in Redis, shared by every instance pointed at it.
-    Redis(Box<RedisStore>),
+/// The engine's state of record. Called from the engine task only, so implementations need no locks.
+pub(crate) trait StateOfRecord: Send {
+    /// A change to the heat: applied to `heat` at once, or kept for the tick's write and applied when it comes
+    /// back through the [`Feed`] (never both).
+    fn record(&mut self, increment: Increment, heat: &mut HeatState);
+    /// A driver's newest state (a new fix, or gone offline), for lookups on other instances.
+    fn record_presence(&mut self, state: &DriverState);
+    /// A driver this instance's presence forgot.
+    fn record_forgotten(&mut self, driver_id: &str);
+    /// Ends a tick: what it recorded is written (retried while the store is away, merged with later ticks).
+    fn end_tick(&mut self);
+    /// After the store lost its data: this instance's whole share (its online drivers, their fixes, its orders
+    /// still in the window) replaces whatever it had not written yet.
+    fn reseed(&mut self, presence: &PresenceMap);
 }
 
-/// The engine's side of the Redis store: the tick being built and where finished ticks go.
-pub struct RedisStore {
-    pub handle: redis::RedisHandle,
-    batch: redis::TickBatch,
-    writer: mpsc::UnboundedSender<redis::WriterMsg>,
-    /// The orders this instance took that are still inside the longest window: its share to write back if
-    /// Redis loses its data.
-    own_orders: HashMap<(Cell, i64), u32>,
+/// Tracking across instances: each instance tells the others a driver's fixes only while a socket elsewhere
+/// tracks that driver.
+pub(crate) trait TrackingBus: Send + Sync {
+    /// Whether a socket on another instance tracks this driver (then its messages are worth publishing).
+    fn tracked_elsewhere(&self, driver_id: &str) -> bool;
+    /// Tells the other instances' trackers of the driver.
+    fn publish(&self, driver_id: &str, msg: &TrackMsg);
+    /// A socket here began tracking the driver (the first one): receive its messages from other instances.
+    fn follow(&self, driver_id: &str);
+    /// The last socket here tracking the driver left.
+    fn unfollow(&self, driver_id: &str);
 }
 
-impl RedisStore {
-    pub fn new(handle: redis::RedisHandle, writer: mpsc::UnboundedSender<redis::WriterMsg>) -> RedisStore {
-        RedisStore { handle, batch: redis::TickBatch::default(), writer, own_orders: HashMap::new() }
+/// What another instance did, in the order this instance must apply it.
+#[derive(Debug)]
+pub(crate) enum FeedEvent {
+    /// One tick of some instance (this one included).
+    Increments(Vec<Increment>),
+    /// The store lost its data (Redis restarted without persistence): the heat as it now is. The engine starts
+    /// over from it and writes back its own share ([`StateOfRecord::reseed`]).
+    Reset(Vec<Increment>),
+}
+
+/// A tracking message another instance heard (and delivered to its own trackers) for a driver tracked here.
+#[derive(Debug)]
+pub(crate) struct Relayed {
+    pub driver_id: String,
+    pub msg: TrackMsg,
+}
+
+/// Other instances' work, as it arrives; the embedded store has none, so its feed never yields.
+#[derive(Default)]
+pub(crate) struct Feed {
+    /// The heat as of the moment the store was loaded, to apply before anything else.
+    pub loaded: Vec<Increment>,
+    /// Every instance's ticks, in stream order.
+    heat: Option<mpsc::Receiver<FeedEvent>>,
+    /// Other instances' tracking messages for drivers tracked here.
+    tracking: Option<mpsc::UnboundedReceiver<Relayed>>,
+}
+
+/// What the feed brings next.
+pub(crate) enum Arrival {
+    Heat(FeedEvent),
+    Tracking(Relayed),
+}
+
+impl Feed {
+    /// The next tick (or reset) of any instance, or tracking message from another; never, without a shared
+    /// store (nor once its tasks have stopped).
+    pub async fn next(&mut self) -> Arrival {
+        let heat = or_pending(self.heat.as_mut().map(mpsc::Receiver::recv));
+        let tracking = or_pending(self.tracking.as_mut().map(mpsc::UnboundedReceiver::recv));
+        tokio::select! {
+            Some(event) = heat => Arrival::Heat(event),
+            Some(relayed) = tracking => Arrival::Tracking(relayed),
+            else => std::future::pending().await,
+        }
     }
 }
 
-impl Store {
-    pub fn describe(&self) -> &'static str {
-        match self {
-            Store::Memory => "embedded (in-memory)",
-            Store::Redis(_) => "redis",
-        }
-    }
+/// Why a question to the shared store has no answer now.
+#[derive(Debug, Clone)]
+pub(crate) struct StoreUnavailable(pub String);
 
-    pub fn redis(&self) -> Option<&redis::RedisHandle> {
-        match self {
-            Store::Memory => None,
-            Store::Redis(r) => Some(&r.handle),
-        }
+impl std::fmt::Display for StoreUnavailable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the shared store is unavailable: {}", self.0)
     }
+}
 
-    pub fn record(&mut self, increment: Increment, heat: &mut HeatState) {
-        match self {
-            Store::Memory => heat.apply(increment),
-            Store::Redis(r) => {
-                if let Increment::Order { cell, slot, count } = increment {
-                    *r.own_orders.entry((cell, slot)).or_default() += count;
-                }
-                r.batch.record(increment);
-            }
-        }
-    }
+pub(crate) type Answer<'a, T> = BoxFuture<'a, Result<T, StoreUnavailable>>;
 
-    /// After Redis lost its data: this instance's whole share (its online drivers, its orders still in the
-    /// window, its drivers' fixes) replaces whatever it had not written yet.
-    pub fn reseed(&mut self, presence: &PresenceMap) {
-        if let Store::Redis(r) = self {
-            let mut share = redis::TickBatch::default();
-            for state in presence.states() {
-                if state.online {
-                    share.record(Increment::Driver { cell: state.cell, delta: 1 });
-                }
-                share.fix(state.to_fix());
-            }
-            for ((cell, slot), count) in &r.own_orders {
-                share.record(Increment::Order { cell: *cell, slot: *slot, count: *count });
-            }
-            r.batch = redis::TickBatch::default();
-            let _ = r.writer.send(redis::WriterMsg::Reseed(share));
-        }
-    }
+/// Questions about the whole city beyond this instance's own drivers (the engine answers for those).
+pub(crate) trait Lookups: Send + Sync {
+    /// A driver's last fix as the instance that heard it wrote it.
+    fn last_fix<'a>(&'a self, driver_id: &'a str) -> Answer<'a, Option<DriverFix>>;
+    /// Online drivers near a point, nearest first, from a city-wide index; `None` when the store keeps none (the
+    /// embedded store: this instance's presence is the whole city).
+    fn near(&self, lat: f64, lon: f64, radius_m: f64, limit: usize) -> Answer<'_, Option<Vec<NearDriver>>>;
+    /// Records, for every instance, that the driver's share links made at or before `before_ms` are revoked,
+    /// for `keep` (the longest a link lives).
+    fn revoke_shares<'a>(&'a self, driver_id: &'a str, before_ms: i64, keep: Duration) -> Answer<'a, ()>;
+    /// When the driver's share links were last revoked on any instance.
+    fn shares_revoked_before<'a>(&'a self, driver_id: &'a str) -> Answer<'a, Option<i64>>;
+    /// Whether the shared store answers; `None` without one.
+    fn healthy(&self) -> BoxFuture<'_, Option<bool>>;
+}
 
-    /// A driver's newest state, for lookups and nearest-driver queries on other instances.
-    pub fn record_fix(&mut self, fix: DriverFix) {
-        if let Store::Redis(r) = self {
-            r.batch.fix(fix);
-        }
-    }
+/// A store, opened: its four seams, and the task that writes its last ticks.
+pub(crate) struct Store {
+    /// For `/healthz` and the start-up log.
+    pub name: &'static str,
+    pub record: Box<dyn StateOfRecord>,
+    pub feed: Feed,
+    pub bus: Arc<dyn TrackingBus>,
+    pub lookups: Arc<dyn Lookups>,
+    /// Finishes once everything recorded is written (after the engine stops); `None` when nothing is pending.
+    pub written: Option<JoinHandle<()>>,
+}
 
-    /// A driver forgotten by this instance's presence.
-    pub fn record_forgotten(&mut self, driver_id: String) {
-        if let Store::Redis(r) = self {
-            r.batch.forget(driver_id);
-        }
-    }
-
-    /// Ends a tick: hands its increments to the writer (which retries while Redis is away, merging ticks).
-    pub fn flush(&mut self) {
-        if let Store::Redis(r) = self {
-            let batch = std::mem::take(&mut r.batch);
-            let _ = r.writer.send(redis::WriterMsg::Tick(batch));
-            let oldest = slot_of(crate::now_ms()) - 60 * 60_000 / SLOT_MS;
-            r.own_orders.retain(|(_, slot), _| *slot >= oldest);
-        }
+/// The embedded store, or Redis when `--redis-url` is given (retrying for `--redis-connect-secs`).
+pub(crate) async fn open(config: &Config, metrics: &mut Metrics) -> anyhow::Result<Store> {
+    match &config.redis_url {
+        None => Ok(memory::open()),
+        Some(_) => redis::open(config, Duration::from_secs(config.redis_connect_secs), metrics).await,
     }
 }

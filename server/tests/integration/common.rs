@@ -103,6 +103,18 @@ pub async fn enter(server: &Running) -> (String, String) {
     (body["driver_id"].as_str().unwrap().to_string(), body["token"].as_str().unwrap().to_string())
 }
 
+/// Whether this process may open `needed` files: its limit is raised toward the hard one, and when even that is
+/// too low the test says it is skipped (and why) instead of failing for the machine's sake. Tests run side by
+/// side in this one process, so the ask includes room for the others.
+pub fn open_files_for(needed: u64, test: &str) -> bool {
+    let limit = tools::system::raise_open_files(needed.max(16_384));
+    if limit < needed {
+        eprintln!("SKIPPED {test}: it needs {needed} open files and this machine's hard limit is {limit}");
+        return false;
+    }
+    true
+}
+
 /// Awaits `check` returning `Some` within `secs` seconds, polling.
 pub async fn eventually<T, F, Fut>(secs: u64, what: &str, mut check: F) -> T
 where

@@ -14,8 +14,7 @@ use crate::common::*;
 
 /// This process's resident memory (the server runs in it), KiB.
 fn rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    status.lines().find_map(|l| l.strip_prefix("VmRSS:")?.trim().strip_suffix("kB")?.trim().parse().ok()).unwrap()
+    tools::system::rss_kib(std::process::id()).expect("/proc is readable")
 }
 
 /// Whether the server closed `stream` (EOF or reset) within `wait`.
@@ -33,6 +32,9 @@ async fn closed_by_server(stream: &mut TcpStream, wait: Duration) -> bool {
 
 #[tokio::test]
 async fn slowloris_connections_are_cut_at_the_header_timeout_while_others_are_served() {
+    if !open_files_for(4_096, "slowloris") {
+        return;
+    }
     let mut config = config();
     config.header_timeout_secs = 1.0;
     let server = start(config).await;
@@ -119,6 +121,9 @@ async fn silent_sockets_are_closed_and_answering_ones_stay() {
 /// shared; a socket holds at most its write buffer), and a healthy viewer receives every tick.
 #[tokio::test]
 async fn stalled_viewers_do_not_starve_a_healthy_one() {
+    if !open_files_for(4_096, "stalled viewers") {
+        return;
+    }
     let server = start(config()).await;
     let subscribe = json!({"type": "subscribe", "layer": "drivers", "precision": 7,
         "bbox": {"south": 6.38, "west": 3.25, "north": 6.70, "east": 3.60}});

@@ -4,12 +4,21 @@
 //! The suite runs proptest's default 256 cases per property; a long run is
 //! `PROPTEST_CASES=100000 cargo test -p server --test integration fuzz`.
 
-use app::protocol::{BBox, HeatSubscription, Layer, Ping};
 use proptest::prelude::*;
+use protocol::{
+    driver::Ping,
+    geo::BBox,
+    heat::{HeatSubscription, Layer},
+    orders::OrderEvent,
+    problem::ErrorCode,
+};
 use pulsemap::{
     auth::{Auth, Kind},
-    decode::{self, DriverInput},
-    viewport::{parse_bbox, resolve},
+    ingest::decode::{self, DriverInput},
+    state::{
+        cell::cells_spanned,
+        viewport::{parse_bbox, resolve},
+    },
 };
 
 /// JSON-ish text: mostly the characters JSON is made of, so the decoders get past their first byte.
@@ -97,7 +106,7 @@ proptest! {
     #[test]
     fn raw_bytes_never_panic(body in proptest::collection::vec(any::<u8>(), 0..256)) {
         let _ = decode::batch::<Ping>(&body, 100);
-        let _ = decode::batch::<app::protocol::OrderEvent>(&body, 100);
+        let _ = decode::batch::<OrderEvent>(&body, 100);
         if let Ok(text) = std::str::from_utf8(&body) {
             let _ = decode::driver_message(text, 100);
         }
@@ -145,7 +154,7 @@ proptest! {
             }
             Err(e) => {
                 prop_assert!(!well_formed, "refused {:?}: {:?}", text, e);
-                prop_assert_eq!(e.code, app::protocol::ErrorCode::BboxInvalid);
+                prop_assert_eq!(e.code, ErrorCode::BboxInvalid);
             }
         }
     }
@@ -157,14 +166,14 @@ proptest! {
         let max_cells = 262_144;
         match resolve(&sub, max_cells) {
             Ok(view) => {
-                let cells = pulsemap::cell::cells_spanned(&view.bbox, view.key.precision);
+                let cells = cells_spanned(&view.bbox, view.key.precision);
                 prop_assert!(cells <= max_cells as f64);
                 prop_assert!(!view.tiles.is_empty());
             }
             Err(invalid) if well_formed => {
                 let precision = sub.precision.unwrap();
-                prop_assert_eq!(invalid.code, app::protocol::ErrorCode::BboxTooLarge);
-                prop_assert!(pulsemap::cell::cells_spanned(&sub.bbox, precision) > max_cells as f64);
+                prop_assert_eq!(invalid.code, ErrorCode::BboxTooLarge);
+                prop_assert!(cells_spanned(&sub.bbox, precision) > max_cells as f64);
             }
             Err(_) => {}
         }

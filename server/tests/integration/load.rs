@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use pulsemap::load::{ingest, IngestPlan, Transport};
+use tools::ingest::{ingest, IngestPlan, Transport};
 
 use crate::common::*;
 
@@ -34,7 +34,7 @@ async fn the_ingest_scenario_runs_on_both_transports_and_loses_nothing() {
 
 #[tokio::test]
 async fn the_track_scenario_measures_delivery_without_duplicates() {
-    use pulsemap::load::{track, TrackPlan};
+    use tools::track::{track, TrackPlan};
     let server = start(config()).await;
     let plan = TrackPlan {
         url: url(&server, ""),
@@ -54,7 +54,7 @@ async fn the_track_scenario_measures_delivery_without_duplicates() {
 
 #[tokio::test]
 async fn the_fanout_scenario_delivers_every_tick_to_every_viewer() {
-    use pulsemap::load::{fanout, FanoutPlan};
+    use tools::fanout::{fanout, FanoutPlan};
     let mut config = config();
     config.tick_ms = 200;
     let server = start(config).await;

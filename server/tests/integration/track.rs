@@ -58,7 +58,19 @@ async fn driver_lookups_validate_and_404() {
     assert_eq!((status, body["error"]["code"].as_str()), (404, Some("not_found")), "{body}");
     let (status, body) = get(&server, "/api/drivers/bad%20id").await;
     assert_eq!((status, body["error"]["code"].as_str()), (400, Some("driver_id_invalid")), "{body}");
-    let response = reqwest::get(url(&server, "/ws/track/bad%20id")).await.unwrap();
-    assert_eq!(response.status().as_u16(), 400);
+    // A WebSocket handshake for a malformed id is refused with the code; a plain GET is told to upgrade.
+    let refused = tokio_tungstenite::connect_async(format!("ws://{}/ws/track/bad%20id", server.addr)).await;
+    match refused {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            let body: serde_json::Value = serde_json::from_slice(response.body().as_deref().unwrap()).unwrap();
+            assert_eq!((response.status().as_u16(), body["error"]["code"].as_str()), (400, Some("driver_id_invalid")));
+        }
+        other => panic!("the handshake should be refused: {other:?}"),
+    }
+    let response = reqwest::get(url(&server, "/ws/track/t1")).await.unwrap();
+    assert_eq!(response.status().as_u16(), 426);
+    assert_eq!(response.headers()["upgrade"], "websocket");
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "upgrade_required");
     server.stop().await;
 }

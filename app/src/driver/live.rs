@@ -1,0 +1,444 @@
+//! The driver's side: watch the phone's position, decide which fixes to send, and deliver them without losing
+//! any.
+//!
+//! A fix counts as delivered only when the server acknowledges it. Fixes go out on `/ws/driver` when it is open;
+//! otherwise through the `send_ping` server function; when both fail they wait in a bounded queue (the oldest is
+//! dropped first, and counted) and go out when a connection is back. Fixes in flight when a socket drops go back
+//! to the front of the queue.
+
+use std::{cell::RefCell, rc::Rc};
+
+use leaflet::{Circle, LatLng, Map, Marker};
+use leptos::{prelude::*, task::spawn_local};
+use protocol::{
+    driver::{DriverClientMsg, DriverServerMsg, IssuedToken, Ping, PingReply},
+    problem::ErrorCode,
+};
+use wasm_bindgen::{prelude::Closure, JsCast};
+
+use super::{
+    outbox::{renewal, Outbox, Refused, Renewal, Retry, Rules},
+    send_ping,
+    signals::{DriverSignals, Sharing},
+};
+use crate::{
+    browser::{every, expose, local_storage, map::new_map, now_ms, origin, post_api, settings, sleep, socket},
+    ui::{ConnState, CITY_CENTER},
+};
+
+/// localStorage key of the driver's id and token (from `POST /api/drivers/enter`).
+const CREDENTIALS_KEY: &str = "pulsemap.driver";
+
+struct Session {
+    s: DriverSignals,
+    driver_id: String,
+    /// The driver's token: sent as `auth` on every connection and with every server-function ping.
+    token: String,
+    map: Map,
+    marker: Option<(Marker, Circle)>,
+    watch: Option<Watch>,
+    socket: Option<socket::LiveSocket>,
+    /// The fixes on their way out, by the page's sending rules.
+    outbox: Outbox,
+    /// A server-function delivery is under way.
+    fallback_busy: bool,
+}
+
+type Shared = Rc<RefCell<Session>>;
+
+/// A geolocation watch and the callbacks it calls (kept alive until the watch is cleared).
+struct Watch {
+    id: i32,
+    _on_fix: Closure<dyn FnMut(web_sys::Position)>,
+    _on_error: Closure<dyn FnMut(web_sys::PositionError)>,
+}
+
+/// This browser's driver id and token: the stored ones while they have time left, renewed when they are near
+/// their end, or a new driver from the server. Retries until the server answers.
+async fn credentials(s: DriverSignals) -> IssuedToken {
+    let storage = local_storage();
+    let stored: Option<IssuedToken> = storage
+        .as_ref()
+        .and_then(|st| st.get_item(CREDENTIALS_KEY).ok().flatten())
+        .and_then(|text| serde_json::from_str(&text).ok());
+    let renew = match (renewal(stored.as_ref().map(|t| t.expires_ms as f64), now_ms()), stored) {
+        (Renewal::Keep, Some(stored)) => return stored,
+        (Renewal::Renew, Some(stored)) => Some(stored.token),
+        _ => None,
+    };
+    let mut attempt = 0u32;
+    let issued = loop {
+        match post_api::<IssuedToken>("/api/drivers/enter", renew.as_deref(), &serde_json::json!({})).await {
+            Ok(issued) => break issued,
+            Err(e) => {
+                attempt += 1;
+                s.error.set(format!("Cannot enter as a driver yet ({e}); retrying…"));
+                sleep(1_000 * attempt.min(10)).await;
+            }
+        }
+    };
+    s.error.set(String::new());
+    if let (Some(storage), Ok(text)) = (storage, serde_json::to_string(&issued)) {
+        let _ = storage.set_item(CREDENTIALS_KEY, &text);
+    }
+    issued
+}
+
+/// Forgets the stored credentials (the server refused them): the next load enters again.
+fn forget_credentials() {
+    if let Some(storage) = local_storage() {
+        let _ = storage.remove_item(CREDENTIALS_KEY);
+    }
+}
+
+pub fn start(element: web_sys::HtmlDivElement, s: DriverSignals) {
+    spawn_local(async move {
+        let issued = credentials(s).await;
+        begin_session(element, s, issued);
+    });
+}
+
+fn begin_session(element: web_sys::HtmlDivElement, s: DriverSignals, issued: IssuedToken) {
+    let settings = settings();
+    s.driver_id.set(issued.driver_id.clone());
+    let map = new_map(element.unchecked_ref(), CITY_CENTER, 13.0, &settings);
+    expose("pulsemapMap", &map);
+    let rules = Rules { max_accuracy_m: settings.max_accuracy_m, heartbeat_ms: settings.heartbeat_secs * 1000.0 };
+    let session: Shared = Rc::new(RefCell::new(Session {
+        s,
+        driver_id: issued.driver_id,
+        token: issued.token,
+        map,
+        marker: None,
+        watch: None,
+        socket: None,
+        outbox: Outbox::new(rules),
+        fallback_busy: false,
+    }));
+    Effect::new({
+        let session = session.clone();
+        move |_| {
+            if s.wants_sharing.get() {
+                begin(&session);
+            } else {
+                end(&session);
+            }
+        }
+    });
+    every(1_000, move || heartbeat(&session));
+}
+
+fn begin(this: &Shared) {
+    let s = this.borrow().s;
+    if this.borrow().watch.is_some() {
+        return;
+    }
+    s.error.set(String::new());
+    let geolocation = match web_sys::window().expect("window").navigator().geolocation() {
+        Ok(g) => g,
+        Err(_) => {
+            s.error.set("This browser cannot share its location (no Geolocation API).".into());
+            s.wants_sharing.set(false);
+            return;
+        }
+    };
+    let on_fix = Closure::<dyn FnMut(web_sys::Position)>::new({
+        let this = this.clone();
+        move |position: web_sys::Position| on_position(&this, position)
+    });
+    let on_error = Closure::<dyn FnMut(web_sys::PositionError)>::new({
+        let this = this.clone();
+        move |error: web_sys::PositionError| on_geo_error(&this, error)
+    });
+    let options = web_sys::PositionOptions::new();
+    options.set_enable_high_accuracy(true);
+    options.set_timeout(20_000);
+    options.set_maximum_age(0);
+    let watch = geolocation.watch_position_with_error_callback_and_options(
+        on_fix.as_ref().unchecked_ref(),
+        Some(on_error.as_ref().unchecked_ref()),
+        &options,
+    );
+    let Ok(watch_id) = watch else {
+        s.error.set("The browser refused to watch the position.".into());
+        s.wants_sharing.set(false);
+        return;
+    };
+    s.sharing.set(Sharing::Locating);
+    let socket = socket::open("/ws/driver", handlers(this));
+    let token = {
+        let mut session = this.borrow_mut();
+        session.watch = Some(Watch { id: watch_id, _on_fix: on_fix, _on_error: on_error });
+        session.socket = Some(socket);
+        session.token.clone()
+    };
+    // A fresh tracking link for this sharing session; stopping revokes it.
+    spawn_local(async move {
+        match post_api::<IssuedToken>("/api/shares", Some(&token), &serde_json::json!({})).await {
+            Ok(link) => s.share_url.set(format!("{}{}", origin(), link.path.unwrap_or_default())),
+            Err(e) => s.error.set(format!("Could not make a tracking link: {e}")),
+        }
+    });
+}
+
+/// Stops the watch and the socket. What is still queued stays queued for the next start.
+fn end(this: &Shared) {
+    let (watch, socket) = {
+        let mut session = this.borrow_mut();
+        let watch = session.watch.take();
+        let socket = session.socket.take();
+        session.outbox.connection_lost();
+        session.publish_counts();
+        (watch, socket)
+    };
+    let s = this.borrow().s;
+    if let Some(watch) = &watch {
+        if let Ok(geolocation) = web_sys::window().expect("window").navigator().geolocation() {
+            geolocation.clear_watch(watch.id);
+        }
+    }
+    if let Some(socket) = socket {
+        socket.close();
+    }
+    if watch.is_some() {
+        s.sharing.set(Sharing::Stopped);
+        s.conn.set(ConnState::Connecting);
+        s.share_url.set(String::new());
+        let token = this.borrow().token.clone();
+        spawn_local(async move {
+            if let Err(e) =
+                post_api::<serde_json::Value>("/api/shares/revoke", Some(&token), &serde_json::json!({})).await
+            {
+                s.error.set(format!("Could not switch off the tracking link: {e}"));
+            }
+        });
+    }
+}
+
+fn handlers(this: &Shared) -> socket::Handlers {
+    let s = this.borrow().s;
+    socket::Handlers {
+        on_open: Box::new({
+            let this = this.clone();
+            move || {
+                // The credential first, then everything queued, on every new connection.
+                let mut session = this.borrow_mut();
+                let auth = DriverClientMsg::Auth { token: session.token.clone() };
+                let mut messages = vec![serde_json::to_string(&auth).expect("messages serialise")];
+                while let Some(message) = session.outbox.next_for_socket() {
+                    messages.push(message);
+                }
+                session.publish_counts();
+                messages
+            }
+        }),
+        on_message: Box::new({
+            let this = this.clone();
+            move |text| on_server_message(&this, text)
+        }),
+        on_conn: Box::new(move |state| s.conn.set(state)),
+        on_down: Box::new({
+            let this = this.clone();
+            move || {
+                let mut session = this.borrow_mut();
+                session.outbox.connection_lost();
+                session.publish_counts();
+            }
+        }),
+    }
+}
+
+impl Session {
+    /// Shows the outbox's counts on the page.
+    fn publish_counts(&self) {
+        let counts = self.outbox.counts();
+        self.s.queued.set(self.outbox.queued());
+        self.s.sent.set(counts.sent);
+        self.s.acked.set(counts.acked);
+        self.s.dropped.set(counts.dropped);
+        self.s.inaccurate.set(counts.inaccurate);
+    }
+
+    fn show_position(&mut self, lat: f64, lon: f64, accuracy: f64) {
+        let at = LatLng::new(lat, lon);
+        match &self.marker {
+            Some((marker, circle)) => {
+                marker.set_lat_lng(&at);
+                circle.set_lat_lng(&at);
+                circle.set_radius(accuracy);
+                // The driver's own map follows them.
+                self.map.set_view(&at, self.map.get_zoom());
+            }
+            None => {
+                let marker = Marker::new(&at);
+                marker.add_to(&self.map);
+                let circle = Circle::new_with_radius(&at, accuracy);
+                circle.add_to(&self.map);
+                self.map.set_view(&at, 16.0);
+                self.marker = Some((marker, circle));
+            }
+        }
+    }
+}
+
+fn on_position(this: &Shared, position: web_sys::Position) {
+    let coords = position.coords();
+    let (lat, lon, accuracy) = (coords.latitude(), coords.longitude(), coords.accuracy());
+    let finite = |v: Option<f64>| v.filter(|v| v.is_finite());
+    {
+        let mut session = this.borrow_mut();
+        if session.watch.is_none() {
+            return;
+        }
+        let s = session.s;
+        session.show_position(lat, lon, accuracy);
+        s.last_fix.set(format!("{lat:.5}, {lon:.5} ± {accuracy:.0} m"));
+        s.sharing.set(Sharing::Sharing);
+        let ping = Ping {
+            driver_id: session.driver_id.clone(),
+            lat,
+            lon,
+            ts: position.timestamp() as i64,
+            accuracy_m: Some(accuracy),
+            heading_deg: finite(coords.heading()),
+            speed_mps: finite(coords.speed()),
+        };
+        match session.outbox.offer(ping, now_ms()) {
+            // A good fix answers any earlier location trouble.
+            Ok(()) => s.error.set(String::new()),
+            Err(Refused::Inaccurate { accuracy_m, limit_m }) => s.error.set(format!(
+                "The last fix was only accurate to {accuracy_m:.0} m (the limit is {limit_m:.0} m), so it was not \
+                 sent. Open sky or Wi-Fi helps."
+            )),
+            Err(Refused::Invalid(invalid)) => s.error.set(format!("This fix cannot be sent: {}", invalid.message)),
+        }
+        session.publish_counts();
+    }
+    flush(this);
+}
+
+/// Once a second: send a move that had to wait, or the heartbeat; and retry queued fixes.
+fn heartbeat(this: &Shared) {
+    {
+        let mut session = this.borrow_mut();
+        if session.watch.is_none() {
+            return;
+        }
+        session.outbox.queue_due(now_ms());
+    }
+    flush(this);
+}
+
+/// Sends what is queued: on the socket when it is open, else one at a time through the server function.
+fn flush(this: &Shared) {
+    let mut session = this.borrow_mut();
+    let live = session.socket.as_ref().is_some_and(socket::LiveSocket::is_live);
+    if live {
+        while let Some(message) = session.outbox.next_for_socket() {
+            let sent = session.socket.as_ref().is_some_and(|socket| socket.send(message));
+            if !sent {
+                // The socket closed under us: its on_down puts everything in flight back.
+                break;
+            }
+        }
+        session.publish_counts();
+        return;
+    }
+    session.publish_counts();
+    if session.fallback_busy || session.outbox.queued() == 0 || session.watch.is_none() {
+        return;
+    }
+    session.fallback_busy = true;
+    drop(session);
+    let this = this.clone();
+    spawn_local(async move {
+        loop {
+            let Some(ping) = this.borrow().outbox.front().cloned() else { break };
+            let s = this.borrow().s;
+            let token = this.borrow().token.clone();
+            match send_ping(token, ping).await {
+                Ok(reply) => {
+                    let mut session = this.borrow_mut();
+                    session.outbox.front_delivered(reply == PingReply::Accepted);
+                    if let PingReply::Rejected(error) = reply {
+                        s.error.set(error.describe());
+                    }
+                    session.publish_counts();
+                }
+                Err(_) => {
+                    let queued = this.borrow().outbox.queued();
+                    s.error.set(format!(
+                        "No connection to the server: {queued} fixes wait here and will be sent when it is back."
+                    ));
+                    break;
+                }
+            }
+            if this.borrow().socket.as_ref().is_some_and(socket::LiveSocket::is_live) {
+                break;
+            }
+        }
+        this.borrow_mut().fallback_busy = false;
+    });
+}
+
+fn on_server_message(this: &Shared, text: &str) {
+    let Ok(message) = serde_json::from_str::<DriverServerMsg>(text) else { return };
+    let mut session = this.borrow_mut();
+    let s = session.s;
+    match message {
+        DriverServerMsg::Ack { seq: Some(seq), accepted } => {
+            if session.outbox.acked(seq, accepted) && s.error.get_untracked().starts_with("No connection") {
+                s.error.set(String::new());
+            }
+        }
+        DriverServerMsg::Ack { seq: None, .. } | DriverServerMsg::Ready { .. } => {}
+        DriverServerMsg::Error { seq, error, .. } => {
+            if matches!(error.code, ErrorCode::TokenInvalid | ErrorCode::TokenExpired | ErrorCode::Unauthorized) {
+                // The server no longer knows this token (restarted with a new secret, or it ran out): the fixes
+                // stay queued here; a reload enters again.
+                forget_credentials();
+                s.error.set(format!(
+                    "{} Reload the page to enter again; your unsent fixes are kept until then.",
+                    error.describe()
+                ));
+                if let Some(seq) = seq {
+                    session.outbox.refused(seq, Retry::Later);
+                }
+            } else {
+                // A busy or stopping server's refusal is worth retrying; anything else is final for that ping.
+                let retry = match error.code {
+                    ErrorCode::QueueFull | ErrorCode::ShuttingDown | ErrorCode::StoreUnavailable => Retry::Later,
+                    _ => Retry::Never,
+                };
+                let ours = seq.is_some_and(|seq| session.outbox.refused(seq, retry));
+                if !ours || retry == Retry::Never {
+                    s.error.set(error.describe());
+                }
+            }
+            session.publish_counts();
+        }
+        DriverServerMsg::SlowDown { retry_after_ms } => {
+            s.error.set(format!("The server is busy; it asked to wait {retry_after_ms} ms. Nothing is lost."));
+        }
+    }
+}
+
+fn on_geo_error(this: &Shared, error: web_sys::PositionError) {
+    let s = this.borrow().s;
+    match error.code() {
+        web_sys::PositionError::PERMISSION_DENIED => {
+            s.error.set(
+                "Location permission was denied. Allow location for this site in your browser's settings \
+                 (the icon left of the address), then press Start sharing again."
+                    .into(),
+            );
+            s.wants_sharing.set(false);
+        }
+        web_sys::PositionError::POSITION_UNAVAILABLE => s.error.set(
+            "Your position is unavailable right now (no GPS or network location). Turn on location services or \
+             move to open sky; still trying."
+                .into(),
+        ),
+        _ => s.error.set("Timed out waiting for a GPS fix; still trying. Check that location services are on.".into()),
+    }
+}

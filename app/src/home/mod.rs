@@ -1,0 +1,111 @@
+//! `/`: the live heatmap of the city, with layer and window switches, a legend, counters and a connection badge.
+//! The page is rendered here; [`live`] (in the browser) draws the heat from `/ws/heat` into the signals.
+
+#[cfg(feature = "hydrate")]
+mod live;
+mod signals;
+
+use leptos::prelude::*;
+use leptos_meta::{Meta, Title};
+use protocol::heat::{Layer, DEFAULT_WINDOW_MIN, WINDOWS_MIN};
+
+pub use signals::HomeSignals;
+
+use crate::ui::Badge;
+
+#[component]
+pub fn HomePage() -> impl IntoView {
+    let signals = HomeSignals::new();
+    let map_ref = NodeRef::<leptos::html::Div>::new();
+    #[cfg(feature = "hydrate")]
+    crate::ui::when_mounted(map_ref, move |element| live::start(element, signals));
+
+    let HomeSignals { layer, window_min, conn, totals, legend_max, cells_in_view } = signals;
+    let layer_button = move |this: Layer, label: &'static str| {
+        view! {
+            <button
+                id=format!("layer-{}", this.as_str())
+                class=move || if layer.get() == this { "active" } else { "" }
+                aria-pressed=move || (layer.get() == this).to_string()
+                on:click=move |_| layer.set(this)
+            >
+                {label}
+            </button>
+        }
+    };
+    let unit = move || match layer.get() {
+        Layer::Drivers => "drivers per cell",
+        Layer::Orders => "orders per cell",
+    };
+    view! {
+        <Title text="pulsemap — live drivers and demand in Lagos"/>
+        <Meta name="description" content="A live heatmap of where drivers and orders are across the city, right now."/>
+        <div class="home">
+            <div id="map" class="map" node_ref=map_ref aria-label="Live heatmap of Lagos"></div>
+            <section class="panel">
+                <header class="panel-head">
+                    <h1>"pulsemap"</h1>
+                    <Badge state=conn/>
+                </header>
+                <p class="lede">"Where Lagos' drivers and orders are, right now."</p>
+                <p class="counters">
+                    <strong id="drivers-online">{move || totals.get().drivers_online}</strong>
+                    " drivers online · "
+                    <strong id="orders-count">{move || totals.get().orders_in(window_min.get())}</strong>
+                    {move || format!(" orders in the last {} min", window_min.get())}
+                </p>
+                <div class="controls">
+                    <div class="segmented" role="group" aria-label="Layer">
+                        {layer_button(Layer::Drivers, "Drivers")}
+                        {layer_button(Layer::Orders, "Orders")}
+                    </div>
+                    <label class="window">
+                        "Window "
+                        <select
+                            id="window"
+                            prop:value=move || window_min.get().to_string()
+                            on:change=move |ev| {
+                                if let Ok(w) = event_target_value(&ev).parse::<u32>() {
+                                    window_min.set(w);
+                                }
+                            }
+                        >
+                            {WINDOWS_MIN
+                                .iter()
+                                .map(|w| {
+                                    view! {
+                                        <option value=w.to_string() selected=*w == DEFAULT_WINDOW_MIN>
+                                            {format!("{w} min")}
+                                        </option>
+                                    }
+                                })
+                                .collect_view()}
+                        </select>
+                    </label>
+                </div>
+                <div class="legend" id="legend">
+                    <span class="legend-bar" aria-hidden="true"></span>
+                    <span class="legend-scale">
+                        <span id="legend-min">{move || if legend_max.get() == 0 { "0" } else { "1" }}</span>
+                        <span id="legend-max">{move || legend_max.get()}</span>
+                    </span>
+                    <span class="legend-unit">
+                        {unit}
+                        {move || match cells_in_view.get() {
+                            0 => " · nothing in view yet".to_string(),
+                            n => format!(" · {n} cells in view"),
+                        }}
+                    </span>
+                </div>
+                <nav class="cta">
+                    <a class="button primary" id="enter-driver" href="/driver" rel="external">
+                        "Enter as Driver"
+                    </a>
+                    <a class="button" id="track-driver" href="/track" rel="external">
+                        "Track a driver"
+                    </a>
+                </nav>
+            </section>
+        </div>
+    }
+}

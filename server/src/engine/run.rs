@@ -1,0 +1,317 @@
+//! The engine task: applies pings and orders as they arrive, other instances' work as the feed brings it, and
+//! once per tick expires stale drivers, rolls the windows, ends the store's tick and publishes the heat.
+
+use std::{collections::HashMap, sync::Arc, time::Instant};
+
+use axum::extract::ws::Utf8Bytes;
+use protocol::{
+    driver::Ping,
+    heat::{HeatDelta, HeatServerMsg, HeatSnapshot, Layer, Totals, DEFAULT_WINDOW_MIN},
+    orders::OrderEvent,
+    track::TrackMsg,
+};
+use tokio::{sync::mpsc, time::MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+
+use super::{tracking::Tracking, Command};
+use crate::{
+    clock::now_ms,
+    config::Config,
+    hub::{Hub, TickFrames, TileFrame},
+    ingest::{IngestItem, QueueReceiver},
+    metrics::Metrics,
+    state::{
+        cell::{tile_len, Cell},
+        heat::{HeatKey, HeatState, Increment},
+        presence::PresenceMap,
+        window::slot_of,
+    },
+    store::{Arrival, Feed, FeedEvent, StateOfRecord, Store},
+};
+
+pub(super) struct Engine {
+    presence: PresenceMap,
+    heat: HeatState,
+    /// Where every change to the heat goes first ([`StateOfRecord::record`]).
+    record: Box<dyn StateOfRecord>,
+    /// Other instances' work (with the embedded store, nothing ever comes).
+    feed: Feed,
+    tracking: Tracking,
+    hub: Arc<Hub>,
+    metrics: Arc<Metrics>,
+    /// The tick number: snapshots carry the last one published, deltas their own.
+    seq: u64,
+    stale_ms: i64,
+    forget_ms: i64,
+    /// Totals at the last tick: they go out only when they change.
+    last_totals: Option<Totals>,
+}
+
+fn encode<T: serde::Serialize>(value: &T) -> Utf8Bytes {
+    Utf8Bytes::from(serde_json::to_string(value).expect("protocol types always serialise"))
+}
+
+impl Engine {
+    pub fn new(config: &Config, store: Store, hub: Arc<Hub>, metrics: Arc<Metrics>) -> Engine {
+        let Store { record, mut feed, bus, .. } = store;
+        let mut heat = HeatState::new(now_ms());
+        for increment in std::mem::take(&mut feed.loaded) {
+            heat.apply(increment);
+        }
+        Engine {
+            presence: PresenceMap::default(),
+            heat,
+            record,
+            feed,
+            tracking: Tracking::new(bus),
+            hub,
+            metrics,
+            seq: 0,
+            stale_ms: config.stale_after_ms(),
+            forget_ms: config.forget_after_ms(),
+            last_totals: None,
+        }
+    }
+
+    pub async fn run(
+        mut self,
+        mut queue: QueueReceiver,
+        mut commands: mpsc::Receiver<Command>,
+        tick: std::time::Duration,
+        shutdown: CancellationToken,
+        closed: CancellationToken,
+    ) -> u64 {
+        let mut ticker = tokio::time::interval(tick);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                _ = ticker.tick() => self.tick(),
+                Some(command) = commands.recv() => self.answer(command),
+                item = queue.rx.recv() => match item {
+                    Some(item) => self.take(item, &queue),
+                    None => break,
+                },
+                arrival = self.feed.next() => match arrival {
+                    Arrival::Heat(event) => self.apply_feed(event),
+                    Arrival::Tracking(relayed) => self.tracking.deliver(&relayed.driver_id, &relayed.msg),
+                },
+            }
+        }
+        // Draining: requests still in flight may queue more, and handlers may still ask questions, until the
+        // server says nothing more can come; then the queue is closed and what is left applied.
+        let mut drained = 0;
+        loop {
+            tokio::select! {
+                biased;
+                _ = closed.cancelled() => break,
+                Some(command) = commands.recv() => self.answer(command),
+                item = queue.rx.recv() => match item {
+                    Some(item) => {
+                        drained += item.count() as u64;
+                        self.take(item, &queue);
+                    }
+                    None => break,
+                },
+                _ = ticker.tick() => self.tick(),
+            }
+        }
+        queue.rx.close();
+        while let Some(item) = queue.rx.recv().await {
+            drained += item.count() as u64;
+            self.take(item, &queue);
+        }
+        self.tick();
+        tracing::info!(drained, "engine drained its queue");
+        drained
+    }
+
+    fn take(&mut self, item: IngestItem, queue: &QueueReceiver) {
+        let n = item.count();
+        match item {
+            IngestItem::Pings(pings) => self.apply_pings(pings),
+            IngestItem::Orders(orders) => self.apply_orders(orders),
+        }
+        queue.room.add_permits(n);
+    }
+
+    fn apply_pings(&mut self, pings: Vec<Ping>) {
+        let now = now_ms();
+        let n = pings.len() as u64;
+        for ping in pings {
+            let (change, state) = self.presence.apply(ping, now);
+            if let Some(cell) = change.left {
+                self.record.record(Increment::Driver { cell, delta: -1 }, &mut self.heat);
+            }
+            if let Some(cell) = change.entered {
+                self.record.record(Increment::Driver { cell, delta: 1 }, &mut self.heat);
+            }
+            if !(change.moved || change.came_online) {
+                continue;
+            }
+            self.record.record_presence(state);
+            let driver_id = &state.fix.driver_id;
+            if !self.tracking.watched(driver_id) {
+                continue;
+            }
+            if change.came_online {
+                self.tracking.publish(driver_id, &TrackMsg::Online { driver_id: driver_id.clone() });
+            }
+            if change.moved {
+                self.tracking.publish(driver_id, &TrackMsg::Fix(state.to_fix()));
+            }
+        }
+        self.metrics.pings_aggregated.inc_by(n);
+    }
+
+    fn apply_orders(&mut self, orders: Vec<OrderEvent>) {
+        let now = now_ms();
+        let n = orders.len() as u64;
+        for order in orders {
+            // A clock slightly ahead counts now, not in a slot the window has not reached.
+            let slot = slot_of(order.ts.min(now));
+            let cell = Cell::at(order.lat, order.lon);
+            self.record.record(Increment::Order { cell, slot, count: 1 }, &mut self.heat);
+        }
+        self.metrics.orders_aggregated.inc_by(n);
+    }
+
+    fn apply_feed(&mut self, event: FeedEvent) {
+        match event {
+            FeedEvent::Increments(increments) => {
+                for increment in increments {
+                    self.heat.apply(increment);
+                }
+            }
+            FeedEvent::Reset(loaded) => {
+                // The store lost its data: start over from what it holds now, write back this instance's share
+                // (it comes back through the feed like any tick), and resync every viewer.
+                self.heat = HeatState::new(now_ms());
+                for increment in loaded {
+                    self.heat.apply(increment);
+                }
+                self.record.reseed(&self.presence);
+                self.last_totals = None;
+                self.seq += 1;
+                self.hub.resync_all(self.seq);
+            }
+        }
+    }
+
+    fn tick(&mut self) {
+        let started = Instant::now();
+        let now = now_ms();
+        // Staleness: drivers not heard from go offline and leave the drivers layer.
+        let mut went_offline = Vec::new();
+        let forgotten = self.presence.expire(now, self.stale_ms, self.forget_ms, |state| {
+            went_offline.push((state.fix.driver_id.clone(), state.cell, state.last_seen_ms));
+        });
+        for (driver_id, cell, last_seen_ms) in went_offline {
+            self.record.record(Increment::Driver { cell, delta: -1 }, &mut self.heat);
+            if let Some(state) = self.presence.get(&driver_id) {
+                self.record.record_presence(state);
+            }
+            if self.tracking.watched(&driver_id) {
+                self.tracking.publish(&driver_id, &TrackMsg::Offline { driver_id: driver_id.clone(), last_seen_ms });
+            }
+        }
+        for driver_id in forgotten {
+            self.record.record_forgotten(&driver_id);
+        }
+        self.heat.advance(now);
+        self.record.end_tick();
+        self.seq += 1;
+        self.publish_heat();
+        self.tracking.drop_idle();
+        // City-wide (every instance's drivers with a shared store), as the heat counts them.
+        self.metrics.drivers_online.set(self.heat.totals().drivers_online as i64);
+        self.metrics.observe_tick(started.elapsed());
+    }
+
+    /// Sends each key's changed cells, grouped by tile, to that key's viewers.
+    fn publish_heat(&mut self) {
+        let totals = self.heat.totals();
+        let totals_changed = self.last_totals != Some(totals);
+        self.last_totals = Some(totals);
+        for key in HeatKey::all() {
+            let dirty = self.heat.take_dirty(key);
+            if !self.hub.has_viewers(key) || (dirty.is_empty() && !totals_changed) {
+                continue;
+            }
+            let tile_len = tile_len(key.precision);
+            let mut by_tile: HashMap<Cell, Vec<(String, u32)>> = HashMap::new();
+            for (cell, n) in dirty {
+                by_tile.entry(cell.prefix(tile_len)).or_default().push((cell.as_str().to_string(), n));
+            }
+            let delta = |tile: Option<String>, cells: Vec<(String, u32)>, totals: Option<Totals>| {
+                encode(&HeatServerMsg::Delta(HeatDelta {
+                    seq: self.seq,
+                    layer: key.layer,
+                    window_min: public_window(key),
+                    precision: key.precision,
+                    tile,
+                    cells,
+                    totals,
+                }))
+            };
+            let changed_totals = totals_changed.then_some(totals);
+            let all_cells = by_tile.values().flatten().cloned().collect();
+            let frames = TickFrames {
+                seq: self.seq,
+                whole: Some(delta(None, all_cells, changed_totals)),
+                totals: changed_totals.map(|t| delta(None, Vec::new(), Some(t))),
+                tiles: by_tile
+                    .into_iter()
+                    .map(|(tile, cells)| TileFrame { tile, text: delta(Some(tile.to_string()), cells, None) })
+                    .collect(),
+                resync: false,
+            };
+            self.hub.publish(key, frames);
+        }
+    }
+
+    fn answer(&mut self, command: Command) {
+        match command {
+            Command::Snapshot { key, bbox, tiles, reply } => {
+                let snapshot = HeatSnapshot {
+                    seq: self.seq,
+                    layer: key.layer,
+                    window_min: public_window(key),
+                    precision: key.precision,
+                    bbox,
+                    cells: self.heat.snapshot(key, &bbox, &tiles),
+                    totals: self.heat.totals(),
+                };
+                let _ = reply.send(snapshot);
+            }
+            Command::Track { driver_id, reply } => {
+                let rx = self.tracking.join(&driver_id);
+                let now = match self.presence.get(&driver_id) {
+                    Some(state) => TrackMsg::Fix(state.to_fix()),
+                    None => TrackMsg::Unknown { driver_id },
+                };
+                let _ = reply.send((now, rx));
+            }
+            Command::Driver { driver_id, reply } => {
+                let _ = reply.send(self.presence.get(&driver_id).map(|s| s.to_fix()));
+            }
+            Command::Near { lat, lon, radius_m, limit, reply } => {
+                let _ = reply.send(self.presence.near(lat, lon, radius_m, limit));
+            }
+            Command::Revoke { driver_id, before_ms, reply } => {
+                let msg = TrackMsg::Revoked { driver_id: driver_id.clone(), before_ms };
+                self.tracking.publish(&driver_id, &msg);
+                let _ = reply.send(());
+            }
+        }
+    }
+}
+
+/// The window a key's frames report: the drivers layer has none, so it reports the default.
+fn public_window(key: HeatKey) -> u32 {
+    match key.layer {
+        Layer::Drivers => DEFAULT_WINDOW_MIN,
+        Layer::Orders => key.window_min,
+    }
+}

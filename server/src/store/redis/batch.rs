@@ -1,0 +1,233 @@
+//! What one tick writes: the tick's changes summed ([`TickBatch`]), the stream entry every instance applies
+//! ([`StreamEntry`]), and the one MULTI/EXEC that writes both ([`tick_pipeline`]). Pure: no connection here.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use protocol::track::DriverFix;
+use serde::{Deserialize, Serialize};
+
+use super::keys::Keys;
+use crate::{
+    clock::now_ms,
+    state::{cell::Cell, heat::Increment, window::SLOT_MS},
+};
+
+/// Entries the stream keeps (approximately): far more than instances write in the time a restart takes.
+const STREAM_MAXLEN: u64 = 100_000;
+/// Order slots outlive the longest window by this margin before Redis expires them.
+pub(crate) const ORDER_TTL_MS: i64 = 61 * 60_000;
+/// GEO sets cannot hold latitudes beyond this (Web Mercator's limit).
+const GEO_MAX_LAT: f64 = 85.051_128_78;
+
+/// What one tick changed, summed: the heat increments and the presence updates.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct TickBatch {
+    drivers: HashMap<Cell, i64>,
+    orders: HashMap<(Cell, i64), u64>,
+    /// The newest fix of each driver seen this tick (`online` false for drivers that went offline).
+    fixes: HashMap<String, DriverFix>,
+    /// Drivers forgotten (offline long enough): removed from presence.
+    forgotten: HashSet<String>,
+}
+
+impl TickBatch {
+    pub fn record(&mut self, increment: Increment) {
+        match increment {
+            Increment::Driver { cell, delta } => *self.drivers.entry(cell).or_default() += i64::from(delta),
+            Increment::Order { cell, slot, count } => *self.orders.entry((cell, slot)).or_default() += u64::from(count),
+        }
+    }
+
+    pub fn fix(&mut self, fix: DriverFix) {
+        self.forgotten.remove(&fix.driver_id);
+        self.fixes.insert(fix.driver_id.clone(), fix);
+    }
+
+    pub fn forget(&mut self, driver_id: &str) {
+        self.fixes.remove(driver_id);
+        self.forgotten.insert(driver_id.to_string());
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.drivers.is_empty() && self.orders.is_empty() && self.fixes.is_empty() && self.forgotten.is_empty()
+    }
+
+    /// Adds a later batch to this one (while Redis is unreachable, ticks pile up as one batch: bounded by cells
+    /// and drivers, not by time).
+    pub fn merge(&mut self, later: TickBatch) {
+        for (cell, delta) in later.drivers {
+            *self.drivers.entry(cell).or_default() += delta;
+        }
+        for (key, n) in later.orders {
+            *self.orders.entry(key).or_default() += n;
+        }
+        for fix in later.fixes.into_values() {
+            self.fix(fix);
+        }
+        for id in later.forgotten {
+            self.forget(&id);
+        }
+    }
+}
+
+/// The increments of one tick as they travel in the stream.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub(crate) struct StreamEntry {
+    /// `(finest cell, +/- drivers)`.
+    #[serde(default)]
+    pub d: Vec<(String, i64)>,
+    /// `(finest cell, slot, orders)`.
+    #[serde(default)]
+    pub o: Vec<(String, i64, u64)>,
+}
+
+impl StreamEntry {
+    pub fn increments(&self) -> Vec<Increment> {
+        let drivers = self.d.iter().filter_map(|(cell, delta)| {
+            Some(Increment::Driver { cell: Cell::parse(cell)?, delta: i32::try_from(*delta).ok()? })
+        });
+        let orders = self.o.iter().filter_map(|(cell, slot, n)| {
+            Some(Increment::Order { cell: Cell::parse(cell)?, slot: *slot, count: u32::try_from(*n).ok()? })
+        });
+        drivers.chain(orders).collect()
+    }
+}
+
+/// One MULTI/EXEC: counts, presence, and the stream entry every instance will apply.
+pub(crate) fn tick_pipeline(keys: &Keys, instance: &str, batch: &TickBatch) -> redis::Pipeline {
+    let mut pipe = redis::pipe();
+    pipe.atomic();
+    let mut entry = StreamEntry::default();
+    let mut partitions = BTreeMap::new();
+    for (cell, delta) in &batch.drivers {
+        if *delta == 0 {
+            continue;
+        }
+        let partition = Keys::partition(*cell);
+        pipe.cmd("HINCRBY").arg(keys.drivers(&partition)).arg(cell.as_str()).arg(*delta).ignore();
+        entry.d.push((cell.as_str().to_string(), *delta));
+        partitions.insert(partition, ());
+    }
+    let now = now_ms();
+    let mut expiring = BTreeMap::new();
+    for ((cell, slot), n) in &batch.orders {
+        let partition = Keys::partition(*cell);
+        let key = keys.orders(&partition, *slot);
+        pipe.cmd("HINCRBY").arg(&key).arg(cell.as_str()).arg(*n).ignore();
+        expiring.insert(key, (slot + 1) * SLOT_MS + ORDER_TTL_MS - now);
+        entry.o.push((cell.as_str().to_string(), *slot, *n));
+        partitions.insert(partition, ());
+    }
+    for (key, ttl_ms) in expiring {
+        pipe.cmd("PEXPIRE").arg(key).arg(ttl_ms.max(1_000)).ignore();
+    }
+    if !partitions.is_empty() {
+        pipe.cmd("SADD").arg(keys.partitions()).arg(partitions.keys().collect::<Vec<_>>()).ignore();
+    }
+    if !batch.fixes.is_empty() {
+        let mut hset = redis::cmd("HSET");
+        hset.arg(keys.presence());
+        let mut geoadd = redis::cmd("GEOADD");
+        geoadd.arg(keys.geo());
+        let (mut adds, mut offline) = (0, Vec::new());
+        for fix in batch.fixes.values() {
+            hset.arg(&fix.driver_id).arg(serde_json::to_string(fix).expect("fixes serialise"));
+            if fix.online && fix.lat.abs() <= GEO_MAX_LAT {
+                geoadd.arg(fix.lon).arg(fix.lat).arg(&fix.driver_id);
+                adds += 1;
+            } else {
+                offline.push(fix.driver_id.as_str());
+            }
+        }
+        pipe.add_command(hset).ignore();
+        if adds > 0 {
+            pipe.add_command(geoadd).ignore();
+        }
+        if !offline.is_empty() {
+            pipe.cmd("ZREM").arg(keys.geo()).arg(offline).ignore();
+        }
+    }
+    if !batch.forgotten.is_empty() {
+        let ids: Vec<&String> = batch.forgotten.iter().collect();
+        pipe.cmd("HDEL").arg(keys.presence()).arg(&ids).ignore();
+        pipe.cmd("ZREM").arg(keys.geo()).arg(&ids).ignore();
+    }
+    if !entry.d.is_empty() || !entry.o.is_empty() {
+        pipe.cmd("XADD")
+            .arg(keys.stream())
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(STREAM_MAXLEN)
+            .arg("*")
+            .arg("i")
+            .arg(instance)
+            .arg("d")
+            .arg(serde_json::to_string(&entry).expect("entries serialise"))
+            .ignore();
+    }
+    pipe
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fix(id: &str, online: bool) -> DriverFix {
+        DriverFix {
+            driver_id: id.into(),
+            lat: 6.5,
+            lon: 3.3,
+            ts: 1,
+            accuracy_m: None,
+            heading_deg: None,
+            speed_mps: None,
+            online,
+            last_seen_ms: 1,
+        }
+    }
+
+    #[test]
+    fn a_batch_sums_per_cell_and_later_ticks_merge_into_it() {
+        let (a, b) = (Cell::at(6.50, 3.30), Cell::at(6.60, 3.40));
+        let mut batch = TickBatch::default();
+        batch.record(Increment::Driver { cell: a, delta: 1 });
+        batch.record(Increment::Driver { cell: a, delta: 1 });
+        batch.record(Increment::Order { cell: b, slot: 7, count: 2 });
+        batch.fix(fix("d1", true));
+        let mut later = TickBatch::default();
+        later.record(Increment::Driver { cell: a, delta: -1 });
+        later.record(Increment::Order { cell: b, slot: 7, count: 1 });
+        later.forget("d1");
+        batch.merge(later);
+        assert_eq!(batch.drivers[&a], 1);
+        assert_eq!(batch.orders[&(b, 7)], 3);
+        assert!(batch.fixes.is_empty() && batch.forgotten.contains("d1"), "a later forget wins over a fix");
+        batch.fix(fix("d1", true));
+        assert!(!batch.forgotten.contains("d1"), "and a later fix over a forget");
+    }
+
+    #[test]
+    fn one_transaction_writes_counts_presence_and_the_stream_entry() {
+        let keys = Keys::new("t");
+        let (a, b) = (Cell::at(6.50, 3.30), Cell::at(6.60, 3.40));
+        let mut batch = TickBatch::default();
+        batch.record(Increment::Driver { cell: a, delta: 2 });
+        batch.record(Increment::Driver { cell: b, delta: 0 });
+        batch.record(Increment::Order { cell: b, slot: 7, count: 1 });
+        batch.fix(fix("on", true));
+        batch.fix(fix("off", false));
+        let pipe = tick_pipeline(&keys, "inst", &batch);
+        let first = |c: &redis::Cmd| match c.args_iter().next() {
+            Some(redis::Arg::Simple(name)) => String::from_utf8_lossy(name).into_owned(),
+            _ => String::new(),
+        };
+        let names: Vec<String> = pipe.cmd_iter().map(first).collect();
+        // A zero change writes nothing; the offline driver leaves the GEO set.
+        assert_eq!(names, ["HINCRBY", "HINCRBY", "PEXPIRE", "SADD", "HSET", "GEOADD", "ZREM", "XADD"], "{names:?}");
+        let entry = StreamEntry { d: vec![(a.as_str().into(), 2)], o: vec![(b.as_str().into(), 7, 1)] };
+        assert_eq!(
+            entry.increments(),
+            vec![Increment::Driver { cell: a, delta: 2 }, Increment::Order { cell: b, slot: 7, count: 1 }]
+        );
+    }
+}

@@ -1,0 +1,98 @@
+//! Every Redis key and channel name under one prefix, in one place (the README's key table lists them).
+
+use crate::state::cell::Cell;
+
+#[derive(Debug, Clone)]
+pub(crate) struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    pub fn new(prefix: &str) -> Keys {
+        Keys { prefix: prefix.trim_end_matches(':').to_string() }
+    }
+
+    /// The partition a cell's counts live in: its two-letter geohash prefix, used as a Redis Cluster hash tag so a
+    /// partition's keys share a slot.
+    pub fn partition(cell: Cell) -> String {
+        cell.prefix(2).as_str().to_string()
+    }
+
+    /// Finest cell -> drivers counted there, for one partition.
+    pub fn drivers(&self, partition: &str) -> String {
+        format!("{}:{{{partition}}}:d", self.prefix)
+    }
+
+    /// Finest cell -> orders in one 10-second slot, for one partition.
+    pub fn orders(&self, partition: &str, slot: i64) -> String {
+        format!("{}:{{{partition}}}:o:{slot}", self.prefix)
+    }
+
+    /// The partitions that have counts (what a loading instance reads).
+    pub fn partitions(&self) -> String {
+        format!("{}:regions", self.prefix)
+    }
+
+    /// Driver id -> last fix as JSON.
+    pub fn presence(&self) -> String {
+        format!("{}:presence", self.prefix)
+    }
+
+    /// Online drivers' positions, for nearest-driver queries.
+    pub fn geo(&self) -> String {
+        format!("{}:geo", self.prefix)
+    }
+
+    /// One entry per instance tick: the increments every instance applies.
+    pub fn stream(&self) -> String {
+        format!("{}:stream", self.prefix)
+    }
+
+    /// The channel of one driver's tracking messages.
+    pub fn track_channel(&self, driver_id: &str) -> String {
+        format!("{}{driver_id}", self.track_prefix())
+    }
+
+    /// What every tracking channel's name starts with.
+    pub fn track_prefix(&self) -> String {
+        format!("{}:trk:", self.prefix)
+    }
+
+    /// When a driver's share links were last revoked (unix ms), kept as long as a link can live.
+    pub fn revoked(&self, driver_id: &str) -> String {
+        format!("{}:revoked:{driver_id}", self.prefix)
+    }
+
+    /// The data generation: set once by the first instance on a Redis; a Redis that lost its data has none.
+    pub fn epoch(&self) -> String {
+        format!("{}:epoch", self.prefix)
+    }
+
+    /// Who tracks whom: members `driver|instance`, scored by when the claim lapses unless renewed.
+    pub fn tracked(&self) -> String {
+        format!("{}:tracked", self.prefix)
+    }
+
+    /// Bumped whenever a claim comes or goes, so instances re-read the claims only when they changed.
+    pub fn tracked_version(&self) -> String {
+        format!("{}:tracked:version", self.prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_partitions_keys_share_its_hash_tag() {
+        let keys = Keys::new("pm:");
+        let cell = Cell::at(6.5244, 3.3792);
+        let partition = Keys::partition(cell);
+        assert_eq!(partition, "s1");
+        assert_eq!(keys.drivers(&partition), "pm:{s1}:d");
+        assert_eq!(keys.orders(&partition, 42), "pm:{s1}:o:42");
+        assert_eq!(keys.track_channel("drv-1"), "pm:trk:drv-1");
+        assert!(keys.track_channel("drv-1").starts_with(&keys.track_prefix()));
+        assert_eq!(keys.partitions(), "pm:regions", "the key name stays what running deployments have");
+    }
+}

@@ -1,0 +1,123 @@
+//! Questions about the whole city, answered from Redis: a driver's last fix (the presence hash), the drivers
+//! nearest a point (the GEO set), share-link revocations, and whether Redis answers at all.
+
+use std::time::Duration;
+
+use futures::{future::BoxFuture, FutureExt};
+use protocol::{
+    geo::distance_m,
+    track::{DriverFix, NearDriver},
+};
+use redis::{aio::ConnectionManager, AsyncCommands};
+
+use super::{keys::Keys, stats::RedisStats};
+use crate::{
+    clock::now_ms,
+    store::{Answer, Lookups, StoreUnavailable},
+};
+
+pub(super) struct RedisLookups {
+    pub conn: ConnectionManager,
+    pub keys: Keys,
+    pub stats: RedisStats,
+    /// Presence entries not refreshed for this long belong to drivers gone stale.
+    pub stale_ms: i64,
+}
+
+fn unavailable(error: redis::RedisError) -> StoreUnavailable {
+    StoreUnavailable(error.to_string())
+}
+
+impl Lookups for RedisLookups {
+    fn last_fix<'a>(&'a self, driver_id: &'a str) -> Answer<'a, Option<DriverFix>> {
+        async move {
+            let mut conn = self.conn.clone();
+            self.stats.round_trips.inc();
+            let json: Option<String> = conn.hget(self.keys.presence(), driver_id).await.map_err(unavailable)?;
+            Ok(json.and_then(|j| serde_json::from_str(&j).ok()))
+        }
+        .boxed()
+    }
+
+    /// From the GEO set, nearest first; presence entries of drivers gone stale are skipped.
+    fn near(&self, lat: f64, lon: f64, radius_m: f64, limit: usize) -> Answer<'_, Option<Vec<NearDriver>>> {
+        async move {
+            let mut conn = self.conn.clone();
+            self.stats.round_trips.inc_by(2);
+            let found: Vec<(String, f64)> = redis::cmd("GEOSEARCH")
+                .arg(self.keys.geo())
+                .arg("FROMLONLAT")
+                .arg(lon)
+                .arg(lat)
+                .arg("BYRADIUS")
+                .arg(radius_m)
+                .arg("m")
+                .arg("ASC")
+                .arg("COUNT")
+                .arg(limit * 2 + 10)
+                .arg("WITHDIST")
+                .query_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            if found.is_empty() {
+                return Ok(Some(Vec::new()));
+            }
+            let ids: Vec<&String> = found.iter().map(|(id, _)| id).collect();
+            let fixes: Vec<Option<String>> = redis::cmd("HMGET")
+                .arg(self.keys.presence())
+                .arg(&ids)
+                .query_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            let fresh_after = now_ms() - self.stale_ms;
+            let mut near: Vec<NearDriver> = fixes
+                .into_iter()
+                .flatten()
+                .filter_map(|json| serde_json::from_str::<DriverFix>(&json).ok())
+                .filter(|fix| fix.online && fix.last_seen_ms >= fresh_after)
+                .map(|fix| NearDriver {
+                    distance_m: distance_m(lat, lon, fix.lat, fix.lon),
+                    driver_id: fix.driver_id,
+                    lat: fix.lat,
+                    lon: fix.lon,
+                    last_seen_ms: fix.last_seen_ms,
+                })
+                .filter(|d| d.distance_m <= radius_m)
+                .collect();
+            near.sort_by(|a, b| a.distance_m.total_cmp(&b.distance_m).then_with(|| a.driver_id.cmp(&b.driver_id)));
+            near.truncate(limit);
+            Ok(Some(near))
+        }
+        .boxed()
+    }
+
+    fn revoke_shares<'a>(&'a self, driver_id: &'a str, before_ms: i64, keep: Duration) -> Answer<'a, ()> {
+        async move {
+            let mut conn = self.conn.clone();
+            self.stats.round_trips.inc();
+            let keep_ms = keep.as_millis().max(1) as u64;
+            let options = redis::SetOptions::default().with_expiration(redis::SetExpiry::PX(keep_ms));
+            conn.set_options(self.keys.revoked(driver_id), before_ms, options).await.map_err(unavailable)
+        }
+        .boxed()
+    }
+
+    fn shares_revoked_before<'a>(&'a self, driver_id: &'a str) -> Answer<'a, Option<i64>> {
+        async move {
+            let mut conn = self.conn.clone();
+            self.stats.round_trips.inc();
+            conn.get(self.keys.revoked(driver_id)).await.map_err(unavailable)
+        }
+        .boxed()
+    }
+
+    fn healthy(&self) -> BoxFuture<'_, Option<bool>> {
+        async move {
+            let mut conn = self.conn.clone();
+            let up = redis::cmd("PING").query_async::<String>(&mut conn).await.is_ok();
+            self.stats.set_up(up);
+            Some(up)
+        }
+        .boxed()
+    }
+}

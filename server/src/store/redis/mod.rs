@@ -1,0 +1,140 @@
+//! The shared store: many pulsemap instances, one Redis, one live city.
+//!
+//! - **State of record.** Drivers per finest cell (`{p}:{pt}:d`), orders per slot (`{p}:{pt}:o:{slot}`, expiring
+//!   after the longest window), presence (`{p}:presence`, one field per driver) and a GEO set (`{p}:geo`). `pt`
+//!   is a partition, a two-letter geohash prefix used as a hash tag, so a partition's keys share a Cluster slot.
+//! - **One pipeline per tick** ([`batch`], [`writer`]). A tick's increments are summed per cell and written in one
+//!   MULTI/EXEC with the presence updates and one XADD of the same increments to `{p}:stream`: Redis commands per
+//!   tick grow with the cells that changed, never with the pings.
+//! - **Every instance applies every tick exactly once** ([`feed`]), its own included, by reading the stream in
+//!   order from the id it loaded at.
+//! - **Tracking** ([`tracking`]) and **lookups** ([`lookups`]) as the other two seams.
+//!
+//! [`keys`] names every key; [`stats`] is what the store reports on `/metrics`.
+
+mod batch;
+mod feed;
+mod keys;
+mod lookups;
+mod stats;
+mod tracking;
+mod writer;
+
+use std::{collections::HashSet, sync::Arc, time::Duration};
+
+use backon::{ExponentialBuilder, Retryable};
+use tokio::sync::mpsc;
+
+use super::{Feed, Store};
+use crate::{config::Config, metrics::Metrics};
+use keys::Keys;
+use stats::RedisStats;
+
+/// The epoch this instance writes under, shared by its writer and its stream reader.
+type Epoch = Arc<parking_lot::Mutex<String>>;
+
+/// Connects to Redis, retrying with backoff for `connect_for` before giving up with the last error.
+pub(crate) async fn open(config: &Config, connect_for: Duration, metrics: &mut Metrics) -> anyhow::Result<Store> {
+    let url = config.redis_url.as_deref().expect("open is called with a Redis URL");
+    let retries = ExponentialBuilder::new()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(5))
+        .with_jitter()
+        .without_max_times()
+        .with_total_delay(Some(connect_for));
+    let store = (|| start(url, config))
+        .retry(retries)
+        .notify(|error, wait| {
+            tracing::warn!(%error, retry_in_ms = wait.as_millis() as u64, "Redis is not reachable yet");
+        })
+        .await
+        .map_err(|error| {
+            error.context(format!(
+                "gave up on Redis after {} s (--redis-connect-secs); is it running at {url}?",
+                connect_for.as_secs()
+            ))
+        })?;
+    metrics.register(|registry| store.1.register(registry));
+    Ok(store.0)
+}
+
+/// Connects, loads the current heat and the stream id it corresponds to, and starts the writer, the stream
+/// reader, the tracking registry, publisher and subscriber.
+async fn start(url: &str, config: &Config) -> anyhow::Result<(Store, RedisStats)> {
+    let client = redis::Client::open(url).map_err(|e| anyhow::anyhow!("bad Redis URL {url}: {e}"))?;
+    // Fail fast while Redis is away (the writer keeps the tick and retries on its own schedule) instead of the
+    // default, which holds a command for ~9 s of internal retries.
+    let fail_fast = |response_timeout| {
+        redis::aio::ConnectionManagerConfig::new()
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_millis(500))
+            .set_connection_timeout(Some(Duration::from_secs(1)))
+            .set_response_timeout(Some(response_timeout))
+    };
+    let mut conn = client
+        .get_connection_manager_with_config(fail_fast(Duration::from_secs(2)))
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot connect to Redis at {url}: {e}"))?;
+    let keys = Keys::new(&config.redis_prefix);
+    let stats = RedisStats::default();
+    stats.set_up(true);
+    let epoch: Epoch = Arc::new(parking_lot::Mutex::new(feed::establish_epoch(&mut conn, &keys).await?));
+    let (loaded, loaded_id) = feed::load(&mut conn, &keys).await?;
+    tracing::info!(url, prefix = %config.redis_prefix, cells = loaded.len(), stream_id = %loaded_id, "loaded the heat from Redis");
+    let instance = format!("{:016x}", fastrand::u64(..));
+
+    let (writer_tx, batches) = mpsc::unbounded_channel();
+    // The writer's own connection: WATCH state is per connection.
+    let writer_conn = client.get_connection_manager_with_config(fail_fast(Duration::from_secs(5))).await?;
+    let written = tokio::spawn(writer::write_ticks(
+        writer_conn,
+        keys.clone(),
+        instance.clone(),
+        stats.clone(),
+        epoch.clone(),
+        batches,
+    ));
+    let (publications, pending) = mpsc::unbounded_channel();
+    tokio::spawn(tracking::publish(conn.clone(), stats.clone(), pending));
+    let (heat_tx, heat) = mpsc::channel(1024);
+    tokio::spawn(feed::read_stream(client.clone(), keys.clone(), loaded_id, stats.clone(), epoch, heat_tx));
+    let tracked_elsewhere = Arc::new(parking_lot::RwLock::new(HashSet::new()));
+    let tracked_here = Arc::new(parking_lot::Mutex::new(HashSet::new()));
+    tokio::spawn(tracking::refresh_tracked(
+        conn.clone(),
+        keys.clone(),
+        instance.clone(),
+        stats.clone(),
+        tracked_here.clone(),
+        tracked_elsewhere.clone(),
+    ));
+    let (following, requests) = mpsc::unbounded_channel();
+    let (tracking_tx, tracking) = mpsc::unbounded_channel();
+    tokio::spawn(tracking::follow_tracked(
+        client,
+        keys.clone(),
+        instance.clone(),
+        stats.clone(),
+        requests,
+        tracking_tx,
+    ));
+    let bus = tracking::RedisBus {
+        keys: keys.clone(),
+        instance,
+        conn: conn.clone(),
+        following,
+        publications,
+        tracked_elsewhere,
+        tracked_here,
+    };
+    let lookups = lookups::RedisLookups { conn, keys, stats: stats.clone(), stale_ms: config.stale_after_ms() };
+    let store = Store {
+        name: "redis",
+        record: Box::new(writer::RedisRecord::new(writer_tx)),
+        feed: Feed { loaded, heat: Some(heat), tracking: Some(tracking) },
+        bus: Arc::new(bus),
+        lookups: Arc::new(lookups),
+        written: Some(written),
+    };
+    Ok((store, stats))
+}

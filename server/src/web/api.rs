@@ -1,0 +1,308 @@
+//! The JSON API: pings and orders in, heat snapshots, drivers (one, or the nearest), and the tokens that let
+//! drivers and viewers in. Every handler returns `Result<_, ApiError>`, so every refusal is the one error body.
+
+use std::{collections::HashMap, sync::Arc};
+
+use app::driver::PingSink;
+use axum::{
+    body::{to_bytes, Body, Bytes},
+    extract::{
+        rejection::{PathRejection, QueryRejection},
+        Path, Query, State,
+    },
+    http::{HeaderMap, StatusCode},
+    response::{IntoResponse, Response},
+    Json,
+};
+use protocol::{
+    batch::BatchReport,
+    driver::{IssuedToken, Ping, SharesRevoked, TokenRequest},
+    heat::{HeatServerMsg, HeatSubscription, Layer, DEFAULT_WINDOW_MIN},
+    orders::OrderEvent,
+    problem::{ErrorCode, Problem},
+    track::NearDrivers,
+    validate::check_driver_id,
+};
+
+use super::{
+    access::{bearer, not_revoked, refused, require},
+    error::ApiError,
+    AppState,
+};
+use crate::{
+    auth::{Kind, Role},
+    clock::now_ms,
+    ingest::{
+        decode::{self, FromObject, Item},
+        Ingest, QueueError,
+    },
+    state::viewport::{parse_bbox, resolve},
+};
+
+/// Reads a body up to the configured size, or refuses it with 413 `body_too_large`.
+async fn read_body(state: &AppState, body: Body) -> Result<Bytes, ApiError> {
+    let limit = state.config.max_body_bytes;
+    to_bytes(body, limit)
+        .await
+        .map_err(|_| ApiError::field(ErrorCode::BodyTooLarge, "body", format!("the body is larger than {limit} bytes")))
+}
+
+impl From<QueueError> for ApiError {
+    fn from(e: QueueError) -> Self {
+        ApiError::from(e.problem()).retry_after(1)
+    }
+}
+
+/// A batch endpoint: the body decoded item by item, submitted, answered 202 with what was kept and refused.
+async fn post_batch<T: FromObject>(
+    state: AppState,
+    body: Body,
+    submit: impl FnOnce(&Ingest, Vec<Item<T>>) -> Result<BatchReport, QueueError>,
+    count_refused_body: impl FnOnce(&AppState, ErrorCode),
+) -> Result<Response, ApiError> {
+    let items = async {
+        let bytes = read_body(&state, body).await?;
+        Ok::<_, ApiError>(decode::batch::<T>(&bytes, state.ingest.max_batch())?)
+    }
+    .await
+    .inspect_err(|e| count_refused_body(&state, e.code()))?;
+    let report = submit(&state.ingest, items)?;
+    Ok((StatusCode::ACCEPTED, Json(report)).into_response())
+}
+
+/// `POST /api/pings`: a JSON array of pings. 202 with `{accepted, rejected: [{index, field, code, message}]}`.
+/// A driver token may send only its own driver's pings (others are rejected items, `driver_mismatch`); the fleet
+/// key any driver's.
+pub(crate) async fn post_pings(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let role = require(&state, &headers, "send pings", |r| !matches!(r, Role::Viewer { .. }))?;
+    let submit = move |ingest: &Ingest, items| ingest.submit_pings(&role, items);
+    post_batch::<Ping>(state, body, submit, |s, code| s.metrics.ping_rejected(code, 1)).await
+}
+
+/// `POST /api/orders`: a JSON array of order events, answered like `/api/pings`. Fleet key only.
+pub(crate) async fn post_orders(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    require(&state, &headers, "send orders", Role::is_fleet)?;
+    post_batch::<OrderEvent>(state, body, Ingest::submit_orders, |s, code| s.metrics.order_rejected(code, 1)).await
+}
+
+/// The `#[server]` ping function's way in: the driver's token is checked as on every ingest path.
+pub(crate) struct ServerFnSink(pub AppState);
+
+impl PingSink for ServerFnSink {
+    fn submit_one(&self, token: &str, ping: Ping) -> Result<(), Problem> {
+        let state = &self.0;
+        let role = state.auth.verify(token, now_ms()).inspect_err(|e| state.metrics.auth_refused(e.code))?;
+        let report = state.ingest.submit_pings(&role, vec![Ok(ping)]).map_err(QueueError::problem)?;
+        match report.rejected.into_iter().next() {
+            None => Ok(()),
+            Some(r) => Err(Problem { code: r.code, field: r.field, message: r.message }),
+        }
+    }
+}
+
+impl ServerFnSink {
+    pub fn shared(state: AppState) -> app::driver::SharedPingSink {
+        app::driver::SharedPingSink(Arc::new(ServerFnSink(state)))
+    }
+}
+
+/// The body of the token endpoints: empty, or a [`TokenRequest`].
+async fn token_request(state: &AppState, body: Body) -> Result<TokenRequest, ApiError> {
+    let bytes = read_body(state, body).await?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(TokenRequest::default());
+    }
+    serde_json::from_slice(&bytes).map_err(|e| ApiError::field(ErrorCode::InvalidJson, "body", format!("{e}")))
+}
+
+/// The driver a token-minting request is for: the caller's own, or (fleet and admin) the one in the body.
+fn subject(role: &Role, request: &TokenRequest) -> Result<String, ApiError> {
+    match (role, &request.driver_id) {
+        (Role::Driver { driver_id, .. }, None) => Ok(driver_id.clone()),
+        (Role::Driver { driver_id, .. }, Some(asked)) if asked == driver_id => Ok(driver_id.clone()),
+        (Role::Driver { .. }, Some(_)) => Err(ApiError::field(
+            ErrorCode::DriverMismatch,
+            "driver_id",
+            "a driver's token acts for its own driver only",
+        )),
+        (_, Some(id)) => {
+            check_driver_id(id)?;
+            Ok(id.clone())
+        }
+        (_, None) => Err(ApiError::field(ErrorCode::InvalidField, "driver_id", "driver_id is required with a key")),
+    }
+}
+
+/// `POST /api/drivers/enter`: a driver token. With no credential (and `--open-enter`), for a new random driver
+/// id: the "Enter as Driver" page. With a driver's token, a fresh token for that driver (renewal). With the fleet
+/// or admin key, for `{"driver_id"}` of your choosing.
+pub(crate) async fn enter(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+    let request = token_request(&state, body).await?;
+    let refuse = |code, field, message: &str| Err(refused(&state, Problem::field(code, field, message)));
+    let driver_id = match bearer(&state, &headers) {
+        Err(e) => return Err(ApiError::from(Problem::field(e.code, "token", e.message))),
+        Ok(Some(Role::Viewer { .. })) => {
+            return refuse(ErrorCode::Forbidden, "authorization", "a share link cannot enter")
+        }
+        // A driver renewing its token, or the fleet minting one for its driver.
+        Ok(Some(role)) => subject(&role, &request)?,
+        Ok(None) if !state.config.open_enter => {
+            return refuse(
+                ErrorCode::Unauthorized,
+                "authorization",
+                "--open-enter is off: driver tokens come from the fleet key",
+            )
+        }
+        Ok(None) if request.driver_id.is_some() => {
+            return refuse(ErrorCode::Forbidden, "driver_id", "choosing a driver id needs the fleet key")
+        }
+        Ok(None) => {
+            let mut bytes = [0u8; 8];
+            getrandom::fill(&mut bytes)
+                .map_err(|_| ApiError::new(ErrorCode::Internal, "no randomness for a driver id"))?;
+            format!("drv-{}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>())
+        }
+    };
+    let issued = state.auth.issue(Kind::Driver, &driver_id, state.config.driver_token_ttl(), now_ms());
+    let body = IssuedToken { driver_id, token: issued.token, expires_ms: issued.expires_ms, path: None };
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+/// `POST /api/shares`: a share link for the caller's driver (driver token) or `{"driver_id"}` (fleet, admin),
+/// lasting `ttl_secs` (default `--share-hours`, at most `--max-share-hours`).
+pub(crate) async fn create_share(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let role = require(&state, &headers, "create share links", |r| !matches!(r, Role::Viewer { .. }))?;
+    let request = token_request(&state, body).await?;
+    let driver_id = subject(&role, &request)?;
+    let max = state.config.max_share_ttl();
+    let ttl = match request.ttl_secs {
+        None => state.config.share_ttl(),
+        Some(secs) if secs.is_finite() && secs > 0.0 && secs <= max.as_secs_f64() => {
+            std::time::Duration::from_secs_f64(secs)
+        }
+        Some(_) => {
+            let message = format!("ttl_secs must be in (0, {}]", max.as_secs());
+            return Err(ApiError::field(ErrorCode::InvalidField, "ttl_secs", message));
+        }
+    };
+    let issued = state.auth.issue(Kind::Share, &driver_id, ttl, now_ms());
+    let path = format!("/track/{driver_id}#share={}", issued.token);
+    let body = IssuedToken { driver_id, token: issued.token, expires_ms: issued.expires_ms, path: Some(path) };
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+/// `POST /api/shares/revoke`: every share link of the caller's driver (driver token) or of `{"driver_id"}`
+/// (admin) made until now stops working; open trackers get `revoked` and are closed, on every instance.
+pub(crate) async fn revoke_shares(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let role = require(&state, &headers, "revoke share links", |r| matches!(r, Role::Driver { .. } | Role::Admin))?;
+    let request = token_request(&state, body).await?;
+    let driver_id = subject(&role, &request)?;
+    let before_ms = now_ms();
+    state.auth.revoke(&driver_id, before_ms);
+    state
+        .lookups
+        .revoke_shares(&driver_id, before_ms, state.config.max_share_ttl())
+        .await
+        .map_err(|e| ApiError::new(ErrorCode::StoreUnavailable, e.to_string()).retry_after(1))?;
+    state.engine.revoke(driver_id.clone(), before_ms).await?;
+    Ok(Json(SharesRevoked { driver_id, revoked_before_ms: before_ms }).into_response())
+}
+
+/// `GET /api/heat?layer=&window_min=&precision=|zoom=&bbox=south,west,north,east`: the snapshot `/ws/heat`
+/// would send.
+pub(crate) async fn get_heat(
+    State(state): State<AppState>,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(query) = query?;
+    let layer = match query.get("layer").map(String::as_str) {
+        None => Layer::Drivers,
+        Some(text) => text.parse().map_err(|()| {
+            ApiError::field(ErrorCode::LayerInvalid, "layer", "layer must be \"drivers\" or \"orders\"")
+        })?,
+    };
+    let number = |field: &'static str, code: ErrorCode| -> Result<Option<f64>, ApiError> {
+        query
+            .get(field)
+            .map(|v| v.parse::<f64>().map_err(|_| ApiError::field(code, field, format!("{field} must be a number"))))
+            .transpose()
+    };
+    let window_min = number("window_min", ErrorCode::WindowInvalid)?.map_or(DEFAULT_WINDOW_MIN, |w| w as u32);
+    let precision = number("precision", ErrorCode::PrecisionInvalid)?.map(|p| p.clamp(0.0, 255.0) as u8);
+    let zoom = number("zoom", ErrorCode::PrecisionInvalid)?;
+    let bbox = parse_bbox(query.get("bbox").map(String::as_str).unwrap_or(""))?;
+    let sub = HeatSubscription { layer, window_min, precision, zoom, bbox };
+    let view = resolve(&sub, state.config.max_bbox_cells).inspect_err(|e| state.metrics.heat_refused(e.code))?;
+    let snapshot = state.engine.snapshot(view.key, view.bbox, view.tiles).await?;
+    Ok(Json(HeatServerMsg::Snapshot(snapshot)).into_response())
+}
+
+/// `GET /api/drivers/{id}`: the driver's last fix, or 404. A share link of that driver, or the fleet key.
+pub(crate) async fn get_driver(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let Path(id) = id?;
+    check_driver_id(&id)?;
+    let role = require(&state, &headers, "see this driver", |r| r.may_track(&id))?;
+    not_revoked(&state, &role).await?;
+    match state.engine.last_fix(&id).await? {
+        Some(fix) => Ok(Json(fix).into_response()),
+        None => Err(ApiError::field(ErrorCode::NotFound, "driver_id", format!("no driver {id} is known"))),
+    }
+}
+
+/// `GET /api/drivers/near?lat=&lon=&radius_m=&limit=`: online drivers nearest first (radius default 5 km, at most
+/// 50 km; limit default 20, at most 100). Fleet key only: it names drivers and where they are.
+pub(crate) async fn get_near(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    require(&state, &headers, "list nearby drivers", Role::is_fleet)?;
+    let Query(query) = query?;
+    let number =
+        |field: &'static str, default: Option<f64>| -> Result<f64, ApiError> {
+            match query.get(field) {
+                Some(v) => v.parse::<f64>().ok().filter(|v| v.is_finite()).ok_or_else(|| {
+                    ApiError::field(ErrorCode::InvalidField, field, format!("{field} must be a number"))
+                }),
+                None => default
+                    .ok_or_else(|| ApiError::field(ErrorCode::InvalidField, field, format!("{field} is required"))),
+            }
+        };
+    let (lat, lon) = (number("lat", None)?, number("lon", None)?);
+    if !(-90.0..=90.0).contains(&lat) {
+        return Err(ApiError::field(ErrorCode::LatOutOfRange, "lat", "lat must be in [-90, 90]"));
+    }
+    if !(-180.0..=180.0).contains(&lon) {
+        return Err(ApiError::field(ErrorCode::LonOutOfRange, "lon", "lon must be in [-180, 180]"));
+    }
+    let radius_m = number("radius_m", Some(5_000.0))?;
+    if !(0.0..=50_000.0).contains(&radius_m) {
+        return Err(ApiError::field(ErrorCode::InvalidField, "radius_m", "radius_m must be in [0, 50000]"));
+    }
+    let limit = number("limit", Some(20.0))?;
+    if !(1.0..=100.0).contains(&limit) {
+        return Err(ApiError::field(ErrorCode::InvalidField, "limit", "limit must be in [1, 100]"));
+    }
+    let drivers = state.engine.near(lat, lon, radius_m, limit as usize).await?;
+    Ok(Json(NearDrivers { drivers }).into_response())
+}

@@ -1,0 +1,116 @@
+//! `GET /ws/heat`: `subscribe` (again at will) -> `snapshot`, then the deltas of each tick that changed something
+//! in view (see [`TickFrames::for_view`]); `resync` for a fresh snapshot. Public: the heat shows counts, never
+//! who.
+
+use std::sync::Arc;
+
+use axum::{
+    extract::{
+        ws::{rejection::WebSocketUpgradeRejection, Message, WebSocketUpgrade},
+        State,
+    },
+    http::HeaderMap,
+    response::Response,
+    Extension,
+};
+use protocol::{
+    heat::{HeatClientMsg, HeatServerMsg},
+    problem::{ErrorCode, Problem},
+};
+use tokio::sync::broadcast::{self, error::RecvError};
+
+use super::{admit, open, Closed, Conn, Inbound};
+use crate::{
+    hub::TickFrames,
+    metrics::SocketKind,
+    state::viewport::{resolve, Viewport},
+    task::or_pending,
+    web::{error::ApiError, serve::ConnectionSlot, AppState},
+};
+
+pub(crate) async fn handshake(
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    headers: HeaderMap,
+    slot: Option<Extension<ConnectionSlot>>,
+    State(state): State<AppState>,
+) -> Result<Response, ApiError> {
+    let upgrade = admit(upgrade, &headers, &state)?;
+    Ok(open(upgrade, slot, &state.clone(), SocketKind::Heat, move |conn| serve(conn, state)))
+}
+
+/// The socket's one subscription.
+struct Subscribed {
+    view: Viewport,
+    frames: broadcast::Receiver<Arc<TickFrames>>,
+    /// Frames of ticks up to this one are already in the snapshot the client has.
+    seen: u64,
+}
+
+async fn serve(mut conn: Conn, state: AppState) {
+    let metrics = state.metrics.clone();
+    let mut sub: Option<Subscribed> = None;
+    let mut inbound = Inbound::new(&state);
+    loop {
+        tokio::select! {
+            message = inbound.next(&mut conn) => {
+                let text = match message {
+                    Some(Message::Text(text)) => text,
+                    Some(_) => continue,
+                    None => return,
+                };
+                let outcome = inbound.admit(&metrics).and_then(|()| match serde_json::from_str::<HeatClientMsg>(&text) {
+                    Ok(HeatClientMsg::Subscribe(request)) => match resolve(&request, state.config.max_bbox_cells) {
+                        Ok(view) => {
+                            // Join the frames first, then take the snapshot: nothing falls between the two.
+                            let frames = state.engine.hub.subscribe(view.key);
+                            sub = Some(Subscribed { view, frames, seen: 0 });
+                            Ok(())
+                        }
+                        Err(invalid) => {
+                            metrics.heat_refused(invalid.code);
+                            Err(Problem::from(invalid))
+                        }
+                    },
+                    Ok(HeatClientMsg::Resync) if sub.is_some() => Ok(()),
+                    Ok(HeatClientMsg::Resync) => {
+                        Err(Problem::new(ErrorCode::NotSubscribed, "send subscribe before resync"))
+                    }
+                    Err(e) => Err(Problem::field(ErrorCode::InvalidJson, "message", format!("not a heat message: {e}"))),
+                });
+                let sent = match (outcome, sub.as_mut()) {
+                    (Ok(()), Some(current)) => send_snapshot(&mut conn, &state, current).await,
+                    (Ok(()), None) => Ok(()),
+                    (Err(e), _) => conn.send_json(&HeatServerMsg::Error(e)).await,
+                };
+                if sent.is_err() {
+                    return;
+                }
+            }
+            frames = or_pending(sub.as_mut().map(|s| s.frames.recv())) => {
+                let current = sub.as_mut().expect("frames only flow to a subscribed socket");
+                let sent = match frames {
+                    Ok(tick) if tick.resync => send_snapshot(&mut conn, &state, current).await,
+                    Ok(tick) if tick.seq <= current.seen => Ok(()),
+                    Ok(tick) => conn.send_all(tick.for_view(&current.view.tile_set)).await,
+                    Err(RecvError::Lagged(missed)) => {
+                        // Fell behind: the missed deltas are gone, a snapshot replaces them.
+                        tracing::debug!(missed, "heat viewer fell behind; resyncing with a snapshot");
+                        metrics.heat_resyncs.inc();
+                        send_snapshot(&mut conn, &state, current).await
+                    }
+                    Err(RecvError::Closed) => return,
+                };
+                if sent.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+async fn send_snapshot(conn: &mut Conn, state: &AppState, sub: &mut Subscribed) -> Result<(), Closed> {
+    let view = &sub.view;
+    let snapshot = state.engine.snapshot(view.key, view.bbox, view.tiles.clone()).await.map_err(|_| Closed)?;
+    sub.seen = snapshot.seq;
+    conn.send_json(&HeatServerMsg::Snapshot(snapshot)).await
+}

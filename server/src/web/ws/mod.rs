@@ -1,0 +1,327 @@
+//! The three WebSockets: drivers stream pings in ([`driver`]), heat viewers ([`heat`]) and trackers ([`track`])
+//! receive frames out. This module is what they share: the handshake ([`admit`], [`open`]), the socket with its
+//! counters and send deadline ([`Conn`]), and the client's side of it ([`Inbound`]: messages, keep-alive,
+//! shutdown).
+//!
+//! Each socket is one task, not split (a write takes no lock): a `select!` over the client's side and, for
+//! viewers and trackers, the engine's frames. Sends have a deadline, so a client that stops reading is closed
+//! instead of pinning a task, and every buffer in between is bounded (the hub's ring for heat, the engine's
+//! channel for trackers).
+
+pub(crate) mod driver;
+pub(crate) mod heat;
+pub(crate) mod track;
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use axum::{
+    extract::ws::{rejection::WebSocketUpgradeRejection, CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade},
+    http::{header, HeaderMap},
+    response::Response,
+    Extension,
+};
+use futures::SinkExt;
+use governor::DefaultDirectRateLimiter;
+use protocol::problem::{ErrorCode, Problem};
+
+use super::{
+    error::ApiError,
+    serve::{ConnectionSlot, Slot},
+    AppState,
+};
+use crate::{
+    ingest::quota,
+    metrics::{Metrics, SocketKind, SubscriberGuard},
+};
+
+/// Close codes (RFC 6455): going away (server shutdown), protocol error, message too big.
+const CLOSE_GOING_AWAY: u16 = 1001;
+const CLOSE_PROTOCOL_ERROR: u16 = 1002;
+const CLOSE_TOO_BIG: u16 = 1009;
+/// Application close codes (4000-4999): the credential is missing, invalid or expired; or it may not do this
+/// (another driver's socket, a revoked share link); nothing came for `--ws-idle-secs` (like HTTP's 408).
+const CLOSE_UNAUTHORIZED: u16 = 4401;
+const CLOSE_FORBIDDEN: u16 = 4403;
+const CLOSE_IDLE: u16 = 4408;
+
+/// Close code for a refused credential: 4401 when it is missing, invalid or expired, 4403 otherwise.
+fn auth_close_code(code: ErrorCode) -> u16 {
+    match code {
+        ErrorCode::Unauthorized | ErrorCode::TokenInvalid | ErrorCode::TokenExpired => CLOSE_UNAUTHORIZED,
+        _ => CLOSE_FORBIDDEN,
+    }
+}
+
+/// The first half of every socket's handshake: refuses pages of other sites and requests that are not WebSocket
+/// handshakes. Checks of the credential come after it, then [`open`].
+fn admit(
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    headers: &HeaderMap,
+    state: &AppState,
+) -> Result<WebSocketUpgrade, ApiError> {
+    check_origin(headers, state)?;
+    Ok(upgrade?)
+}
+
+/// The second half: takes over the connection's slot (so the socket keeps counting against its address), bounds
+/// the socket, and runs `serve` on it.
+fn open<F, Fut>(
+    upgrade: WebSocketUpgrade,
+    slot: Option<Extension<ConnectionSlot>>,
+    state: &AppState,
+    kind: SocketKind,
+    serve: F,
+) -> Response
+where
+    F: FnOnce(Conn) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let slot = slot.and_then(|Extension(slot)| slot.take());
+    let max = state.config.max_ws_message_bytes;
+    // Buffers start small: tungstenite's default read buffer is 128 KiB per socket, which made 10,000 tracking
+    // sockets cost 1.3 GiB. They grow for a large message and are capped by the limits.
+    let upgrade = upgrade
+        .max_message_size(max)
+        .max_frame_size(max)
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(8 * 1024)
+        .max_write_buffer_size(1024 * 1024);
+    let (metrics, deadline) = (state.metrics.clone(), state.config.ws_send_timeout);
+    upgrade.on_upgrade(move |socket| {
+        tracing::debug!(kind = kind.name(), "socket opened");
+        let open = metrics.subscriber(kind);
+        serve(Conn { socket, kind, metrics, deadline, _slot: slot, _open: open })
+    })
+}
+
+/// Refuses a handshake from a page of another site (cross-site WebSocket hijacking): the Origin, when the client
+/// sent one, must be in `--allowed-origins` or, with none configured, name this host.
+fn check_origin(headers: &HeaderMap, state: &AppState) -> Result<(), ApiError> {
+    let Some(origin) = headers.get(header::ORIGIN) else { return Ok(()) };
+    let origin = origin.to_str().unwrap_or_default().trim_end_matches('/');
+    let allowed = &state.config.allowed_origins;
+    let ok = if allowed.is_empty() {
+        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+        let origin_host = origin.split_once("://").map(|(_, rest)| rest);
+        matches!((origin_host, host), (Some(o), Some(h)) if o.eq_ignore_ascii_case(h))
+    } else {
+        allowed.iter().any(|a| a.trim_end_matches('/').eq_ignore_ascii_case(origin))
+    };
+    if ok {
+        return Ok(());
+    }
+    state.metrics.ws_origin_refused.inc();
+    Err(ApiError::field(
+        ErrorCode::OriginNotAllowed,
+        "origin",
+        format!("pages from {origin} may not open this socket; allow the origin with --allowed-origins"),
+    ))
+}
+
+/// The socket ended (it was closed, it failed, or a write missed its deadline).
+pub(crate) struct Closed;
+
+/// An accepted socket: every write is counted and has a deadline; while it lives it holds its connection's slot
+/// and counts as an open socket of its kind.
+pub(crate) struct Conn {
+    socket: WebSocket,
+    kind: SocketKind,
+    metrics: Arc<Metrics>,
+    /// A client that cannot take a frame within this time is closed (it is gone or stalled).
+    deadline: Duration,
+    _slot: Option<Slot>,
+    _open: SubscriberGuard,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        tracing::debug!(kind = self.kind.name(), "socket closed");
+    }
+}
+
+impl Conn {
+    /// Sends one text frame within the deadline, counting it.
+    async fn send(&mut self, text: Utf8Bytes) -> Result<(), Closed> {
+        let len = text.len();
+        match tokio::time::timeout(self.deadline, self.socket.send(Message::Text(text))).await {
+            Ok(Ok(())) => {
+                self.metrics.sent(self.kind, len);
+                Ok(())
+            }
+            Ok(Err(_)) => Err(Closed),
+            Err(_) => {
+                self.metrics.ws_stalled_closed.inc();
+                Err(Closed)
+            }
+        }
+    }
+
+    async fn send_json<T: serde::Serialize>(&mut self, msg: &T) -> Result<(), Closed> {
+        let text = serde_json::to_string(msg).expect("protocol types always serialise");
+        self.send(Utf8Bytes::from(text)).await
+    }
+
+    /// Sends `frames` buffered and flushed once: one write for all of them.
+    async fn send_all<'a>(&mut self, frames: impl Iterator<Item = &'a Utf8Bytes>) -> Result<(), Closed> {
+        let socket = &mut self.socket;
+        let write = async {
+            let (mut count, mut bytes) = (0, 0);
+            for text in frames {
+                socket.feed(Message::Text(text.clone())).await?;
+                count += 1;
+                bytes += text.len();
+            }
+            socket.flush().await?;
+            Ok::<_, axum::Error>((count, bytes))
+        };
+        // Most writes complete at once (the kernel buffer has room): only a write that has to wait gets a deadline,
+        // which spares a timer per viewer per tick.
+        let mut write = std::pin::pin!(write);
+        let written = match futures::poll!(write.as_mut()) {
+            std::task::Poll::Ready(result) => Ok(result),
+            std::task::Poll::Pending => tokio::time::timeout(self.deadline, write).await,
+        };
+        match written {
+            Ok(Ok((count, bytes))) => {
+                self.metrics.sent_many(self.kind, count, bytes);
+                Ok(())
+            }
+            Ok(Err(_)) => Err(Closed),
+            Err(_) => {
+                self.metrics.ws_stalled_closed.inc();
+                Err(Closed)
+            }
+        }
+    }
+
+    async fn close(&mut self, code: u16, reason: &'static str) {
+        let frame = CloseFrame { code, reason: Utf8Bytes::from_static(reason) };
+        let _ = tokio::time::timeout(self.deadline, self.socket.send(Message::Close(Some(frame)))).await;
+    }
+
+    /// Tells the client its credential was refused (in the socket's own error message) and closes.
+    async fn refuse<T: serde::Serialize>(&mut self, problem: Problem, message: impl FnOnce(Problem) -> T) {
+        let code = auth_close_code(problem.code);
+        let _ = self.send_json(&message(problem)).await;
+        self.close(code, "credential refused").await;
+    }
+
+    /// Closes a socket whose read failed: 1009 when the client sent more than the message limit, 1002 otherwise.
+    async fn close_after_read_error(&mut self, error: axum::Error) {
+        let too_big =
+            matches!(error.into_inner().downcast_ref::<tungstenite::Error>(), Some(tungstenite::Error::Capacity(_)));
+        if too_big {
+            if self.kind == SocketKind::Driver {
+                self.metrics.ping_rejected(ErrorCode::BodyTooLarge, 1);
+            }
+            self.close(CLOSE_TOO_BIG, "message larger than the limit").await;
+        } else {
+            self.close(CLOSE_PROTOCOL_ERROR, "malformed WebSocket frame").await;
+        }
+    }
+}
+
+/// Keeps a socket honest: a ping every `--ws-ping-secs`; the socket is due to close once nothing (data, pong,
+/// anything) has come from it for `--ws-idle-secs`. Browsers and WebSocket libraries answer pings by themselves.
+struct Liveness {
+    ping: tokio::time::Interval,
+    idle: Duration,
+    heard: tokio::time::Instant,
+}
+
+impl Liveness {
+    fn new(state: &AppState) -> Liveness {
+        let every = state.config.ws_ping();
+        let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Liveness { ping, idle: state.config.ws_idle(), heard: tokio::time::Instant::now() }
+    }
+
+    fn heard(&mut self) {
+        self.heard = tokio::time::Instant::now();
+    }
+
+    /// Waits for the next ping time; `false` when the peer has been silent too long.
+    async fn due(&mut self) -> bool {
+        self.ping.tick().await;
+        self.heard.elapsed() < self.idle
+    }
+}
+
+/// The client's side of a socket: its messages, the server's keep-alive pings and the shutdown signal. Every
+/// end (shutdown, silence, the client's close, a read error) is dealt with here, so a socket loop sees only
+/// messages to handle. The shutdown future is made once per socket: made per loop turn, every socket woken by a
+/// tick would take and release the token's one lock twice (20,000 viewers contending for it each tick).
+struct Inbound {
+    shutdown: std::pin::Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
+    live: Liveness,
+    /// `--ws-messages-per-sec` sustained, twice that at once; `None` for the fleet's and admin's sockets.
+    rate: Option<DefaultDirectRateLimiter>,
+    rate_per_sec: f64,
+}
+
+impl Inbound {
+    fn new(state: &AppState) -> Inbound {
+        let per_sec = state.config.ws_messages_per_sec.max(0.01);
+        Inbound {
+            shutdown: Box::pin(state.shutdown.clone().cancelled_owned()),
+            live: Liveness::new(state),
+            rate: Some(DefaultDirectRateLimiter::direct(quota(per_sec, (2.0 * per_sec).ceil() as u32))),
+            rate_per_sec: per_sec,
+        }
+    }
+
+    /// Sockets of the fleet's gateways are trusted with their own pace; phones and strangers are not.
+    fn unlimited(&mut self) {
+        self.rate = None;
+    }
+
+    /// Whether one more message fits the socket's rate; the error (counted) when it does not.
+    fn admit(&self, metrics: &Metrics) -> Result<(), Problem> {
+        match &self.rate {
+            Some(rate) if rate.check().is_err() => {
+                metrics.ws_messages_refused.inc();
+                Err(Problem::field(
+                    ErrorCode::RateLimited,
+                    "message",
+                    format!("at most {} messages a second on one socket", self.rate_per_sec),
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The client's next message, or `None` once the socket is done (and closed as it should be).
+    async fn next(&mut self, conn: &mut Conn) -> Option<Message> {
+        loop {
+            tokio::select! {
+                _ = &mut self.shutdown => {
+                    conn.close(CLOSE_GOING_AWAY, "server shutting down").await;
+                    return None;
+                }
+                alive = self.live.due() => {
+                    if !alive {
+                        conn.metrics.ws_idle_closed.inc();
+                        conn.close(CLOSE_IDLE, "nothing came for too long").await;
+                        return None;
+                    }
+                    let ping = tokio::time::timeout(conn.deadline, conn.socket.send(Message::Ping(Default::default())));
+                    if !matches!(ping.await, Ok(Ok(()))) {
+                        return None;
+                    }
+                }
+                message = conn.socket.recv() => {
+                    self.live.heard();
+                    return match message {
+                        Some(Ok(Message::Close(_))) | None => None,
+                        Some(Err(e)) => {
+                            conn.close_after_read_error(e).await;
+                            None
+                        }
+                        Some(Ok(message)) => Some(message),
+                    };
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,173 @@
+//! `GET /ws/track/{driver_id}`: after `auth` (the share token, or the fleet key; within `ws_auth_wait`), the
+//! driver's last fix at once (or `unknown`), then each new fix, `offline` when it goes stale and `online` when it
+//! is back. The socket closes (4403) with `revoked` when the driver stops sharing, and (4401) when the link
+//! expires. A tracker that falls behind skips to the newest fix.
+
+use std::time::Duration;
+
+use axum::{
+    extract::{
+        rejection::PathRejection,
+        ws::{rejection::WebSocketUpgradeRejection, Message, WebSocketUpgrade},
+        Path, State,
+    },
+    http::HeaderMap,
+    response::Response,
+    Extension,
+};
+use protocol::{
+    problem::{ErrorCode, Problem},
+    track::{TrackClientMsg, TrackMsg},
+    validate::check_driver_id,
+};
+use tokio::sync::broadcast::error::RecvError;
+
+use super::{admit, open, Conn, Inbound, CLOSE_FORBIDDEN, CLOSE_GOING_AWAY, CLOSE_UNAUTHORIZED};
+use crate::{
+    auth::Role,
+    clock::now_ms,
+    engine::FrameKind,
+    metrics::SocketKind,
+    task::or_pending,
+    web::{
+        access::{bearer, may_watch},
+        error::ApiError,
+        serve::ConnectionSlot,
+        AppState,
+    },
+};
+
+pub(crate) async fn handshake(
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    headers: HeaderMap,
+    slot: Option<Extension<ConnectionSlot>>,
+    State(state): State<AppState>,
+    driver_id: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let upgrade = admit(upgrade, &headers, &state)?;
+    let Path(driver_id) = driver_id?;
+    check_driver_id(&driver_id)?;
+    let role = bearer(&state, &headers).map_err(ApiError::from)?;
+    if let Some(role) = &role {
+        may_watch(&state, role, &driver_id).await?;
+    }
+    Ok(open(upgrade, slot, &state.clone(), SocketKind::Track, move |conn| serve(conn, state, driver_id, role)))
+}
+
+/// Waits for a tracker's `auth` message and checks it; on failure tells the client why and closes.
+async fn authenticate(conn: &mut Conn, state: &AppState, driver_id: &str) -> Option<Role> {
+    let wait = state.config.ws_auth_wait;
+    let first = tokio::time::timeout(wait, conn.socket.recv()).await;
+    let checked = match first {
+        Ok(Some(Ok(Message::Text(text)))) => match serde_json::from_str::<TrackClientMsg>(&text) {
+            Ok(TrackClientMsg::Auth { token }) => match state.auth.verify(&token, now_ms()) {
+                Ok(role) => may_watch(state, &role, driver_id).await.map(|()| role),
+                Err(e) => {
+                    state.metrics.auth_refused(e.code);
+                    Err(e)
+                }
+            },
+            Err(_) => Err(Problem::field(
+                ErrorCode::Unauthorized,
+                "token",
+                "the first message must be {\"type\":\"auth\",\"token\":...}",
+            )),
+        },
+        Ok(_) => return None,
+        Err(_) => Err(Problem::field(
+            ErrorCode::Unauthorized,
+            "token",
+            format!("no auth message within {} s", wait.as_secs_f64()),
+        )),
+    };
+    match checked {
+        Ok(role) => Some(role),
+        Err(e) => {
+            if e.code == ErrorCode::Unauthorized {
+                state.metrics.auth_refused(e.code);
+            }
+            conn.refuse(e, TrackMsg::Error).await;
+            None
+        }
+    }
+}
+
+async fn serve(mut conn: Conn, state: AppState, driver_id: String, role: Option<Role>) {
+    tracing::debug!(%driver_id, "tracking");
+    let role = match role {
+        Some(role) => role,
+        None => match authenticate(&mut conn, &state, &driver_id).await {
+            Some(role) => role,
+            None => return,
+        },
+    };
+    let expires = role.expires_ms().map(|at| {
+        let left = Duration::from_millis(at.saturating_sub(now_ms()).max(0) as u64);
+        tokio::time::Instant::now() + left
+    });
+    let mut expiry = std::pin::pin!(or_pending(expires.map(tokio::time::sleep_until)));
+    let Ok((now, mut updates)) = state.engine.track(driver_id.clone()).await else {
+        conn.close(CLOSE_GOING_AWAY, "server shutting down").await;
+        return;
+    };
+    // The newest fix sent: after skipping ahead, older fixes still on their way are not sent.
+    let mut newest_ts = match &now {
+        TrackMsg::Fix(fix) => fix.ts,
+        _ => i64::MIN,
+    };
+    if conn.send_json(&now).await.is_err() {
+        return;
+    }
+    let mut inbound = Inbound::new(&state);
+    loop {
+        tokio::select! {
+            message = inbound.next(&mut conn) => if message.is_none() {
+                return;
+            },
+            _ = &mut expiry => {
+                let e = Problem::field(ErrorCode::TokenExpired, "token", "the tracking link has expired");
+                let _ = conn.send_json(&TrackMsg::Error(e)).await;
+                conn.close(CLOSE_UNAUTHORIZED, "link expired").await;
+                return;
+            }
+            update = updates.recv() => {
+                let sent = match update {
+                    Ok(frame) => match frame.kind {
+                        FrameKind::Revoked { before_ms } => {
+                            // Remembered here too: the revocation may come from another instance.
+                            state.auth.revoke(&driver_id, before_ms);
+                            if matches!(role, Role::Viewer { issued_ms, .. } if issued_ms <= before_ms) {
+                                let _ = conn.send(frame.text).await;
+                                conn.close(CLOSE_FORBIDDEN, "the driver stopped sharing").await;
+                                return;
+                            }
+                            Ok(())
+                        }
+                        FrameKind::Fix { ts } if ts < newest_ts => Ok(()),
+                        FrameKind::Fix { ts } => {
+                            newest_ts = ts;
+                            conn.send(frame.text).await
+                        }
+                        FrameKind::Other => conn.send(frame.text).await,
+                    },
+                    Err(RecvError::Lagged(_)) => {
+                        // Behind: what was missed is stale. Start over from the newest fix, and drop what is still
+                        // queued for this tracker (older than it).
+                        updates = updates.resubscribe();
+                        match state.engine.last_fix(&driver_id).await {
+                            Ok(Some(fix)) => {
+                                newest_ts = fix.ts;
+                                conn.send_json(&TrackMsg::Fix(fix)).await
+                            }
+                            _ => Ok(()),
+                        }
+                    }
+                    Err(RecvError::Closed) => return,
+                };
+                if sent.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,280 @@
+//! `pulsemap-load`: starts a pulsemap server on loopback, drives a scenario against it, and prints the figures
+//! (with the machine, the server's CPU and peak memory) as a table and as JSON.
+//!
+//! Scenarios: `ingest`, `track`, `fanout`. Everything is bounded in time and connections and stays on 127.0.0.1.
+
+use std::{
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use clap::{Parser, Subcommand};
+use serde_json::json;
+use tools::{
+    fanout::{fanout, FanoutPlan},
+    ingest::{ingest, IngestPlan, Transport},
+    launch::Launched,
+    system::{process_usage, raise_open_files, Machine},
+    track::{track, TrackPlan},
+};
+
+#[derive(Debug, Parser)]
+#[command(name = "pulsemap-load", version, about = "Load harness for pulsemap (loopback only)")]
+struct Args {
+    #[command(subcommand)]
+    scenario: Scenario,
+    /// The server binary to start (default: `pulsemap` next to this binary).
+    #[arg(long, global = true)]
+    server_bin: Option<PathBuf>,
+    /// Run the server on this Redis instead of the embedded store (a fresh key prefix per run).
+    #[arg(long, global = true)]
+    redis_url: Option<String>,
+    /// Extra argument for the server (repeat for several).
+    #[arg(long = "server-arg", global = true, allow_hyphen_values = true)]
+    server_args: Vec<String>,
+    /// Where to write the JSON result.
+    #[arg(long, global = true, default_value = "target/load-results.json")]
+    out: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+enum Scenario {
+    /// Pings in as fast as the server takes them (or at --rate): pings/s sent, accepted, aggregated, lost.
+    Ingest {
+        #[arg(long, value_enum, default_value = "http")]
+        transport: Transport,
+        #[arg(long, default_value_t = 100_000)]
+        drivers: usize,
+        #[arg(long, default_value_t = 1_000)]
+        batch: usize,
+        #[arg(long, default_value_t = 4)]
+        connections: usize,
+        /// Target pings per second; 0 = flat out.
+        #[arg(long, default_value_t = 0)]
+        rate: u64,
+        #[arg(long, default_value_t = 2.0)]
+        warmup_secs: f64,
+        #[arg(long, default_value_t = 10.0)]
+        duration_secs: f64,
+    },
+    /// Drivers at 1 Hz, trackers following one driver each: ping -> tracker latency, delivery, duplicates.
+    Track {
+        #[arg(long, default_value_t = 10_000)]
+        drivers: usize,
+        #[arg(long, default_value_t = 10_000)]
+        trackers: usize,
+        #[arg(long, default_value_t = 3.0)]
+        warmup_secs: f64,
+        #[arg(long, default_value_t = 10.0)]
+        duration_secs: f64,
+    },
+    /// Heat viewers watching the whole city at one frame a second while a fleet moves: per-tick spread from
+    /// the first to the last viewer, snapshot vs delta bytes, server memory per viewer.
+    Fanout {
+        /// Capped by the open-files limit of this process and the server's (each holds one socket per viewer).
+        #[arg(long, default_value_t = 20_000)]
+        viewers: usize,
+        #[arg(long, default_value_t = 2_000)]
+        drivers: usize,
+        /// How many of the drivers move (default: all); the rest are parked, still pinging.
+        #[arg(long)]
+        moving: Option<usize>,
+        #[arg(long, default_value_t = 6)]
+        precision: u8,
+        /// The server's tick: one frame per viewer per tick.
+        #[arg(long, default_value_t = 1_000)]
+        tick_ms: u64,
+        #[arg(long, default_value_t = 3.0)]
+        warmup_secs: f64,
+        #[arg(long, default_value_t = 20.0)]
+        duration_secs: f64,
+    },
+}
+
+/// Starts the server for `args`' scenario: the binary beside this one unless told otherwise, on Redis when
+/// asked (under a fresh key prefix), at one frame a second for `fanout`.
+fn start_server(args: &Args) -> anyhow::Result<Launched> {
+    let bin = match &args.server_bin {
+        Some(bin) => bin.clone(),
+        None => std::env::current_exe()?.with_file_name("pulsemap"),
+    };
+    let mut extra = Vec::new();
+    if let Some(url) = &args.redis_url {
+        extra.extend([
+            "--redis-url".into(),
+            url.clone(),
+            "--redis-prefix".into(),
+            format!("load-{:08x}", fastrand::u32(..)),
+        ]);
+    }
+    if let Scenario::Fanout { tick_ms, .. } = &args.scenario {
+        extra.extend(["--tick-ms".into(), tick_ms.to_string()]);
+    }
+    extra.extend(args.server_args.iter().cloned());
+    Launched::start(&bin, &extra)
+}
+
+/// Runs a scenario and reads what it cost the server: CPU (% of one core over the run) and peak RSS (KiB).
+async fn measure_server<T>(
+    pid: u32,
+    scenario: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<(T, f64, u64)> {
+    let cpu_before = process_usage(pid).map_or(0.0, |u| u.0);
+    let started = Instant::now();
+    let report = scenario.await?;
+    let wall = started.elapsed().as_secs_f64();
+    let (cpu_after, peak_rss_kib) = process_usage(pid).unwrap_or((cpu_before, 0));
+    Ok((report, (cpu_after - cpu_before) / wall * 100.0, peak_rss_kib))
+}
+
+/// File descriptors each process keeps for itself besides the viewers' sockets (listener, epoll, stdio, pools).
+const SPARE_FDS: usize = 64;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let machine = Machine::here();
+    // The server inherits this limit: as many sockets as the hard limit allows, for both processes.
+    let open_files = raise_open_files(1 << 20);
+    let server = start_server(&args)?;
+    let pid = server.pid();
+    let store = if args.redis_url.is_some() { "redis" } else { "embedded" };
+    println!(
+        "pulsemap-load: {} cores, {:.1} GiB; server pid {pid} ({store} store) at {}; open-files limit {}",
+        machine.cores, machine.memory_gib, server.url, open_files
+    );
+    let result = match &args.scenario {
+        Scenario::Ingest { transport, drivers, batch, connections, rate, warmup_secs, duration_secs } => {
+            let plan = IngestPlan {
+                url: server.url.clone(),
+                key: server.key.clone(),
+                transport: *transport,
+                drivers: *drivers,
+                batch: *batch,
+                connections: *connections,
+                rate: *rate,
+                warmup: Duration::from_secs_f64(*warmup_secs),
+                duration: Duration::from_secs_f64(*duration_secs),
+            };
+            let (report, cpu_percent, peak_rss_kib) = measure_server(pid, ingest(&plan)).await?;
+            println!();
+            println!("| scenario | store | transport | batch | conns | sent/s | accepted/s | accepted | aggregated | lost | rejected | 503s | server CPU | server peak RSS |");
+            println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+            println!(
+                "| ingest | {store} | {:?} | {batch} | {connections} | {:.0} | {:.0} | {} | {} | {} | {} | {} | {:.0}% | {:.0} MiB |",
+                report.transport,
+                report.sent_per_sec,
+                report.accepted_per_sec,
+                report.accepted,
+                report.aggregated,
+                report.lost,
+                report.rejected,
+                report.refused_busy,
+                cpu_percent,
+                peak_rss_kib as f64 / 1024.0
+            );
+            json!({
+                "scenario": "ingest", "store": store, "machine": machine, "plan": {
+                    "drivers": drivers, "batch": batch, "connections": connections, "rate": rate,
+                    "warmup_secs": warmup_secs, "duration_secs": duration_secs,
+                },
+                "report": report, "server_cpu_percent": cpu_percent, "server_peak_rss_kib": peak_rss_kib,
+                "note": "harness and server share the machine; CPU% is of one core (200% = both cores)",
+            })
+        }
+        Scenario::Track { drivers, trackers, warmup_secs, duration_secs } => {
+            let plan = TrackPlan {
+                url: server.url.clone(),
+                key: server.key.clone(),
+                drivers: *drivers,
+                trackers: *trackers,
+                warmup: Duration::from_secs_f64(*warmup_secs),
+                duration: Duration::from_secs_f64(*duration_secs),
+            };
+            let (report, cpu_percent, peak_rss_kib) = measure_server(pid, track(&plan)).await?;
+            println!();
+            println!("| scenario | store | drivers | trackers | fixes sent | delivered | ratio | dups | p50 ms | p95 ms | p99 ms | max ms | server CPU | server peak RSS |");
+            println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+            println!(
+                "| track | {store} | {} | {} | {} | {} | {:.4} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.0}% | {:.0} MiB |",
+                report.drivers,
+                report.trackers,
+                report.sent,
+                report.delivered,
+                report.delivery_ratio,
+                report.duplicates,
+                report.latency_ms_p50,
+                report.latency_ms_p95,
+                report.latency_ms_p99,
+                report.latency_ms_max,
+                cpu_percent,
+                peak_rss_kib as f64 / 1024.0
+            );
+            json!({
+                "scenario": "track", "store": store, "machine": machine, "report": report,
+                "server_cpu_percent": cpu_percent, "server_peak_rss_kib": peak_rss_kib,
+                "note": "latency = arrival (harness clock) - ping ts (ms, truncated: up to +1 ms); all on one machine",
+            })
+        }
+        Scenario::Fanout { viewers, drivers, moving, precision, tick_ms, warmup_secs, duration_secs } => {
+            let limit = open_files as usize;
+            let viewers = if viewers + SPARE_FDS > limit {
+                let capped = limit - SPARE_FDS;
+                println!(
+                    "open-files limit {limit} (the hard limit; this process may not raise it): {capped} viewers, \
+                     not {viewers}"
+                );
+                capped
+            } else {
+                *viewers
+            };
+            let plan = FanoutPlan {
+                url: server.url.clone(),
+                key: server.key.clone(),
+                viewers,
+                drivers: *drivers,
+                moving: moving.unwrap_or(*drivers),
+                precision: *precision,
+                server_pid: Some(pid),
+                warmup: Duration::from_secs_f64(*warmup_secs),
+                duration: Duration::from_secs_f64(*duration_secs),
+            };
+            let (report, cpu_percent, peak_rss_kib) = measure_server(pid, fanout(&plan)).await?;
+            println!();
+            println!("| scenario | store | viewers | drivers (moving) | tick | ticks | delivered | spread p50 ms | p99 ms | max ms | snapshot B | delta B p50 | delta/snapshot | resyncs | server KiB/viewer | server CPU | server peak RSS |");
+            println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+            println!(
+                "| fanout | {store} | {} | {} ({}) | {tick_ms} ms | {} | {:.4} | {:.1} | {:.1} | {:.1} | {:.0} | {:.0} | {:.3} | {} | {:.1} | {:.0}% | {:.0} MiB |",
+                report.viewers,
+                report.drivers,
+                report.moving,
+                report.ticks,
+                report.delivery_ratio,
+                report.spread_ms_p50,
+                report.spread_ms_p99,
+                report.spread_ms_max,
+                report.snapshot_bytes,
+                report.delta_bytes_p50,
+                report.delta_to_snapshot,
+                report.resyncs,
+                report.server_rss_kib_per_viewer.unwrap_or(f64::NAN),
+                cpu_percent,
+                peak_rss_kib as f64 / 1024.0
+            );
+            json!({
+                "scenario": "fanout", "store": store, "machine": machine, "tick_ms": tick_ms, "report": report,
+                "plan": { "precision": precision, "warmup_secs": warmup_secs, "duration_secs": duration_secs },
+                "server_cpu_percent": cpu_percent, "server_peak_rss_kib": peak_rss_kib,
+                "open_files_limit": limit,
+                "note": "spread = last viewer's arrival - first viewer's arrival of a tick's first frame, harness clock",
+            })
+        }
+    };
+    if let Some(parent) = args.out.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(&args.out, serde_json::to_string_pretty(&result)?)?;
+    println!("\nwrote {}", args.out.display());
+    drop(server);
+    Ok(())
+}
