@@ -1,5 +1,6 @@
 // Enter as Driver in a real browser: the emulated phone position streams to the server, moving it moves the
-// driver, Stop really stops, and a denied permission says what to do.
+// driver, Stop really stops, a denied permission says what to do, the server function carries fixes when the
+// socket cannot, inaccurate fixes stay home, and a token near its end is renewed.
 
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
@@ -93,5 +94,78 @@ test('a denied location permission shows what to do', async () => {
     assert.deepEqual(problems.consoleErrors, []);
   } finally {
     await browser.close();
+  }
+});
+
+test('with no socket, fixes go through the send_ping server function', async () => {
+  const browser = await startBrowser({
+    permissions: ['geolocation'],
+    geolocation: { latitude: 6.47, longitude: 3.38, accuracy: 10 },
+  });
+  try {
+    const { page } = await openPage(browser, server);
+    // Every /ws/driver connection is closed at once, before it reaches the server.
+    await page.routeWebSocket(/\/ws\/driver$/, (ws) => ws.close({ code: 1011, reason: 'blocked by the test' }));
+    await page.goto(`${server.url}/driver`);
+    await hydrated(page);
+    const id = await driverIdOf(page);
+    await page.click('#share-toggle');
+    await eventually('acknowledged through the server function', async () => Number(await page.textContent('#fixes-acked')) >= 1);
+    const { status, body } = await getJson(server, `/api/drivers/${id}`);
+    assert.equal(status, 200);
+    assert.deepEqual([body.lat, body.lon], [6.47, 3.38]);
+    assert.notEqual(await page.textContent('#link-badge'), 'live', 'the socket never came up');
+    assert.equal(await metric(server, 'pulsemap_subscribers{kind="driver"}'), 0);
+  } finally {
+    await browser.close();
+  }
+});
+
+test('a fix less accurate than the limit is shown, counted and not sent', async () => {
+  const browser = await startBrowser({
+    permissions: ['geolocation'],
+    geolocation: { latitude: 6.48, longitude: 3.39, accuracy: 500 },
+  });
+  try {
+    const { page } = await openPage(browser, server);
+    await page.goto(`${server.url}/driver`);
+    await hydrated(page);
+    const id = await driverIdOf(page);
+    await page.click('#share-toggle');
+    await eventually('counted as inaccurate', async () => Number(await page.textContent('#fixes-inaccurate')) >= 1);
+    assert.match(await page.textContent('#last-error'), /only accurate to 500 m \(the limit is 100 m\)/);
+    assert.equal(await page.textContent('#fixes-sent'), '0');
+    await page.waitForTimeout(1_500);
+    assert.equal((await getJson(server, `/api/drivers/${id}`)).status, 404, 'the server never heard of it');
+  } finally {
+    await browser.close();
+  }
+});
+
+test('a driver token near its end is renewed on load, for the same driver', async () => {
+  // Tokens that last 24 minutes: less than the half hour before their end at which the page renews them.
+  const shortLived = await startServer(['--tick-ms', '100', '--driver-token-hours', '0.4']);
+  const browser = await startBrowser();
+  try {
+    const { page, problems } = await openPage(browser, shortLived);
+    const stored = () => page.evaluate(() => JSON.parse(localStorage.getItem('pulsemap.driver') || 'null'));
+    await page.goto(`${shortLived.url}/driver`);
+    await hydrated(page);
+    const id = await driverIdOf(page);
+    const first = await eventually('credentials stored', stored);
+    assert.equal(first.driver_id, id);
+    await page.reload();
+    await hydrated(page);
+    assert.equal(await driverIdOf(page), id, 'the same driver');
+    const renewed = await eventually('a fresh token stored', async () => {
+      const now = await stored();
+      return now && now.token !== first.token && now;
+    });
+    assert.equal(renewed.driver_id, id);
+    assert.ok(renewed.expires_ms >= first.expires_ms, 'it lasts at least as long');
+    assert.deepEqual(problems.consoleErrors, []);
+  } finally {
+    await browser.close();
+    await shortLived.stop();
   }
 });

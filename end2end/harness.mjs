@@ -2,7 +2,8 @@
 // driven by playwright-core (which never downloads a browser). Every test gets its own server and profile.
 
 import { spawn } from 'node:child_process';
-import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { chromium } from 'playwright-core';
@@ -11,6 +12,25 @@ const root = new URL('..', import.meta.url).pathname;
 const target = process.env.CARGO_TARGET_DIR ?? join(process.env.HOME, '.cache/pulsemap/target');
 export const serverBin = process.env.PULSEMAP_BIN ?? join(target, 'debug/pulsemap');
 const chromiumPath = process.env.CHROMIUM ?? '/usr/bin/chromium';
+
+/**
+ * A free port for a server the test will stop and start again on it. Chosen below the kernel's range for ports
+ * it hands out itself (ip_local_port_range), so no other process's connection takes it while it is free.
+ */
+export async function restartablePort() {
+  let low = 32768;
+  try {
+    low = Number(readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').trim().split(/\s+/)[0]) || low;
+  } catch { /* not Linux: keep the usual floor */ }
+  for (;;) {
+    const port = 10000 + Math.floor(Math.random() * Math.max(1, low - 10000));
+    const free = await new Promise((resolve) => {
+      const probe = createServer().once('error', () => resolve(false));
+      probe.listen(port, '127.0.0.1', () => probe.close(() => resolve(true)));
+    });
+    if (free) return port;
+  }
+}
 
 /** A path in the artifacts folder (ignored by git) for screenshots of the run. */
 export function artifact(name) {

@@ -4,13 +4,14 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import {
-  eventually, getJson, heatAlphaAt, hydrated, metric, openPage, ping, postJson, startBrowser, startServer,
+  eventually, getJson, heatAlphaAt, hydrated, metric, openPage, ping, postJson, restartablePort, startBrowser,
+  startServer,
 } from './harness.mjs';
 
 const badge = (page) => page.textContent('#link-badge');
 
 test('the homepage reconnects with backoff and resubscribes', async () => {
-  let server = await startServer(['--tick-ms', '100']);
+  let server = await startServer(['--tick-ms', '100'], { port: await restartablePort() });
   const browser = await startBrowser();
   try {
     const { page } = await openPage(browser, server);
@@ -41,7 +42,7 @@ test('the homepage reconnects with backoff and resubscribes', async () => {
 });
 
 test('the driver page queues fixes while the server is away and delivers them when it is back', async () => {
-  let server = await startServer(['--tick-ms', '100']);
+  let server = await startServer(['--tick-ms', '100'], { port: await restartablePort() });
   const browser = await startBrowser({
     permissions: ['geolocation'],
     geolocation: { latitude: 6.5, longitude: 3.35, accuracy: 10 },

@@ -12,6 +12,9 @@ pub(crate) mod ops;
 pub(crate) mod serve;
 pub(crate) mod ws;
 
+#[cfg(test)]
+mod tests;
+
 use std::sync::Arc;
 
 use axum::{

@@ -191,6 +191,15 @@ async fn revocation_reaches_every_instance() {
     assert_eq!(tracker.closed_within(Duration::from_secs(5)).await, Some(4403));
     let (status, body) = get_as(&b, &format!("/api/drivers/{id}"), Some(&old)).await;
     assert_eq!((status, body["error"]["code"].as_str()), (403, Some("share_revoked")));
+    // Kept in Redis as long as the longest link lives: an instance that started after it refuses the link too.
+    let mut conn = redis.connection().await;
+    let ttl_ms: i64 = redis::cmd("PTTL").arg(format!("{prefix}:revoked:{id}")).query_async(&mut conn).await.unwrap();
+    let longest_ms = (config().max_share_hours * 3_600_000.0) as i64;
+    assert!(ttl_ms > longest_ms - 60_000 && ttl_ms <= longest_ms, "{ttl_ms}");
+    let c = start(redis_config(&redis, &prefix)).await;
+    let (status, body) = get_as(&c, &format!("/api/drivers/{id}"), Some(&old)).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (403, Some("share_revoked")));
     a.stop().await;
     b.stop().await;
+    c.stop().await;
 }

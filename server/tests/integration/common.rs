@@ -157,7 +157,7 @@ impl RedisServer {
 
     /// Always a server of the test's own, for tests that kill and restart it.
     pub fn start_own() -> RedisServer {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = restartable_port();
         let mut server = RedisServer { child: None, port, external: None };
         server.spawn();
         server
@@ -188,6 +188,22 @@ impl RedisServer {
         self.spawn();
     }
 
+    /// Freezes the server (SIGSTOP): it answers nothing, keeps its connections and its data.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a paused server run again (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let child = self.child.as_ref().expect("only a test's own redis-server can be signalled");
+        let status = std::process::Command::new("kill").args([signal, &child.id().to_string()]).status().unwrap();
+        assert!(status.success());
+    }
+
     /// Starts a server again on the same port after [`RedisServer::kill`]: empty, as after a crash without
     /// persistence.
     pub fn revive(&mut self) {
@@ -213,6 +229,21 @@ impl Drop for RedisServer {
     }
 }
 
+/// A free port for a server that will be stopped and started again on it. Chosen below the kernel's range for
+/// `bind(0)` (`ip_local_port_range`), so no other test's or process's ephemeral port takes it while it is free.
+pub fn restartable_port() -> u16 {
+    let ephemeral_low: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768);
+    loop {
+        let port = fastrand::u16(10_000..ephemeral_low.max(10_001));
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
 /// A key prefix no other test or run uses (a shared `REDIS_URL` keeps what earlier runs wrote).
 pub fn unique_prefix(name: &str) -> String {
     format!("test-{name}-{:08x}", fastrand::u32(..))
@@ -225,6 +256,46 @@ pub fn redis_config(redis: &RedisServer, prefix: &str) -> Config {
     config.redis_prefix = prefix.to_string();
     config.redis_connect_secs = 10;
     config
+}
+
+/// A WebSocket to `path` (with the admin key) from a client whose kernel receive buffer is tiny and which reads
+/// only when the test does: the server's sends to it back up after a few kilobytes.
+pub async fn slow_reader(server: &Running, path: &str) -> WebSocketStream<TcpStream> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4_096).unwrap();
+    let stream = socket.connect(server.addr).await.unwrap();
+    let mut request = format!("ws://{}{path}", server.addr).into_client_request().unwrap();
+    request.headers_mut().insert("authorization", format!("Bearer {ADMIN_KEY}").parse().unwrap());
+    tokio_tungstenite::client_async(request, stream).await.unwrap().0
+}
+
+/// Calls `feed` (which makes the server send to some slow reader) until the bytes the server sent on sockets of
+/// `kind` stop growing for ten rounds: the reader's buffers, and the server's toward it, are full. The deadline
+/// is a guard: filling loopback buffers takes a few seconds, longer on a busy machine.
+pub async fn until_sends_back_up<F, Fut>(server: &Running, kind: &str, mut feed: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
+    let (mut last_bytes, mut stuck_rounds) = (-1.0, 0);
+    while stuck_rounds < 10 {
+        assert!(tokio::time::Instant::now() < deadline, "the server's sends never backed up");
+        feed().await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let bytes = metric(server, &format!("pulsemap_bytes_sent_total{{kind=\"{kind}\"}}")).await;
+        stuck_rounds = if bytes == last_bytes { stuck_rounds + 1 } else { 0 };
+        last_bytes = bytes;
+    }
+}
+
+/// 2,000 drivers jumping to random places in Lagos (the `round`th time): most heat cells change every tick.
+pub async fn churn(server: &Running, round: u64) {
+    let mut rng = fastrand::Rng::with_seed(round);
+    let batch: Vec<Value> =
+        (0..2_000).map(|i| ping(&format!("churn-{i}"), 6.40 + rng.f64() * 0.28, 3.27 + rng.f64() * 0.31)).collect();
+    post_json(server, "/api/pings", &Value::Array(batch)).await;
 }
 
 pub struct Socket {

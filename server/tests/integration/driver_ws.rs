@@ -80,3 +80,31 @@ async fn an_oversized_message_closes_with_1009_and_is_counted() {
     assert_eq!(metric(&server, "pulsemap_pings_rejected_total{reason=\"body_too_large\"}").await, 1.0);
     server.stop().await;
 }
+
+/// A frame no WebSocket may carry (a reserved opcode) closes the socket with 1002.
+#[tokio::test]
+async fn a_malformed_frame_closes_with_1002() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = start(config()).await;
+    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let handshake = format!(
+        "GET /ws/driver HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        server.addr
+    );
+    stream.write_all(handshake.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        stream.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    // FIN, opcode 0x3 (reserved), masked, empty.
+    stream.write_all(&[0x83, 0x80, 1, 2, 3, 4]).await.unwrap();
+    let mut frame = [0u8; 4];
+    tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut frame)).await.unwrap().unwrap();
+    assert_eq!(frame[0], 0x88, "a close frame");
+    assert_eq!(u16::from_be_bytes([frame[2], frame[3]]), 1002);
+    server.stop().await;
+}

@@ -101,17 +101,18 @@ async fn one_address_gets_at_most_its_share_of_connections() {
 async fn silent_sockets_are_closed_and_answering_ones_stay() {
     let mut config = config();
     config.ws_ping_secs = 0.2;
-    config.ws_idle_secs = 0.6;
+    // Long enough that a busy machine does not make the answering socket look silent.
+    config.ws_idle_secs = 2.0;
     let server = start(config).await;
     let mut silent = Socket::connect(&server, "/ws/heat").await;
     let mut answering = Socket::connect(&server, "/ws/heat").await;
     // Reading answers the server's pings (the client library sends the pongs); the silent one never reads.
-    let kept = answering.try_next(Duration::from_secs(2)).await;
+    let kept = answering.try_next(Duration::from_secs(4)).await;
     assert!(kept.is_none(), "nothing but pings was sent: {kept:?}");
     assert_eq!(answering.closed_within(Duration::from_millis(100)).await, None, "the answering socket is open");
     // Closed with 4408; the client library, answering the queued pings as it finally reads, may see the reset
     // before the close frame.
-    let code = silent.closed_within(Duration::from_secs(5)).await;
+    let code = silent.closed_within(Duration::from_secs(8)).await;
     assert!(matches!(code, Some(4408 | 1006)), "{code:?}");
     assert_eq!(metric(&server, "pulsemap_ws_idle_closed_total").await, 1.0, "only the silent socket");
     server.stop().await;
@@ -138,11 +139,12 @@ async fn stalled_viewers_do_not_starve_a_healthy_one() {
     healthy.send(&subscribe).await;
     let snapshot = healthy.until(5, "snapshot", |m| m["type"] == "snapshot").await;
     let mut seq = snapshot["seq"].as_u64().unwrap();
-    // Two seconds of a moving fleet: 400 drivers, every one moving each round.
+    // A moving fleet, 400 drivers, every one moving each round, until the healthy viewer has seen ten ticks.
     let mut ticks = 0;
-    let started = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(30);
     let mut round = 0u32;
-    while started.elapsed() < Duration::from_secs(2) {
+    while ticks < 10 {
+        assert!(Instant::now() < deadline, "the healthy viewer kept receiving: only {ticks} deltas");
         round += 1;
         let pings: Vec<_> = (0..400)
             .map(|i| {
@@ -162,7 +164,6 @@ async fn stalled_viewers_do_not_starve_a_healthy_one() {
     }
     let after = rss_kib();
     println!("stalled viewers: 1000 never reading; healthy viewer got {ticks} deltas; RSS {before} -> {after} KiB");
-    assert!(ticks >= 5, "the healthy viewer kept receiving: {ticks}");
     assert!(after.saturating_sub(before) < 512 * 1024, "memory stays bounded: {before} -> {after} KiB");
     drop(stalled);
     server.stop().await;
@@ -171,7 +172,8 @@ async fn stalled_viewers_do_not_starve_a_healthy_one() {
 #[tokio::test]
 async fn a_socket_sending_too_fast_has_the_excess_refused_and_stays_open() {
     let mut config = config();
-    config.ws_messages_per_sec = 5.0;
+    // One a second, two at once: however slowly this machine sends 30 messages, most are over the rate.
+    config.ws_messages_per_sec = 1.0;
     let server = start(config).await;
     let mut viewer = Socket::connect_as(&server, "/ws/heat", None).await;
     let subscribe = json!({"type": "subscribe", "precision": 6,
@@ -180,7 +182,8 @@ async fn a_socket_sending_too_fast_has_the_excess_refused_and_stays_open() {
         viewer.send(&subscribe).await;
     }
     let (mut snapshots, mut refused) = (0, 0);
-    while let Some(message) = viewer.try_next(Duration::from_millis(500)).await {
+    while snapshots + refused < 30 {
+        let message = viewer.next().await;
         match message["type"].as_str() {
             Some("snapshot") => snapshots += 1,
             Some("error") => {
@@ -190,14 +193,10 @@ async fn a_socket_sending_too_fast_has_the_excess_refused_and_stays_open() {
             _ => {}
         }
     }
-    assert_eq!(snapshots + refused, 30, "every message answered");
-    assert!(
-        (1..30).contains(&refused) && snapshots >= 10,
-        "the burst passes, the rest is refused: {snapshots} / {refused}"
-    );
+    assert!(snapshots >= 2 && refused >= 20, "the burst passes, the rest is refused: {snapshots} / {refused}");
     assert_eq!(metric(&server, "pulsemap_ws_messages_refused_total").await, f64::from(refused));
     // Later, at a sane pace, it is served again.
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
     viewer.send(&subscribe).await;
     assert_eq!(viewer.until(5, "a snapshot", |m| m["type"] != "delta").await["type"], "snapshot");
 
@@ -302,4 +301,36 @@ async fn redis_killed_under_load_loses_no_ping() {
     println!("redis killed under load: {accepted} pings accepted, the last of each of {drivers} drivers in Redis and on both instances");
     a.stop().await;
     b.stop().await;
+}
+
+/// A viewer that stops reading is closed once a frame has waited the send deadline (1 s here, 10 s in
+/// deployments), counted, and its socket no longer held.
+#[tokio::test]
+async fn a_socket_that_cannot_take_a_frame_is_closed_after_the_send_deadline() {
+    let mut config = config();
+    config.tick_ms = 10;
+    config.rate_per_sec = 1_000.0;
+    config.ws_send_timeout = Duration::from_secs(1);
+    let server = start(config).await;
+    let mut stalled = slow_reader(&server, "/ws/heat").await;
+    use futures::SinkExt;
+    let subscribe = json!({"type": "subscribe", "layer": "drivers", "precision": 7,
+        "bbox": {"south": 6.38, "west": 3.25, "north": 6.70, "east": 3.60}});
+    stalled.send(tokio_tungstenite::tungstenite::Message::Text(subscribe.to_string().into())).await.unwrap();
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(40);
+    let mut round = 0;
+    while metric(&server, "pulsemap_ws_stalled_closed_total").await < 1.0 {
+        assert!(Instant::now() < deadline, "the stalled viewer was never closed");
+        round += 1;
+        churn(&server, round).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    eventually(5, "the socket is gone", || async {
+        (metric(&server, "pulsemap_subscribers{kind=\"heat\"}").await == 0.0).then_some(())
+    })
+    .await;
+    println!("stalled viewer closed after {:.1} s of churn", started.elapsed().as_secs_f64());
+    assert_eq!(metric(&server, "pulsemap_ws_stalled_closed_total").await, 1.0);
+    server.stop().await;
 }

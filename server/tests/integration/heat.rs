@@ -120,16 +120,15 @@ async fn resubscribing_moves_the_box_and_changes_precision() {
     assert_eq!(snap["precision"], 5);
     assert_eq!(snap["cells"], json!([[geohash(9.05, 7.49, 5), 1]]));
 
-    // A Lagos change is outside the new box's regions: nothing arrives for it. (A delta may repeat Abuja's
+    // A Lagos change is outside the new box's tiles: nothing arrives for it. (A delta may repeat Abuja's
     // value: a snapshot taken mid-tick is followed by that tick's delta, and values are absolute.)
     post_json(&server, "/api/pings", &json!([ping("r3", 6.5095, 3.3711)])).await;
     let lagos_cell = geohash(6.5095, 3.3711, 5);
-    let mut saw_lagos_total = false;
-    while let Some(msg) = ws.try_next(Duration::from_millis(300)).await {
+    ws.until(5, "the city-wide totals still reach the viewer", |msg| {
         assert_eq!(cell_value(&msg["cells"], &lagos_cell), None, "a cell outside the box arrived: {msg}");
-        saw_lagos_total |= msg["totals"]["drivers_online"] == 3;
-    }
-    assert!(saw_lagos_total, "the city-wide totals still reach the viewer");
+        msg["totals"]["drivers_online"] == 3
+    })
+    .await;
 
     // Bad subscriptions get coded errors and the socket stays open.
     ws.send(&json!({"type": "subscribe", "layer": "drivers", "window_min": 7, "bbox": lagos()})).await;
@@ -205,32 +204,20 @@ async fn a_stalled_viewer_is_resynced_with_a_snapshot() {
     config.rate_per_sec = 1_000.0;
     let server = start(config).await;
 
-    // A client whose kernel receive buffer is tiny, so the server's sends back up quickly.
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4_096).unwrap();
-    let stream = socket.connect(server.addr).await.unwrap();
-    let (mut ws, _) = tokio_tungstenite::client_async(format!("ws://{}/ws/heat", server.addr), stream).await.unwrap();
+    let mut ws = slow_reader(&server, "/ws/heat").await;
     use futures::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
     let subscribe = json!({"type": "subscribe", "layer": "drivers", "precision": 7, "bbox": lagos()});
     ws.send(Message::Text(subscribe.to_string().into())).await.unwrap();
 
-    // Churn: 2,000 drivers jumping around Lagos every 20 ms while the viewer reads nothing, until the server's
-    // sends to it are stuck (its byte count stops growing) and more ticks than the ring holds have passed.
-    let mut rng = fastrand::Rng::with_seed(3);
-    // Filling the loopback buffers takes a few seconds of churn (longer on a busy machine): the deadline is a guard.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
-    let (mut last_bytes, mut stuck_rounds) = (-1.0, 0);
-    while stuck_rounds < 10 {
-        assert!(tokio::time::Instant::now() < deadline, "the server's sends never backed up");
-        let batch: Vec<Value> =
-            (0..2_000).map(|i| ping(&format!("churn-{i}"), 6.40 + rng.f64() * 0.28, 3.27 + rng.f64() * 0.31)).collect();
-        post_json(&server, "/api/pings", &Value::Array(batch)).await;
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        let bytes = metric(&server, "pulsemap_bytes_sent_total{kind=\"heat\"}").await;
-        stuck_rounds = if bytes == last_bytes { stuck_rounds + 1 } else { 0 };
-        last_bytes = bytes;
-    }
+    // Churn while the viewer reads nothing, until the server's sends to it are stuck and more ticks than the ring
+    // holds have passed.
+    let mut round = 0;
+    until_sends_back_up(&server, "heat", || {
+        round += 1;
+        churn(&server, round)
+    })
+    .await;
     assert_eq!(metric(&server, "pulsemap_subscribers{kind=\"heat\"}").await, 1.0, "still connected");
     let ticks_during_stall = metric(&server, "pulsemap_tick_duration_seconds_count").await;
     assert!(ticks_during_stall > 20.0, "many more ticks than the ring holds went by ({ticks_during_stall})");

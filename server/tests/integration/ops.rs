@@ -80,6 +80,24 @@ async fn the_homepage_is_server_rendered_with_hydration_scripts() {
     server.stop().await;
 }
 
+/// Secrets come from the environment and `--help` never shows their values.
+#[test]
+fn help_shows_no_secret() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_pulsemap"))
+        .arg("--help")
+        .env("PULSEMAP_SECRET", SECRET)
+        .env("PULSEMAP_FLEET_KEY", FLEET_KEY)
+        .env("PULSEMAP_ADMIN_KEY", ADMIN_KEY)
+        .output()
+        .expect("the binary runs");
+    assert!(output.status.success());
+    let help = String::from_utf8_lossy(&output.stdout);
+    assert!(help.contains("--secret") && help.contains("PULSEMAP_FLEET_KEY"), "{help}");
+    for secret in [SECRET, FLEET_KEY, ADMIN_KEY] {
+        assert!(!help.contains(secret), "a secret in --help");
+    }
+}
+
 /// The real binary, stopped by SIGTERM while a request is still arriving: that request is answered and its ping
 /// counts, and the final log line says every accepted ping was aggregated, the in-flight one among the drained.
 #[tokio::test]

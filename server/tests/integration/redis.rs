@@ -314,3 +314,119 @@ async fn a_redis_that_loses_its_data_is_repaired_with_exact_counts() {
     a.stop().await;
     b.stop().await;
 }
+
+/// Redis frozen (SIGSTOP: it keeps its data and its connections) while instance A takes pings and orders: both
+/// instances report it, and once Redis answers again both hold exactly the city A heard, nothing lost or counted
+/// twice, without a reset.
+#[tokio::test]
+async fn a_redis_outage_that_keeps_its_data_recovers_with_exact_counts() {
+    let redis = RedisServer::start_own();
+    let prefix = unique_prefix("pause");
+    let a = start(redis_config(&redis, &prefix)).await;
+    let b = start(redis_config(&redis, &prefix)).await;
+    let at = |i: usize, moved: bool| (6.45 + 0.004 * i as f64, 3.35 + if moved { 0.05 } else { 0.0 });
+    let first: Vec<Value> = (0..20).map(|i| ping(&format!("p-{i}"), at(i, false).0, at(i, false).1)).collect();
+    post_json(&a, "/api/pings", &Value::Array(first)).await;
+    let now = now_ms();
+    post_json(&a, "/api/orders", &json!([{"lat": 6.44, "lon": 3.41, "ts": now}, {"lat": 6.5, "lon": 3.35, "ts": now}]))
+        .await;
+    for server in [&a, &b] {
+        eventually(10, "20 drivers and 2 orders everywhere", || async {
+            let body = snapshot(server, "orders").await;
+            (body["totals"]["drivers_online"] == 20 && body["totals"]["orders"][3] == 2).then_some(())
+        })
+        .await;
+    }
+    let mut conn = redis.connection().await;
+    let epoch: String = redis::cmd("GET").arg(format!("{prefix}:epoch")).query_async(&mut conn).await.unwrap();
+
+    redis.pause();
+    // Half the drivers move, five more come online, two more orders: all taken while Redis is away.
+    let moves = |i: usize| i >= 20 || i.is_multiple_of(2);
+    let moved: Vec<Value> =
+        (0..25).filter(|i| moves(*i)).map(|i| ping(&format!("p-{i}"), at(i, true).0, at(i, true).1)).collect();
+    assert_eq!(post_json(&a, "/api/pings", &Value::Array(moved)).await.0, 202);
+    let now = now_ms();
+    assert_eq!(
+        post_json(
+            &a,
+            "/api/orders",
+            &json!([{"lat": 6.6, "lon": 3.35, "ts": now}, {"lat": 6.6, "lon": 3.35, "ts": now}])
+        )
+        .await
+        .0,
+        202
+    );
+    for server in [&a, &b] {
+        eventually(20, "the instance reports Redis down", || async {
+            let (_, health) = get(server, "/healthz").await;
+            (health["status"] == "degraded" && health["redis"] == "down").then_some(())
+        })
+        .await;
+    }
+    // Long enough for the tick writes stuck in Redis's socket to time out and be tried again.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    assert!(metric(&a, "pulsemap_redis_errors_total").await > 0.0, "A's requests failed while Redis was frozen");
+    redis.resume();
+
+    let mut expected = std::collections::BTreeMap::<String, u64>::new();
+    for i in 0..25 {
+        let (lat, lon) = at(i, moves(i));
+        *expected.entry(geohash(lat, lon, 7)).or_default() += 1;
+    }
+    for server in [&a, &b] {
+        eventually(30, "exact counts everywhere once Redis answers", || async {
+            let drivers = snapshot(server, "drivers").await;
+            let orders = snapshot(server, "orders").await;
+            let cells: std::collections::BTreeMap<String, u64> = drivers["cells"]
+                .as_array()?
+                .iter()
+                .map(|c| (c[0].as_str().unwrap().to_string(), c[1].as_u64().unwrap()))
+                .collect();
+            (cells == expected && drivers["totals"]["drivers_online"] == 25 && orders["totals"]["orders"][3] == 4)
+                .then_some(())
+        })
+        .await;
+    }
+    // Settled, and still exact a moment later (a write retried after Redis woke up must not land twice).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for server in [&a, &b] {
+        let drivers = snapshot(server, "drivers").await;
+        let counted: u64 = drivers["cells"].as_array().unwrap().iter().map(|c| c[1].as_u64().unwrap()).sum();
+        assert_eq!((counted, drivers["totals"]["drivers_online"].as_u64()), (25, Some(25)));
+        assert_eq!(snapshot(server, "orders").await["totals"]["orders"][3], 4);
+    }
+    let after: String = redis::cmd("GET").arg(format!("{prefix}:epoch")).query_async(&mut conn).await.unwrap();
+    assert_eq!(after, epoch, "Redis kept its data: no reset");
+    a.stop().await;
+    b.stop().await;
+}
+
+/// A claim to track a driver that nobody renews (its instance crashed) lapses after 5 s, and with it the
+/// publishing of that driver's fixes.
+#[tokio::test]
+async fn a_crashed_instances_tracking_claims_lapse() {
+    let redis = RedisServer::start();
+    let prefix = unique_prefix("lapse");
+    let a = start(redis_config(&redis, &prefix)).await;
+    let mut conn = redis.connection().await;
+    let _: () = redis::pipe()
+        .zadd(format!("{prefix}:tracked"), "ghost-driver|0000dead0000beef", now_ms() + 5_000)
+        .ignore()
+        .incr(format!("{prefix}:tracked:version"), 1)
+        .ignore()
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    eventually(10, "A learns someone tracks ghost-driver", || async {
+        (metric(&a, "pulsemap_redis_tracked_drivers").await == 1.0).then_some(())
+    })
+    .await;
+    eventually(15, "the claim lapses", || async {
+        (metric(&a, "pulsemap_redis_tracked_drivers").await == 0.0).then_some(())
+    })
+    .await;
+    let left: u64 = redis::cmd("ZCARD").arg(format!("{prefix}:tracked")).query_async(&mut conn).await.unwrap();
+    assert_eq!(left, 0, "removed from Redis");
+    a.stop().await;
+}

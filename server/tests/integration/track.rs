@@ -1,5 +1,7 @@
 //! `/ws/track/{driver_id}` and `GET /api/drivers/{id}`: one driver's fixes and nothing else, offline and back.
 
+use std::time::Duration;
+
 use serde_json::json;
 
 use crate::common::*;
@@ -72,5 +74,65 @@ async fn driver_lookups_validate_and_404() {
     assert_eq!(response.headers()["upgrade"], "websocket");
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["error"]["code"], "upgrade_required");
+    server.stop().await;
+}
+
+/// A tracker that stops reading falls behind its driver: when it reads again it gets the newest fix, and never
+/// an older fix after a newer one.
+#[tokio::test]
+async fn a_tracker_that_falls_behind_skips_to_the_newest_fix() {
+    use futures::StreamExt;
+    let mut config = config();
+    config.rate_per_sec = 100_000.0;
+    config.rate_burst = 100_000;
+    let server = start(config).await;
+    post_json(&server, "/api/pings", &json!([ping("fast", 6.40, 3.30)])).await;
+    let mut tracker = slow_reader(&server, "/ws/track/fast").await;
+    let lat_of = |k: u32| 6.40 + f64::from(k) * 1e-5;
+    let mut sent = 0u32;
+    // Fewer fixes a round than the tracker's stream holds, so they all go out until the socket backs up.
+    until_sends_back_up(&server, "track", || {
+        let batch: Vec<_> = (0..30)
+            .map(|_| {
+                sent += 1;
+                ping("fast", lat_of(sent), 3.30)
+            })
+            .collect();
+        let server = &server;
+        async move {
+            post_json(server, "/api/pings", &json!(batch)).await;
+        }
+    })
+    .await;
+    sent += 1;
+    let newest = lat_of(sent);
+    post_json(&server, "/api/pings", &json!([ping("fast", newest, 3.30)])).await;
+    let mut lats = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while lats.last() != Some(&newest) {
+        let message = tokio::time::timeout_at(deadline, tracker.next()).await.expect("the newest fix arrives");
+        let Some(Ok(tokio_tungstenite::tungstenite::Message::Text(text))) = message else { continue };
+        let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+        if value["type"] == "fix" {
+            lats.push(value["lat"].as_f64().unwrap());
+        }
+    }
+    assert!(lats.windows(2).all(|w| w[0] <= w[1]), "never back in time");
+    assert!(lats.len() < sent as usize, "fixes were skipped: {} of {sent} arrived", lats.len());
+    println!("tracker behind: {} of {sent} fixes delivered, ending at the newest", lats.len());
+    server.stop().await;
+}
+
+/// A tracker that never sends its `auth` is told why and closed once the wait is over (10 s in deployments).
+#[tokio::test]
+async fn a_tracker_without_auth_is_closed_after_the_wait() {
+    let mut config = config();
+    config.ws_auth_wait = Duration::from_millis(300);
+    let server = start(config).await;
+    let mut ws = Socket::connect_as(&server, "/ws/track/t1", None).await;
+    let refused = ws.next().await;
+    assert_eq!((refused["type"].as_str(), refused["code"].as_str()), (Some("error"), Some("unauthorized")));
+    assert!(refused["message"].as_str().unwrap().contains("no auth message"), "{refused}");
+    assert_eq!(ws.closed_within(Duration::from_secs(5)).await, Some(4401));
     server.stop().await;
 }

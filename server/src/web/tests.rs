@@ -1,0 +1,97 @@
+//! The router driven without a socket (`tower::ServiceExt::oneshot`, as axum's own examples test handlers): the
+//! error table as clients meet it, and who may call what.
+
+use axum::{
+    body::{to_bytes, Body},
+    http::{header, Method, Request, StatusCode},
+    Router,
+};
+use protocol::problem::{ErrorBody, ErrorCode};
+use tower::ServiceExt;
+
+use super::error::status_of;
+use crate::{auth::Kind, clock::now_ms, config::Config};
+
+const FLEET: &str = "router-fleet-key-0123456789";
+const ADMIN: &str = "router-admin-key-0123456789";
+
+async fn router() -> (Router, super::AppState) {
+    let mut config = Config::for_tests();
+    config.secret = Some("router-secret-0123456789-0123456789".into());
+    config.fleet_key = Some(FLEET.into());
+    config.admin_key = Some(ADMIN.into());
+    config.max_body_bytes = 1_000;
+    let (state, _engine, _) = crate::assemble(config, "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    (super::router(state.clone()), state)
+}
+
+async fn call(router: &Router, method: Method, path: &str, bearer: Option<&str>, body: &str) -> (StatusCode, String) {
+    let mut request = Request::builder().method(method).uri(path).header(header::CONTENT_TYPE, "application/json");
+    if let Some(bearer) = bearer {
+        request = request.header(header::AUTHORIZATION, format!("Bearer {bearer}"));
+    }
+    let response = router.clone().oneshot(request.body(Body::from(body.to_string())).unwrap()).await.unwrap();
+    let status = response.status();
+    let bytes = to_bytes(response.into_body(), 1 << 20).await.unwrap();
+    (status, String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// What clients get wrong, each answered with its code's status and the one error body.
+#[tokio::test]
+async fn refusals_carry_their_code_with_its_status() {
+    let (router, _) = router().await;
+    let get = Method::GET;
+    let post = Method::POST;
+    let cases = [
+        (post.clone(), "/api/pings", "[{", ErrorCode::InvalidJson),
+        (post.clone(), "/api/pings", &"x".repeat(2_000) as &str, ErrorCode::BodyTooLarge),
+        (post.clone(), "/api/shares", r#"{"driver_id": "a b"}"#, ErrorCode::DriverIdInvalid),
+        (post.clone(), "/api/shares", r#"{"driver_id": "d1", "ttl_secs": -1}"#, ErrorCode::InvalidField),
+        (get.clone(), "/api/heat?layer=trucks&bbox=6,3,7,4", "", ErrorCode::LayerInvalid),
+        (get.clone(), "/api/heat?bbox=NaN,3,7,4", "", ErrorCode::BboxInvalid),
+        (get.clone(), "/api/drivers/near?lat=91&lon=3", "", ErrorCode::LatOutOfRange),
+        (get.clone(), "/api/drivers/nobody", "", ErrorCode::NotFound),
+        (get.clone(), "/api/no-such-thing", "", ErrorCode::NotFound),
+        (Method::DELETE, "/api/pings", "", ErrorCode::MethodNotAllowed),
+        (get.clone(), "/ws/heat", "", ErrorCode::UpgradeRequired),
+        (get.clone(), "/ws/track/d1", "", ErrorCode::UpgradeRequired),
+    ];
+    for (method, path, body, code) in cases {
+        let (status, text) = call(&router, method.clone(), path, Some(ADMIN), body).await;
+        assert_eq!(status, status_of(code), "{method} {path}: {text}");
+        let body: ErrorBody = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{method} {path}: {e}: {text}"));
+        assert_eq!(body.error.code, code, "{method} {path}: {text}");
+    }
+}
+
+/// Each route against each credential: nobody, a driver, a viewer of that driver, the fleet key, the admin key.
+#[tokio::test]
+async fn each_role_may_do_what_it_may_and_no_more() {
+    let (router, state) = router().await;
+    let driver = state.auth.issue(Kind::Driver, "d1", std::time::Duration::from_secs(600), now_ms()).token;
+    let viewer = state.auth.issue(Kind::Share, "d1", std::time::Duration::from_secs(600), now_ms()).token;
+    let ping = format!(r#"[{{"driver_id": "d1", "lat": 6.5, "lon": 3.3, "ts": {}}}]"#, now_ms());
+    let order = format!(r#"[{{"lat": 6.5, "lon": 3.3, "ts": {}}}]"#, now_ms());
+    let roles = [None, Some(driver.as_str()), Some(viewer.as_str()), Some(FLEET), Some(ADMIN)];
+    // Statuses for: nobody, driver, viewer, fleet, admin.
+    let table: [(Method, &str, &str, [u16; 5]); 8] = [
+        (Method::POST, "/api/pings", &ping, [401, 202, 403, 202, 202]),
+        (Method::POST, "/api/orders", &order, [401, 403, 403, 202, 202]),
+        (Method::GET, "/api/drivers/near?lat=6.5&lon=3.3", "", [401, 403, 403, 200, 200]),
+        // d1 pinged in the first row.
+        (Method::GET, "/api/drivers/d1", "", [401, 403, 200, 200, 200]),
+        (Method::GET, "/metrics", "", [401, 403, 403, 403, 200]),
+        (Method::POST, "/api/shares", r#"{"driver_id": "d1"}"#, [401, 201, 403, 201, 201]),
+        (Method::POST, "/api/shares/revoke", r#"{"driver_id": "d1"}"#, [401, 200, 403, 403, 200]),
+        (Method::GET, "/api/heat?bbox=6.4,3.2,6.7,3.6", "", [200, 200, 200, 200, 200]),
+    ];
+    for (method, path, body, expected) in table {
+        for (role, want) in roles.iter().zip(expected) {
+            let (status, text) = call(&router, method.clone(), path, *role, body).await;
+            assert_eq!(status.as_u16(), want, "{method} {path} as {}: {text}", role.map_or("nobody", |r| &r[..8]));
+        }
+    }
+    let (status, text) = call(&router, Method::POST, "/api/pings", Some("v1.drv.d1.1.2.forged"), &ping).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(text.contains(r#""code":"token_invalid""#), "{text}");
+}
