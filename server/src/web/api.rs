@@ -19,8 +19,8 @@ use protocol::{
     driver::{IssuedToken, Ping, SharesRevoked, TokenRequest},
     heat::{HeatServerMsg, HeatSubscription, Layer, DEFAULT_WINDOW_MIN},
     orders::OrderEvent,
-    problem::{ErrorCode, Problem},
-    track::NearDrivers,
+    problem::{ErrorBody, ErrorCode, Problem},
+    track::{DriverFix, NearDrivers},
     validate::check_driver_id,
 };
 
@@ -73,6 +73,19 @@ async fn post_batch<T: FromObject>(
 /// `POST /api/pings`: a JSON array of pings. 202 with `{accepted, rejected: [{index, field, code, message}]}`.
 /// A driver token may send only its own driver's pings (others are rejected items, `driver_mismatch`); the fleet
 /// key any driver's.
+#[utoipa::path(
+    post, path = "/api/pings", tag = "ingest",
+    request_body(content = Vec<Ping>, description = "A JSON array of pings; each is checked on its own."),
+    responses(
+        (status = 202, description = "What was kept and what was refused, item by item.", body = BatchReport),
+        (status = 400, description = "The body is not a JSON array (`invalid_json`).", body = ErrorBody),
+        (status = 401, description = "No credential, or not one this server made.", body = ErrorBody),
+        (status = 403, description = "A share link cannot send pings.", body = ErrorBody),
+        (status = 413, description = "`body_too_large` or `batch_too_large`.", body = ErrorBody),
+        (status = 503, description = "`queue_full` (with Retry-After): nothing of the batch was taken.", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
 pub(crate) async fn post_pings(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -84,6 +97,19 @@ pub(crate) async fn post_pings(
 }
 
 /// `POST /api/orders`: a JSON array of order events, answered like `/api/pings`. Fleet key only.
+#[utoipa::path(
+    post, path = "/api/orders", tag = "ingest",
+    request_body(content = Vec<OrderEvent>, description = "A JSON array of order events."),
+    responses(
+        (status = 202, description = "What was kept and what was refused, item by item.", body = BatchReport),
+        (status = 400, description = "The body is not a JSON array (`invalid_json`).", body = ErrorBody),
+        (status = 401, description = "No credential, or not one this server made.", body = ErrorBody),
+        (status = 403, description = "Only the fleet and admin keys send orders.", body = ErrorBody),
+        (status = 413, description = "`body_too_large` or `batch_too_large`.", body = ErrorBody),
+        (status = 503, description = "`queue_full` (with Retry-After).", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
 pub(crate) async fn post_orders(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -114,13 +140,15 @@ impl ServerFnSink {
     }
 }
 
-/// The body of the token endpoints: empty, or a [`TokenRequest`].
+/// The body of the token endpoints: empty (or `null`), or a [`TokenRequest`].
 async fn token_request(state: &AppState, body: Body) -> Result<TokenRequest, ApiError> {
     let bytes = read_body(state, body).await?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(TokenRequest::default());
     }
-    serde_json::from_slice(&bytes).map_err(|e| ApiError::field(ErrorCode::InvalidJson, "body", format!("{e}")))
+    serde_json::from_slice::<Option<TokenRequest>>(&bytes)
+        .map(Option::unwrap_or_default)
+        .map_err(|e| ApiError::field(ErrorCode::InvalidJson, "body", format!("{e}")))
 }
 
 /// The driver a token-minting request is for: the caller's own, or (fleet and admin) the one in the body.
@@ -144,6 +172,18 @@ fn subject(role: &Role, request: &TokenRequest) -> Result<String, ApiError> {
 /// `POST /api/drivers/enter`: a driver token. With no credential (and `--open-enter`), for a new random driver
 /// id: the "Enter as Driver" page. With a driver's token, a fresh token for that driver (renewal). With the fleet
 /// or admin key, for `{"driver_id"}` of your choosing.
+#[utoipa::path(
+    post, path = "/api/drivers/enter", tag = "tokens",
+    request_body(content = Option<TokenRequest>, description = "Empty, or `{\"driver_id\"}` with the fleet key."),
+    responses(
+        (status = 201, description = "A driver token.", body = IssuedToken),
+        (status = 400, description = "An unreadable body or driver id.", body = ErrorBody),
+        (status = 401, description = "A bad credential, or `--open-enter` is off.", body = ErrorBody),
+        (status = 403, description = "A share link, or a driver id chosen without the fleet key.", body = ErrorBody),
+        (status = 413, description = "`body_too_large`.", body = ErrorBody),
+    ),
+    security((), ("bearer" = []))
+)]
 pub(crate) async fn enter(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
     let request = token_request(&state, body).await?;
     let refuse = |code, field, message: &str| Err(refused(&state, Problem::field(code, field, message)));
@@ -178,6 +218,18 @@ pub(crate) async fn enter(State(state): State<AppState>, headers: HeaderMap, bod
 
 /// `POST /api/shares`: a share link for the caller's driver (driver token) or `{"driver_id"}` (fleet, admin),
 /// lasting `ttl_secs` (default `--share-hours`, at most `--max-share-hours`).
+#[utoipa::path(
+    post, path = "/api/shares", tag = "tokens",
+    request_body(content = Option<TokenRequest>, description = "Empty, or `ttl_secs`, and `driver_id` with a key."),
+    responses(
+        (status = 201, description = "A share link: `path` is the page to open.", body = IssuedToken),
+        (status = 400, description = "An unreadable body, driver id or `ttl_secs`.", body = ErrorBody),
+        (status = 401, description = "No credential, or not one this server made.", body = ErrorBody),
+        (status = 403, description = "A share link, or a driver's token for another driver.", body = ErrorBody),
+        (status = 413, description = "`body_too_large`.", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
 pub(crate) async fn create_share(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -205,6 +257,19 @@ pub(crate) async fn create_share(
 
 /// `POST /api/shares/revoke`: every share link of the caller's driver (driver token) or of `{"driver_id"}`
 /// (admin) made until now stops working; open trackers get `revoked` and are closed, on every instance.
+#[utoipa::path(
+    post, path = "/api/shares/revoke", tag = "tokens",
+    request_body(content = Option<TokenRequest>, description = "Empty, or `{\"driver_id\"}` with the admin key."),
+    responses(
+        (status = 200, description = "Links made until now are dead, on every instance.", body = SharesRevoked),
+        (status = 400, description = "An unreadable body or driver id.", body = ErrorBody),
+        (status = 401, description = "No credential, or not one this server made.", body = ErrorBody),
+        (status = 403, description = "Only the driver itself, or the admin key.", body = ErrorBody),
+        (status = 413, description = "`body_too_large`.", body = ErrorBody),
+        (status = 503, description = "`store_unavailable`: retry.", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
 pub(crate) async fn revoke_shares(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -226,6 +291,21 @@ pub(crate) async fn revoke_shares(
 
 /// `GET /api/heat?layer=&window_min=&precision=|zoom=&bbox=south,west,north,east`: the snapshot `/ws/heat`
 /// would send.
+#[utoipa::path(
+    get, path = "/api/heat", tag = "heat",
+    params(
+        ("layer" = Option<Layer>, Query, description = "`drivers` (default) or `orders`."),
+        ("window_min" = Option<u32>, Query, description = "The orders window: 1, 5 (default), 15 or 60 minutes."),
+        ("precision" = Option<u8>, Query, minimum = 4, maximum = 8, description = "Geohash length of the cells."),
+        ("zoom" = Option<f64>, Query, minimum = 0, maximum = 30, description = "A map zoom that picks the precision."),
+        ("bbox" = String, Query, description = "`south,west,north,east`.", example = "6.38,3.25,6.70,3.60"),
+    ),
+    responses(
+        (status = 200, description = "The snapshot `/ws/heat` would send (`type` is `snapshot`).", body = HeatServerMsg),
+        (status = 400, description = "A bad layer, window, precision, zoom or box; or a box too large.", body = ErrorBody),
+    ),
+    security(())
+)]
 pub(crate) async fn get_heat(
     State(state): State<AppState>,
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
@@ -254,6 +334,19 @@ pub(crate) async fn get_heat(
 }
 
 /// `GET /api/drivers/{id}`: the driver's last fix, or 404. A share link of that driver, or the fleet key.
+#[utoipa::path(
+    get, path = "/api/drivers/{id}", tag = "drivers",
+    params(("id" = String, Path, pattern = "^[A-Za-z0-9_-]{1,64}$", description = "The driver id.")),
+    responses(
+        (status = 200, description = "The driver's last fix.", body = DriverFix),
+        (status = 400, description = "`driver_id_invalid`.", body = ErrorBody),
+        (status = 401, description = "No credential, or not one this server made.", body = ErrorBody),
+        (status = 403, description = "Not a link of this driver, or a revoked one.", body = ErrorBody),
+        (status = 404, description = "No such driver is known.", body = ErrorBody),
+        (status = 503, description = "`store_unavailable`: retry.", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
 pub(crate) async fn get_driver(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -271,6 +364,23 @@ pub(crate) async fn get_driver(
 
 /// `GET /api/drivers/near?lat=&lon=&radius_m=&limit=`: online drivers nearest first (radius default 5 km, at most
 /// 50 km; limit default 20, at most 100). Fleet key only: it names drivers and where they are.
+#[utoipa::path(
+    get, path = "/api/drivers/near", tag = "drivers",
+    params(
+        ("lat" = f64, Query, minimum = -90, maximum = 90, description = "Latitude of the point."),
+        ("lon" = f64, Query, minimum = -180, maximum = 180, description = "Longitude of the point."),
+        ("radius_m" = Option<f64>, Query, minimum = 0, maximum = 50000, description = "Search radius in metres (default 5000)."),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 100, description = "At most this many drivers (default 20)."),
+    ),
+    responses(
+        (status = 200, description = "Online drivers, nearest first.", body = NearDrivers),
+        (status = 400, description = "A missing or bad number.", body = ErrorBody),
+        (status = 401, description = "No credential, or not one this server made.", body = ErrorBody),
+        (status = 403, description = "Only the fleet and admin keys.", body = ErrorBody),
+        (status = 503, description = "`store_unavailable`: retry.", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
 pub(crate) async fn get_near(
     State(state): State<AppState>,
     headers: HeaderMap,

@@ -3,11 +3,13 @@
 //!
 //! - [`api`]: the JSON API. [`ops`]: health and metrics. [`ws`]: the three WebSockets.
 //! - [`access`]: who a request is and what it may do. [`error`]: the one error body and its status table.
+//! - [`openapi`]: the API's own description, made from the routes below and the `protocol` types.
 //! - [`serve`]: the accept loop (header timeout, connections per address).
 
 pub(crate) mod access;
 pub(crate) mod api;
 pub(crate) mod error;
+pub(crate) mod openapi;
 pub(crate) mod ops;
 pub(crate) mod serve;
 pub(crate) mod ws;
@@ -21,13 +23,15 @@ use axum::{
     extract::{FromRef, Request, State},
     http::{Method, Uri},
     response::IntoResponse,
-    routing::{get, post},
+    routing::get,
     Router,
 };
 use leptos::{config::LeptosOptions, prelude::provide_context};
 use leptos_axum::{generate_route_list, LeptosRoutes};
 use protocol::problem::ErrorCode;
 use tokio_util::sync::CancellationToken;
+use utoipa::OpenApi;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{auth::Auth, config::Config, engine::EngineHandle, ingest::Ingest, metrics::Metrics, store::Lookups};
 use error::ApiError;
@@ -58,28 +62,20 @@ impl FromRef<AppState> for LeptosOptions {
     }
 }
 
-/// Every route the server answers: the API, the sockets, the ops endpoints, and the pages (with the built
-/// site's files as the fallback).
+/// Every route the server answers: the API and the sockets (each registered with its description), the
+/// document itself, the pages and the server function (described in [`openapi`]), and the built site's files as
+/// the fallback.
 pub(crate) fn router(state: AppState) -> Router {
+    let (routes, document) = api_routes();
     let pages = generate_route_list(app::App);
     let sink = api::ServerFnSink::shared(state.clone());
     let settings = state.config.site_settings();
     let shell = move |options| app::shell(options, settings.clone());
     let leptos = state.leptos.clone();
-    Router::new()
-        .route("/api/pings", post(api::post_pings))
-        .route("/api/orders", post(api::post_orders))
-        .route("/api/heat", get(api::get_heat))
-        .route("/api/drivers/enter", post(api::enter))
-        .route("/api/shares", post(api::create_share))
-        .route("/api/shares/revoke", post(api::revoke_shares))
-        .route("/api/drivers/near", get(api::get_near))
-        .route("/api/drivers/{id}", get(api::get_driver))
-        .route("/healthz", get(ops::healthz))
-        .route("/metrics", get(ops::metrics))
-        .route("/ws/driver", get(ws::driver::handshake))
-        .route("/ws/heat", get(ws::heat::handshake))
-        .route("/ws/track/{driver_id}", get(ws::track::handshake))
+    let document = Arc::new(document.to_json().expect("the document serialises"));
+    routes
+        .route("/api/openapi.json", get(move || openapi::openapi_json(State(openapi::Served(document.clone())))))
+        .route("/api/docs", get(openapi::docs_page))
         .leptos_routes_with_context(&state, pages, move || provide_context(sink.clone()), {
             let shell = shell.clone();
             move || shell(leptos.clone())
@@ -97,9 +93,52 @@ pub(crate) fn router(state: AppState) -> Router {
                 }
             }
         })
+        .layer(axum::middleware::from_fn(server_fn_errors))
         // One span per request (method, path, status, latency) at debug level: RUST_LOG=tower_http=debug.
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// The API's and the sockets' routes, each with its description, and the whole document.
+pub(crate) fn api_routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    let (routes, mut document) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(api::post_pings))
+        .routes(routes!(api::post_orders))
+        .routes(routes!(api::get_heat))
+        .routes(routes!(api::enter))
+        .routes(routes!(api::create_share))
+        .routes(routes!(api::revoke_shares))
+        .routes(routes!(api::get_near))
+        .routes(routes!(api::get_driver))
+        .routes(routes!(ops::healthz))
+        .routes(routes!(ops::metrics))
+        .routes(routes!(ws::driver::handshake))
+        .routes(routes!(ws::heat::handshake))
+        .routes(routes!(ws::track::handshake))
+        .split_for_parts();
+    openapi::describe_sockets(&mut document);
+    (routes, document)
+}
+
+/// The server function answers input it cannot read in its own text format (`Deserialization|...`, status 500).
+/// Here, as everywhere, a refusal is the error body: 400 `invalid_json` for such input.
+async fn server_fn_errors(request: Request, next: axum::middleware::Next) -> axum::response::Response {
+    let from_fn = request.uri().path().starts_with("/fn/");
+    let response = next.run(request).await;
+    let json = response.headers().get(axum::http::header::CONTENT_TYPE).is_some_and(|t| t == "application/json");
+    if !from_fn || response.status().is_success() || json {
+        return response;
+    }
+    let bytes = axum::body::to_bytes(response.into_body(), 64 * 1024).await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&bytes);
+    let (kind, detail) = text.split_once('|').unwrap_or(("", &text));
+    match kind {
+        "Deserialization" | "Args" | "MissingArg" => {
+            ApiError::field(ErrorCode::InvalidJson, "body", format!("the body is not a SendPing: {detail}"))
+        }
+        _ => ApiError::new(ErrorCode::Internal, detail.to_string()),
+    }
+    .into_response()
 }
 
 /// A path that exists, asked with another method.

@@ -6,12 +6,17 @@ use axum::{
     response::{IntoResponse, Response},
     Json,
 };
-use protocol::ops::Health;
+use protocol::{ops::Health, problem::ErrorBody};
 
 use super::{access::require, error::ApiError, AppState};
 use crate::{auth::Role, metrics::Gauges};
 
 /// `GET /healthz`: liveness plus the few numbers an operator checks first.
+#[utoipa::path(
+    get, path = "/healthz", tag = "ops",
+    responses((status = 200, description = "`degraded` while the shared store does not answer.", body = Health)),
+    security(())
+)]
 pub(crate) async fn healthz(State(state): State<AppState>) -> Response {
     let store_up = state.lookups.healthy().await;
     Json(Health {
@@ -27,6 +32,15 @@ pub(crate) async fn healthz(State(state): State<AppState>) -> Response {
 }
 
 /// `GET /metrics`: the Prometheus text exposition. Admin key only.
+#[utoipa::path(
+    get, path = "/metrics", tag = "ops",
+    responses(
+        (status = 200, description = "OpenMetrics text.", content_type = "application/openmetrics-text", body = String),
+        (status = 401, description = "No credential, or not one this server made.", body = ErrorBody),
+        (status = 403, description = "Only the admin key.", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
 pub(crate) async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
     require(&state, &headers, "read the metrics", |r| *r == Role::Admin)?;
     let body = state.metrics.render(Gauges {

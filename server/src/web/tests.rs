@@ -95,3 +95,60 @@ async fn each_role_may_do_what_it_may_and_no_more() {
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert!(text.contains(r#""code":"token_invalid""#), "{text}");
 }
+
+/// The paths the router answers, as axum lists them in its debug form (`Node { paths: {RouteId(n): "/..."} }`):
+/// the only way to see every route, however it was added. Fallback routes (the site's files) are not paths.
+fn router_paths(router: &Router) -> std::collections::BTreeSet<String> {
+    let debug = format!("{router:?}");
+    let routes = &debug[..debug.find("fallback_router").expect("axum's Router debug form names its parts")];
+    let start = routes.find("paths: {").expect("the path router lists its paths") + "paths: {".len();
+    // The quoted strings up to the map's closing brace (braces inside quotes are path parameters).
+    let (mut paths, mut current, mut quoted) = (std::collections::BTreeSet::new(), String::new(), false);
+    for c in routes[start..].chars() {
+        match (quoted, c) {
+            (false, '}') => break,
+            (false, '"') => quoted = true,
+            (true, '"') => {
+                paths.insert(std::mem::take(&mut current));
+                quoted = false;
+            }
+            (true, c) => current.push(c),
+            (false, _) => {}
+        }
+    }
+    paths
+}
+
+/// Every route the router answers is described in the served document, and the document describes nothing the
+/// router does not answer.
+#[tokio::test]
+async fn the_document_describes_every_route() {
+    let (router, _) = router().await;
+    let routes = router_paths(&router);
+    for known in ["/api/pings", "/ws/track/{driver_id}", "/track/{id}", "/fn/send_ping", "/api/openapi.json"] {
+        assert!(routes.contains(known), "the router's paths were not read whole: {routes:?}");
+    }
+    let (status, text) = call(&router, Method::GET, "/api/openapi.json", None, "").await;
+    assert_eq!(status, StatusCode::OK);
+    let document: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(document["openapi"].as_str().map(|v| &v[..3]), Some("3.1"));
+    let described: std::collections::BTreeSet<String> =
+        document["paths"].as_object().unwrap().keys().cloned().collect();
+    let undescribed: Vec<&String> = routes.difference(&described).collect();
+    assert!(undescribed.is_empty(), "routes the document does not describe: {undescribed:?}");
+    let unanswered: Vec<&String> = described.difference(&routes).collect();
+    assert!(unanswered.is_empty(), "described but not routed: {unanswered:?}");
+    // Each socket names its messages, and every schema referenced exists.
+    for path in ["/ws/driver", "/ws/heat", "/ws/track/{driver_id}"] {
+        let messages = &document["paths"][path]["get"]["x-websocket"];
+        for side in ["client", "server"] {
+            let reference = messages[side]["$ref"].as_str().unwrap_or_else(|| panic!("{path} {side}"));
+            let name = reference.trim_start_matches("#/components/schemas/");
+            assert!(document["components"]["schemas"][name].is_object(), "{path}: {name} is not defined");
+        }
+    }
+    let (status, page) = call(&router, Method::GET, "/api/docs", None, "").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains("/vendor/swagger-ui/swagger-ui-bundle.js") && page.contains("/api/openapi.json"));
+    assert!(!page.contains("https://"), "the docs page loads nothing from another host");
+}

@@ -15,7 +15,7 @@ use axum::{
 };
 use protocol::{
     driver::DriverServerMsg,
-    problem::{ErrorCode, Problem},
+    problem::{ErrorBody, ErrorCode, Problem},
 };
 
 use super::{admit, open, Conn, Inbound};
@@ -27,6 +27,18 @@ use crate::{
     web::{access::bearer, error::ApiError, serve::ConnectionSlot, AppState},
 };
 
+#[utoipa::path(
+    get, path = "/ws/driver", tag = "sockets", operation_id = "driver_socket",
+    description = "Messages in: `DriverClientMsg`; out: `DriverServerMsg` (see `x-websocket`). Send `auth` first \
+        (or `Authorization: Bearer` on the handshake); the socket stays open on bad input.",
+    responses(
+        (status = 101, description = "Switching Protocols: the socket is open."),
+        (status = 403, description = "`origin_not_allowed`: a page of another site.", body = ErrorBody),
+        (status = 426, description = "`upgrade_required`: not a WebSocket handshake.", body = ErrorBody),
+        (status = 401, description = "A bad credential on the handshake.", body = ErrorBody),
+    ),
+    security((), ("bearer" = []))
+)]
 pub(crate) async fn handshake(
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
     headers: HeaderMap,

@@ -15,7 +15,7 @@ use axum::{
 };
 use protocol::{
     heat::{HeatClientMsg, HeatServerMsg},
-    problem::{ErrorCode, Problem},
+    problem::{ErrorBody, ErrorCode, Problem},
 };
 use tokio::sync::broadcast::{self, error::RecvError};
 
@@ -28,6 +28,17 @@ use crate::{
     web::{error::ApiError, serve::ConnectionSlot, AppState},
 };
 
+#[utoipa::path(
+    get, path = "/ws/heat", tag = "sockets", operation_id = "heat_socket",
+    description = "Messages in: `HeatClientMsg`; out: `HeatServerMsg` (see `x-websocket`). `subscribe` -> \
+        `snapshot`, then a `delta` per tick that changed something in view.",
+    responses(
+        (status = 101, description = "Switching Protocols: the socket is open."),
+        (status = 403, description = "`origin_not_allowed`: a page of another site.", body = ErrorBody),
+        (status = 426, description = "`upgrade_required`: not a WebSocket handshake.", body = ErrorBody),
+    ),
+    security(())
+)]
 pub(crate) async fn handshake(
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
     headers: HeaderMap,

@@ -16,7 +16,7 @@ use axum::{
     Extension,
 };
 use protocol::{
-    problem::{ErrorCode, Problem},
+    problem::{ErrorBody, ErrorCode, Problem},
     track::{TrackClientMsg, TrackMsg},
     validate::check_driver_id,
 };
@@ -37,6 +37,20 @@ use crate::{
     },
 };
 
+#[utoipa::path(
+    get, path = "/ws/track/{driver_id}", tag = "sockets", operation_id = "track_socket",
+    description = "Messages in: `TrackClientMsg` (`auth` first, within 10 s); out: `TrackMsg` (see `x-websocket`). \
+        Closes 4401 when the link expires, 4403 when it is revoked.",
+    params(("driver_id" = String, Path, description = "The driver to follow.")),
+    responses(
+        (status = 101, description = "Switching Protocols: the socket is open."),
+        (status = 403, description = "`origin_not_allowed`: a page of another site.", body = ErrorBody),
+        (status = 426, description = "`upgrade_required`: not a WebSocket handshake.", body = ErrorBody),
+        (status = 400, description = "`driver_id_invalid`.", body = ErrorBody),
+        (status = 401, description = "A bad credential on the handshake.", body = ErrorBody),
+    ),
+    security((), ("bearer" = []))
+)]
 pub(crate) async fn handshake(
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
     headers: HeaderMap,
