@@ -11,9 +11,9 @@
 //! from the `protocol` crate, shared with the server.
 
 pub mod driver;
-pub mod home;
-pub mod track;
-pub mod ui;
+mod home;
+mod track;
+mod ui;
 
 #[cfg(feature = "hydrate")]
 mod browser;

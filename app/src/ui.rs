@@ -4,7 +4,8 @@
 use leptos::prelude::*;
 use serde::{Deserialize, Serialize};
 
-/// Lagos, the demo city: where maps open.
+/// Lagos, the demo city: where maps open (in the browser).
+#[cfg_attr(not(feature = "hydrate"), allow(dead_code))]
 pub const CITY_CENTER: (f64, f64) = (6.5244, 3.3792);
 
 /// The state of a page's live connection, as its badge shows it.

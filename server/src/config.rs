@@ -11,7 +11,7 @@ use protocol::{heat::WINDOWS_MIN, settings::SiteSettings, validate::Limits};
 #[command(name = "pulsemap", version, about)]
 pub struct Config {
     /// Address to listen on.
-    #[arg(long, env = "PULSEMAP_ADDR", default_value = env!("PULSEMAP_ADDR_DEFAULT"))]
+    #[arg(long, env = "PULSEMAP_ADDR", default_value = site::ADDR)]
     pub addr: SocketAddr,
 
     /// Start the built-in demo fleet (drivers and orders moving around Lagos).
@@ -171,7 +171,7 @@ pub struct Config {
     pub driver_heartbeat_secs: f64,
 
     /// Folder of the built site (wasm, js, css, static files), relative to the working directory.
-    #[arg(long, env = "PULSEMAP_SITE_ROOT", default_value = env!("PULSEMAP_SITE_ROOT_DEFAULT"))]
+    #[arg(long, env = "PULSEMAP_SITE_ROOT", default_value = site::ROOT)]
     pub site_root: PathBuf,
 
     /// Log format: `text` for people, `json` for log pipelines. The filter is RUST_LOG (default `info`).

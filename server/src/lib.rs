@@ -45,12 +45,12 @@ use ingest::Ingest;
 use metrics::Metrics;
 pub use web::AppState;
 
-/// The Leptos options, from the same names the site build uses (the root Cargo.toml's leptos metadata).
+/// The Leptos options, from the same names the site build uses (the `site` crate).
 fn leptos_options(config: &Config, addr: SocketAddr) -> LeptosOptions {
     LeptosOptions::builder()
-        .output_name(env!("PULSEMAP_SITE_NAME"))
+        .output_name(site::NAME)
         .site_root(config.site_root.to_string_lossy().to_string())
-        .site_pkg_dir(env!("PULSEMAP_SITE_PKG_DIR_DEFAULT"))
+        .site_pkg_dir(site::PKG_DIR)
         .site_addr(addr)
         .build()
 }

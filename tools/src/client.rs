@@ -27,8 +27,8 @@ pub async fn server_metric(client: &reqwest::Client, url: &str, name: &str) -> a
     Ok(text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok()).unwrap_or(0.0))
 }
 
-/// Client sockets with small buffers: tungstenite's 128 KiB default read buffer would make 20,000 harness
-/// sockets cost 2.5 GiB.
+/// Client sockets with small buffers: tungstenite's default read buffer is 128 KiB per socket, too much for
+/// tens of thousands of harness sockets in one process.
 pub fn small_buffers() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
     tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().read_buffer_size(4096).write_buffer_size(0)
 }

@@ -78,8 +78,8 @@ struct ViewerLog {
     ticks: Vec<(u64, f64, usize, usize)>,
 }
 
-/// The type, seq and cell count of a heat frame, read without decoding it: with 20,000 viewers in one process,
-/// a full JSON parse per frame would make the harness, not the server, what the spread measures.
+/// The type, seq and cell count of a heat frame, read without decoding it: with tens of thousands of viewers in
+/// one process, a full JSON parse per frame would make the harness, not the server, what the spread measures.
 fn frame_head(text: &str) -> Option<(&str, Option<u64>, usize)> {
     let after = |key: &str| text.find(key).map(|i| &text[i + key.len()..]);
     let kind = after("\"type\":\"")?.split('"').next()?;

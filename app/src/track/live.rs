@@ -113,7 +113,6 @@ fn on_message(tracker: &Rc<RefCell<Tracker>>, text: &str, s: TrackSignals) -> bo
     let Ok(message) = serde_json::from_str::<TrackMsg>(text) else { return true };
     match message {
         TrackMsg::Fix(fix) => {
-            s.fixes.update(|n| *n += 1);
             s.presence.set(if fix.online { Presence::Online } else { Presence::Offline });
             s.last_seen_ms.set(Some(fix.last_seen_ms));
             s.position.set(format!(

@@ -8,7 +8,8 @@ use crate::ui::ConnState;
 #[cfg_attr(not(feature = "hydrate"), allow(dead_code))]
 pub const FLEET_KEY: &str = "pulsemap.fleet_key";
 
-/// What the tracking view shows.
+/// What the tracking view shows (set by the browser half only).
+#[cfg_attr(not(feature = "hydrate"), allow(dead_code))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Presence {
     /// No fix known yet.
@@ -32,8 +33,6 @@ pub struct TrackSignals {
     pub follow: RwSignal<bool>,
     /// `lat, lon ± accuracy` of the last fix.
     pub position: RwSignal<String>,
-    /// Fixes received on this page.
-    pub fixes: RwSignal<u64>,
     /// Why the page cannot show the driver (no or bad link), in words.
     pub problem: RwSignal<String>,
 }
@@ -47,7 +46,6 @@ impl TrackSignals {
             now_ms: RwSignal::new(0),
             follow: RwSignal::new(true),
             position: RwSignal::new("—".into()),
-            fixes: RwSignal::new(0),
             problem: RwSignal::new(String::new()),
         }
     }

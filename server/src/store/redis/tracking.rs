@@ -104,8 +104,8 @@ impl TrackingBus for RedisBus {
 
 /// Keeps this instance's claims in the tracked registry alive and learns who tracks whom. Every
 /// `TRACK_REFRESH` it drops lapsed claims and reads the registry's version; only when the version moved (a claim
-/// came or went) does it read the whole registry. Re-writing and re-reading 10,000 claims four times a second
-/// was most of Redis's work under the tracking load.
+/// came or went) does it read the whole registry: re-writing and re-reading every claim at each refresh made the
+/// registry most of Redis's work under tracking load.
 pub(super) async fn refresh_tracked(
     mut conn: ConnectionManager,
     keys: Keys,

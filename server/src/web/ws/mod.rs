@@ -78,8 +78,8 @@ where
 {
     let slot = slot.and_then(|Extension(slot)| slot.take());
     let max = state.config.max_ws_message_bytes;
-    // Buffers start small: tungstenite's default read buffer is 128 KiB per socket, which made 10,000 tracking
-    // sockets cost 1.3 GiB. They grow for a large message and are capped by the limits.
+    // Buffers start small (tungstenite's default read buffer is 128 KiB per socket, which made every idle socket
+    // cost that much); they grow for a large message and are capped by the limits.
     let upgrade = upgrade
         .max_message_size(max)
         .max_frame_size(max)
@@ -251,7 +251,7 @@ impl Liveness {
 /// The client's side of a socket: its messages, the server's keep-alive pings and the shutdown signal. Every
 /// end (shutdown, silence, the client's close, a read error) is dealt with here, so a socket loop sees only
 /// messages to handle. The shutdown future is made once per socket: made per loop turn, every socket woken by a
-/// tick would take and release the token's one lock twice (20,000 viewers contending for it each tick).
+/// tick would take and release the token's one lock twice, every viewer contending for it each tick.
 struct Inbound {
     shutdown: std::pin::Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
     live: Liveness,
