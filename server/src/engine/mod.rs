@@ -43,7 +43,7 @@ enum Command {
     /// The cells of `key` inside `bbox` (`tiles`: the box's covering tiles), as of the last tick.
     Snapshot { key: HeatKey, bbox: BBox, tiles: Vec<Cell>, reply: oneshot::Sender<HeatSnapshot> },
     /// Join a driver's tracking stream: the state now, then every message after it.
-    Track { driver_id: String, reply: oneshot::Sender<(TrackMsg, broadcast::Receiver<TrackFrame>)> },
+    Track { driver_id: String, reply: oneshot::Sender<(TrackMsg, broadcast::Receiver<Arc<TrackFrame>>)> },
     /// A driver's last fix, as this instance knows it.
     Driver { driver_id: String, reply: oneshot::Sender<Option<DriverFix>> },
     /// Online drivers within `radius_m` of a point, nearest first, at most `limit`.
@@ -89,7 +89,10 @@ impl EngineHandle {
 
     /// Joins a driver's tracking stream: what is known of the driver now (from another instance when it does not
     /// ping this one; `unknown` if the store cannot say), then every message after it.
-    pub async fn track(&self, driver_id: String) -> Result<(TrackMsg, broadcast::Receiver<TrackFrame>), Unanswered> {
+    pub async fn track(
+        &self,
+        driver_id: String,
+    ) -> Result<(TrackMsg, broadcast::Receiver<Arc<TrackFrame>>), Unanswered> {
         let (now, updates) = self.ask(|reply| Command::Track { driver_id, reply }).await?;
         let now = match now {
             TrackMsg::Unknown { driver_id } => match self.lookups.last_fix(&driver_id).await {

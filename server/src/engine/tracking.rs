@@ -12,9 +12,9 @@ use crate::store::TrackingBus;
 /// Messages a tracker may fall behind before it skips to the newest fix.
 const TRACK_BUFFER: usize = 32;
 
-/// One message to a driver's trackers, serialised once and shared, with what a tracker must know of it without
-/// reading the text.
-#[derive(Debug, Clone)]
+/// One message to a driver's trackers, serialised once and shared (behind an `Arc`, so each of the channel's
+/// slots holds a pointer), with what a tracker must know of it without reading the text.
+#[derive(Debug)]
 pub(crate) struct TrackFrame {
     pub text: Utf8Bytes,
     pub kind: FrameKind,
@@ -34,21 +34,21 @@ pub(crate) enum FrameKind {
 }
 
 impl TrackFrame {
-    pub fn new(msg: &TrackMsg) -> TrackFrame {
+    pub fn new(msg: &TrackMsg) -> Arc<TrackFrame> {
         let kind = match msg {
             TrackMsg::Fix(fix) => FrameKind::Fix { ts: fix.ts },
             TrackMsg::Revoked { before_ms, .. } => FrameKind::Revoked { before_ms: *before_ms },
             _ => FrameKind::Other,
         };
         let text = serde_json::to_string(msg).expect("protocol types always serialise");
-        TrackFrame { text: Utf8Bytes::from(text), kind }
+        Arc::new(TrackFrame { text: Utf8Bytes::from(text), kind })
     }
 }
 
 /// Who tracks which driver, here and (through the bus) elsewhere.
 pub(super) struct Tracking {
     /// Per driver tracked here, the channel its trackers listen on (removed when the last tracker leaves).
-    trackers: HashMap<String, broadcast::Sender<TrackFrame>>,
+    trackers: HashMap<String, broadcast::Sender<Arc<TrackFrame>>>,
     bus: Arc<dyn TrackingBus>,
 }
 
@@ -80,7 +80,7 @@ impl Tracking {
     }
 
     /// A new tracker of the driver here: its stream from now on.
-    pub fn join(&mut self, driver_id: &str) -> broadcast::Receiver<TrackFrame> {
+    pub fn join(&mut self, driver_id: &str) -> broadcast::Receiver<Arc<TrackFrame>> {
         if let Some(tx) = self.trackers.get(driver_id) {
             return tx.subscribe();
         }

@@ -46,7 +46,7 @@ async fn snapshot_then_deltas_of_changed_cells_with_exact_counts() {
         let delta = ws.next().await;
         assert_eq!(delta["type"], "delta", "{delta}");
         assert!(delta["seq"].as_u64().unwrap() > snapshot["seq"].as_u64().unwrap());
-        // The box takes in every region that changed (Yaba and Lekki are in two): one frame per tick, no tile.
+        // The box takes in every tile that changed (Yaba and Lekki are in two): one frame per tick, no tile.
         assert!(ticks.insert(delta["seq"].as_u64()), "one frame per tick for a viewer of the whole city: {delta}");
         assert!(delta.get("tile").is_none(), "{delta}");
         for cell in delta["cells"].as_array().into_iter().flatten() {
@@ -55,7 +55,7 @@ async fn snapshot_then_deltas_of_changed_cells_with_exact_counts() {
         drivers_online = delta["totals"]["drivers_online"].as_u64().or(drivers_online);
     }
     assert_eq!(seen.len(), 2, "only the changed cells: {seen:?}");
-    assert_ne!(yaba_cell[..4], lekki_cell[..4], "the two cells are in different regions");
+    assert_ne!(yaba_cell[..4], lekki_cell[..4], "the two cells are in different tiles");
 
     // h4 drives out of its cell: the cell empties (0) and Yaba is not re-sent.
     assert_eq!(post_json(&server, "/api/pings", &json!([ping("h4", 6.60, 3.35)])).await.0, 202);
@@ -74,7 +74,7 @@ async fn snapshot_then_deltas_of_changed_cells_with_exact_counts() {
 }
 
 #[tokio::test]
-async fn a_viewer_of_some_regions_gets_their_frames_and_the_totals_apart() {
+async fn a_viewer_of_some_tiles_gets_their_frames_and_the_totals_apart() {
     let server = start(config()).await;
     let mut ws = Socket::connect(&server, "/ws/heat").await;
     let yaba_only = json!({"south": 6.505, "west": 3.365, "north": 6.515, "east": 3.375});
@@ -88,10 +88,10 @@ async fn a_viewer_of_some_regions_gets_their_frames_and_the_totals_apart() {
     while yaba_seen != Some(2) || totals_seen != Some(3) {
         let delta = ws.next().await;
         assert_eq!(delta["type"], "delta", "{delta}");
-        assert_eq!(cell_value(&delta["cells"], &lekki_cell), None, "a region outside the box arrived: {delta}");
+        assert_eq!(cell_value(&delta["cells"], &lekki_cell), None, "a tile outside the box arrived: {delta}");
         if delta.get("cells").is_some() {
             assert_eq!(delta["tile"], yaba_cell[..4], "{delta}");
-            assert!(delta.get("totals").is_none(), "a region's frame carries no totals: {delta}");
+            assert!(delta.get("totals").is_none(), "a tile's frame carries no totals: {delta}");
             yaba_seen = cell_value(&delta["cells"], &yaba_cell).or(yaba_seen);
         } else {
             assert!(delta.get("tile").is_none(), "{delta}");

@@ -110,7 +110,8 @@ async fn serve(mut conn: Conn, state: AppState, driver_id: String, role: Option<
     tracing::debug!(%driver_id, "tracking");
     let role = match role {
         Some(role) => role,
-        None => match authenticate(&mut conn, &state, &driver_id).await {
+        // Boxed: awaited once, its state need not stay in the socket's task for the socket's life.
+        None => match Box::pin(authenticate(&mut conn, &state, &driver_id)).await {
             Some(role) => role,
             None => return,
         },
@@ -120,7 +121,7 @@ async fn serve(mut conn: Conn, state: AppState, driver_id: String, role: Option<
         tokio::time::Instant::now() + left
     });
     let mut expiry = std::pin::pin!(or_pending(expires.map(tokio::time::sleep_until)));
-    let Ok((now, mut updates)) = state.engine.track(driver_id.clone()).await else {
+    let Ok((now, mut updates)) = Box::pin(state.engine.track(driver_id.clone())).await else {
         conn.close(CLOSE_GOING_AWAY, "server shutting down").await;
         return;
     };
@@ -151,7 +152,7 @@ async fn serve(mut conn: Conn, state: AppState, driver_id: String, role: Option<
                             // Remembered here too: the revocation may come from another instance.
                             state.auth.revoke(&driver_id, before_ms);
                             if matches!(role, Role::Viewer { issued_ms, .. } if issued_ms <= before_ms) {
-                                let _ = conn.send(frame.text).await;
+                                let _ = conn.send(frame.text.clone()).await;
                                 conn.close(CLOSE_FORBIDDEN, "the driver stopped sharing").await;
                                 return;
                             }
@@ -160,15 +161,15 @@ async fn serve(mut conn: Conn, state: AppState, driver_id: String, role: Option<
                         FrameKind::Fix { ts } if ts < newest_ts => Ok(()),
                         FrameKind::Fix { ts } => {
                             newest_ts = ts;
-                            conn.send(frame.text).await
+                            conn.send(frame.text.clone()).await
                         }
-                        FrameKind::Other => conn.send(frame.text).await,
+                        FrameKind::Other => conn.send(frame.text.clone()).await,
                     },
                     Err(RecvError::Lagged(_)) => {
                         // Behind: what was missed is stale. Start over from the newest fix, and drop what is still
                         // queued for this tracker (older than it).
                         updates = updates.resubscribe();
-                        match state.engine.last_fix(&driver_id).await {
+                        match Box::pin(state.engine.last_fix(&driver_id)).await {
                             Ok(Some(fix)) => {
                                 newest_ts = fix.ts;
                                 conn.send_json(&TrackMsg::Fix(fix)).await
