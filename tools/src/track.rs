@@ -107,9 +107,17 @@ pub async fn track(plan: &TrackPlan) -> anyhow::Result<TrackReport> {
             sent += batch.iter().filter(is_tracked).count() as u64;
         },
     );
-    tokio::select! {
-        result = fleet => result?,
-        _ = tokio::time::sleep_until(stop_at.into()) => stop.cancel(),
+    {
+        let mut fleet = std::pin::pin!(fleet);
+        tokio::select! {
+            result = &mut fleet => result?,
+            // The fleet stops between batches, not in the middle of one: a batch the server may already have
+            // applied is always counted as sent.
+            _ = tokio::time::sleep_until(stop_at.into()) => {
+                stop.cancel();
+                fleet.await?;
+            }
+        }
     }
     let mut latencies = Vec::new();
     let (mut delivered, mut duplicates) = (0, 0);
