@@ -260,13 +260,20 @@ struct Inbound {
     rate_per_sec: f64,
 }
 
+/// The clock of every socket's rate limiter, made once: making a clock runs `cpuid` to pick its source, which a
+/// virtual machine traps (slow, on every socket opened); copying one is free.
+static RATE_CLOCK: std::sync::LazyLock<governor::clock::DefaultClock> = std::sync::LazyLock::new(Default::default);
+
 impl Inbound {
     fn new(state: &AppState) -> Inbound {
         let per_sec = state.config.ws_messages_per_sec.max(0.01);
         Inbound {
             shutdown: Box::pin(state.shutdown.clone().cancelled_owned()),
             live: Liveness::new(state),
-            rate: Some(DefaultDirectRateLimiter::direct(quota(per_sec, (2.0 * per_sec).ceil() as u32))),
+            rate: Some(DefaultDirectRateLimiter::direct_with_clock(
+                quota(per_sec, (2.0 * per_sec).ceil() as u32),
+                RATE_CLOCK.clone(),
+            )),
             rate_per_sec: per_sec,
         }
     }
