@@ -1,13 +1,14 @@
 // The API against its own document: schemathesis (from PyPI, installed by scripts/setup --test) reads
 // /api/openapi.json from a running server and sends every operation generated requests, valid and not, with the
 // fleet key. A run fails on any 5xx, any response that does not match its documented status and schema, and any
-// error body without its code (end2end/schema/hooks.py).
+// error body without its code (end2end/schema/hooks.py). And the docs page, in a real browser, with no network
+// beyond the server.
 
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { FLEET_KEY, startServer } from './harness.mjs';
+import { FLEET_KEY, eventually, openPage, startBrowser, startServer } from './harness.mjs';
 
 const schemathesis = process.env.SCHEMATHESIS ?? join(process.env.HOME, '.cache/pulsemap/venv/bin/schemathesis');
 // Cases per operation; PULSEMAP_API_EXAMPLES for a longer run.
@@ -43,6 +44,27 @@ test('every operation answers generated requests as its document says', async ()
     assert.ok(operations && Number(operations[1]) >= 19, `every operation tested: ${summary}`);
     assert.ok(cases && cases[1] === cases[2] && Number(cases[1]) > 1000, `cases: ${summary}`);
   } finally {
+    await server.stop();
+  }
+});
+
+test('/api/docs shows every operation of the document, from files the server serves', async () => {
+  const server = await startServer();
+  const browser = await startBrowser();
+  try {
+    const document = await (await fetch(`${server.url}/api/openapi.json`)).json();
+    const operations = Object.values(document.paths).flatMap((item) => Object.keys(item)).length;
+    const { page, problems } = await openPage(browser, server);
+    await page.goto(`${server.url}/api/docs`);
+    await eventually('the operations drawn', async () => (await page.locator('.opblock').count()) === operations);
+    assert.match(await page.textContent('.info .title'), /pulsemap/);
+    // One operation opened shows its responses, read from the document.
+    await page.locator('.opblock-summary', { hasText: '/api/pings' }).first().click();
+    await eventually('its responses', async () => (await page.locator('.responses-table .response').count()) > 1);
+    assert.deepEqual(problems.foreignRequests, [], 'nothing fetched from another host');
+    assert.deepEqual(problems.consoleErrors, []);
+  } finally {
+    await browser.close();
     await server.stop();
   }
 });
