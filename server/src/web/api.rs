@@ -27,6 +27,7 @@ use protocol::{
 use super::{
     access::{bearer, not_revoked, refused, require},
     error::ApiError,
+    openapi::shared::{BodyTooLarge, StoreUnavailable, Unauthenticated},
     AppState,
 };
 use crate::{
@@ -79,7 +80,7 @@ async fn post_batch<T: FromObject>(
     responses(
         (status = 202, description = "What was kept and what was refused, item by item.", body = BatchReport),
         (status = 400, description = "The body is not a JSON array (`invalid_json`).", body = ErrorBody),
-        (status = 401, description = "No credential, or not one this server made.", body = ErrorBody),
+        Unauthenticated,
         (status = 403, description = "A share link cannot send pings.", body = ErrorBody),
         (status = 413, description = "`body_too_large` or `batch_too_large`.", body = ErrorBody),
         (status = 503, description = "`queue_full` (with Retry-After): nothing of the batch was taken.", body = ErrorBody),
@@ -103,7 +104,7 @@ pub(crate) async fn post_pings(
     responses(
         (status = 202, description = "What was kept and what was refused, item by item.", body = BatchReport),
         (status = 400, description = "The body is not a JSON array (`invalid_json`).", body = ErrorBody),
-        (status = 401, description = "No credential, or not one this server made.", body = ErrorBody),
+        Unauthenticated,
         (status = 403, description = "Only the fleet and admin keys send orders.", body = ErrorBody),
         (status = 413, description = "`body_too_large` or `batch_too_large`.", body = ErrorBody),
         (status = 503, description = "`queue_full` (with Retry-After).", body = ErrorBody),
@@ -180,7 +181,7 @@ fn subject(role: &Role, request: &TokenRequest) -> Result<String, ApiError> {
         (status = 400, description = "An unreadable body or driver id.", body = ErrorBody),
         (status = 401, description = "A bad credential, or `--open-enter` is off.", body = ErrorBody),
         (status = 403, description = "A share link, or a driver id chosen without the fleet key.", body = ErrorBody),
-        (status = 413, description = "`body_too_large`.", body = ErrorBody),
+        BodyTooLarge,
     ),
     security((), ("bearer" = []))
 )]
@@ -224,9 +225,9 @@ pub(crate) async fn enter(State(state): State<AppState>, headers: HeaderMap, bod
     responses(
         (status = 201, description = "A share link: `path` is the page to open.", body = IssuedToken),
         (status = 400, description = "An unreadable body, driver id or `ttl_secs`.", body = ErrorBody),
-        (status = 401, description = "No credential, or not one this server made.", body = ErrorBody),
+        Unauthenticated,
         (status = 403, description = "A share link, or a driver's token for another driver.", body = ErrorBody),
-        (status = 413, description = "`body_too_large`.", body = ErrorBody),
+        BodyTooLarge,
     ),
     security(("bearer" = []))
 )]
@@ -263,10 +264,10 @@ pub(crate) async fn create_share(
     responses(
         (status = 200, description = "Links made until now are dead, on every instance.", body = SharesRevoked),
         (status = 400, description = "An unreadable body or driver id.", body = ErrorBody),
-        (status = 401, description = "No credential, or not one this server made.", body = ErrorBody),
+        Unauthenticated,
         (status = 403, description = "Only the driver itself, or the admin key.", body = ErrorBody),
-        (status = 413, description = "`body_too_large`.", body = ErrorBody),
-        (status = 503, description = "`store_unavailable`: retry.", body = ErrorBody),
+        BodyTooLarge,
+        StoreUnavailable,
     ),
     security(("bearer" = []))
 )]
@@ -340,10 +341,10 @@ pub(crate) async fn get_heat(
     responses(
         (status = 200, description = "The driver's last fix.", body = DriverFix),
         (status = 400, description = "`driver_id_invalid`.", body = ErrorBody),
-        (status = 401, description = "No credential, or not one this server made.", body = ErrorBody),
+        Unauthenticated,
         (status = 403, description = "Not a link of this driver, or a revoked one.", body = ErrorBody),
         (status = 404, description = "No such driver is known.", body = ErrorBody),
-        (status = 503, description = "`store_unavailable`: retry.", body = ErrorBody),
+        StoreUnavailable,
     ),
     security(("bearer" = []))
 )]
@@ -375,9 +376,9 @@ pub(crate) async fn get_driver(
     responses(
         (status = 200, description = "Online drivers, nearest first.", body = NearDrivers),
         (status = 400, description = "A missing or bad number.", body = ErrorBody),
-        (status = 401, description = "No credential, or not one this server made.", body = ErrorBody),
+        Unauthenticated,
         (status = 403, description = "Only the fleet and admin keys.", body = ErrorBody),
-        (status = 503, description = "`store_unavailable`: retry.", body = ErrorBody),
+        StoreUnavailable,
     ),
     security(("bearer" = []))
 )]

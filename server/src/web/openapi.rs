@@ -27,6 +27,46 @@ use utoipa::{
     Modify, OpenApi,
 };
 
+/// The responses several operations share, each described once. (Types for the document only: the handlers
+/// answer through `ApiError`, whose body is [`ErrorBody`].)
+pub(crate) mod shared {
+    use protocol::problem::ErrorBody;
+    use utoipa::IntoResponses;
+
+    /// What every socket's handshake may answer before it reads a credential.
+    #[derive(IntoResponses)]
+    #[allow(dead_code)]
+    pub(crate) enum Handshake {
+        /// Switching Protocols: the socket is open.
+        #[response(status = 101)]
+        Open,
+        /// `origin_not_allowed`: a page of another site.
+        #[response(status = 403)]
+        OriginNotAllowed(ErrorBody),
+        /// `upgrade_required`: not a WebSocket handshake.
+        #[response(status = 426)]
+        UpgradeRequired(ErrorBody),
+    }
+
+    /// No credential, or not one this server made.
+    #[derive(IntoResponses)]
+    #[response(status = 401)]
+    #[allow(dead_code)]
+    pub(crate) struct Unauthenticated(ErrorBody);
+
+    /// `body_too_large`.
+    #[derive(IntoResponses)]
+    #[response(status = 413)]
+    #[allow(dead_code)]
+    pub(crate) struct BodyTooLarge(ErrorBody);
+
+    /// `store_unavailable`: retry.
+    #[derive(IntoResponses)]
+    #[response(status = 503)]
+    #[allow(dead_code)]
+    pub(crate) struct StoreUnavailable(ErrorBody);
+}
+
 #[derive(OpenApi)]
 #[openapi(
     info(

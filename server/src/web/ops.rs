@@ -8,6 +8,7 @@ use axum::{
 };
 use protocol::{ops::Health, problem::ErrorBody};
 
+use super::openapi::shared::Unauthenticated;
 use super::{access::require, error::ApiError, AppState};
 use crate::{auth::Role, metrics::Gauges};
 
@@ -36,7 +37,7 @@ pub(crate) async fn healthz(State(state): State<AppState>) -> Response {
     get, path = "/metrics", tag = "ops",
     responses(
         (status = 200, description = "OpenMetrics text.", content_type = "application/openmetrics-text", body = String),
-        (status = 401, description = "No credential, or not one this server made.", body = ErrorBody),
+        Unauthenticated,
         (status = 403, description = "Only the admin key.", body = ErrorBody),
     ),
     security(("bearer" = []))

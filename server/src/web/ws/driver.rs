@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use crate::web::openapi::shared::Handshake;
 use axum::{
     extract::{
         ws::{rejection::WebSocketUpgradeRejection, Message, WebSocketUpgrade},
@@ -32,9 +33,7 @@ use crate::{
     description = "Messages in: `DriverClientMsg`; out: `DriverServerMsg` (see `x-websocket`). Send `auth` first \
         (or `Authorization: Bearer` on the handshake); the socket stays open on bad input.",
     responses(
-        (status = 101, description = "Switching Protocols: the socket is open."),
-        (status = 403, description = "`origin_not_allowed`: a page of another site.", body = ErrorBody),
-        (status = 426, description = "`upgrade_required`: not a WebSocket handshake.", body = ErrorBody),
+        Handshake,
         (status = 401, description = "A bad credential on the handshake.", body = ErrorBody),
     ),
     security((), ("bearer" = []))

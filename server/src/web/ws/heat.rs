@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use crate::web::openapi::shared::Handshake;
 use axum::{
     extract::{
         ws::{rejection::WebSocketUpgradeRejection, Message, WebSocketUpgrade},
@@ -15,7 +16,7 @@ use axum::{
 };
 use protocol::{
     heat::{HeatClientMsg, HeatServerMsg},
-    problem::{ErrorBody, ErrorCode, Problem},
+    problem::{ErrorCode, Problem},
 };
 use tokio::sync::broadcast::{self, error::RecvError};
 
@@ -33,9 +34,7 @@ use crate::{
     description = "Messages in: `HeatClientMsg`; out: `HeatServerMsg` (see `x-websocket`). `subscribe` -> \
         `snapshot`, then a `delta` per tick that changed something in view.",
     responses(
-        (status = 101, description = "Switching Protocols: the socket is open."),
-        (status = 403, description = "`origin_not_allowed`: a page of another site.", body = ErrorBody),
-        (status = 426, description = "`upgrade_required`: not a WebSocket handshake.", body = ErrorBody),
+        Handshake,
     ),
     security(())
 )]

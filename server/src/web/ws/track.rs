@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use crate::web::openapi::shared::Handshake;
 use axum::{
     extract::{
         rejection::PathRejection,
@@ -43,9 +44,7 @@ use crate::{
         Closes 4401 when the link expires, 4403 when it is revoked.",
     params(("driver_id" = String, Path, description = "The driver to follow.")),
     responses(
-        (status = 101, description = "Switching Protocols: the socket is open."),
-        (status = 403, description = "`origin_not_allowed`: a page of another site.", body = ErrorBody),
-        (status = 426, description = "`upgrade_required`: not a WebSocket handshake.", body = ErrorBody),
+        Handshake,
         (status = 400, description = "`driver_id_invalid`.", body = ErrorBody),
         (status = 401, description = "A bad credential on the handshake.", body = ErrorBody),
     ),
