@@ -236,6 +236,10 @@ impl Auth {
     /// link are forgotten, so the map holds at most the drivers revoked within that time.
     pub fn revoke(&self, driver_id: &str, before_ms: i64) {
         let mut revoked = self.revoked.lock();
+        // Known already (each of the driver's trackers hears of a revocation): nothing to do.
+        if revoked.get(driver_id).is_some_and(|at| *at >= before_ms) {
+            return;
+        }
         let forget_before = before_ms - self.max_share.as_millis() as i64;
         revoked.retain(|_, at| *at > forget_before);
         let at = revoked.entry(driver_id.to_string()).or_insert(before_ms);

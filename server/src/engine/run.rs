@@ -13,7 +13,10 @@ use protocol::{
 use tokio::{sync::mpsc, time::MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-use super::{tracking::Tracking, Command};
+use super::{
+    tracking::{TrackFrame, Tracking},
+    Command,
+};
 use crate::{
     clock::now_ms,
     config::Config,
@@ -54,10 +57,7 @@ fn encode<T: serde::Serialize>(value: &T) -> Utf8Bytes {
 impl Engine {
     pub fn new(config: &Config, store: Store, hub: Arc<Hub>, metrics: Arc<Metrics>) -> Engine {
         let Store { record, mut feed, bus, .. } = store;
-        let mut heat = HeatState::new(now_ms());
-        for increment in std::mem::take(&mut feed.loaded) {
-            heat.apply(increment);
-        }
+        let heat = HeatState::from_increments(now_ms(), std::mem::take(&mut feed.loaded));
         Engine {
             presence: PresenceMap::default(),
             heat,
@@ -95,7 +95,11 @@ impl Engine {
                 },
                 arrival = self.feed.next() => match arrival {
                     Arrival::Heat(event) => self.apply_feed(event),
-                    Arrival::Tracking(relayed) => self.tracking.deliver(&relayed.driver_id, &relayed.msg),
+                    Arrival::Tracking(relayed) => {
+                        if let Some(frame) = TrackFrame::relayed(relayed.text) {
+                            self.tracking.deliver(&relayed.driver_id, frame);
+                        }
+                    }
                 },
             }
         }
@@ -187,10 +191,7 @@ impl Engine {
             FeedEvent::Reset(loaded) => {
                 // The store lost its data: start over from what it holds now, write back this instance's share
                 // (it comes back through the feed like any tick), and resync every viewer.
-                self.heat = HeatState::new(now_ms());
-                for increment in loaded {
-                    self.heat.apply(increment);
-                }
+                self.heat = HeatState::from_increments(now_ms(), loaded);
                 self.record.reseed(&self.presence);
                 self.last_totals = None;
                 self.seq += 1;
@@ -235,8 +236,12 @@ impl Engine {
         let totals_changed = self.last_totals != Some(totals);
         self.last_totals = Some(totals);
         for key in HeatKey::all() {
+            if !self.hub.has_viewers(key) {
+                self.heat.clear_dirty(key);
+                continue;
+            }
             let dirty = self.heat.take_dirty(key);
-            if !self.hub.has_viewers(key) || (dirty.is_empty() && !totals_changed) {
+            if dirty.is_empty() && !totals_changed {
                 continue;
             }
             let tile_len = tile_len(key.precision);

@@ -43,6 +43,26 @@ impl TrackFrame {
         let text = serde_json::to_string(msg).expect("protocol types always serialise");
         Arc::new(TrackFrame { text: Utf8Bytes::from(text), kind })
     }
+
+    /// A message another instance serialised, kept as it came: only the fields a tracker needs are read (a
+    /// [`TrackMsg`] is serialised flat, its `type` beside the fields). `None` if it is not one.
+    pub fn relayed(text: String) -> Option<Arc<TrackFrame>> {
+        #[derive(serde::Deserialize)]
+        struct Head<'a> {
+            #[serde(rename = "type", borrow)]
+            kind: std::borrow::Cow<'a, str>,
+            ts: Option<i64>,
+            before_ms: Option<i64>,
+        }
+        let head: Head = serde_json::from_str(&text).ok()?;
+        let kind = match (&*head.kind, head.ts, head.before_ms) {
+            ("fix", Some(ts), _) => FrameKind::Fix { ts },
+            ("revoked", _, Some(before_ms)) => FrameKind::Revoked { before_ms },
+            ("fix" | "revoked", ..) => return None,
+            _ => FrameKind::Other,
+        };
+        Some(Arc::new(TrackFrame { text: Utf8Bytes::from(text), kind }))
+    }
 }
 
 /// Who tracks which driver, here and (through the bus) elsewhere.
@@ -62,18 +82,19 @@ impl Tracking {
         self.trackers.contains_key(driver_id) || self.bus.tracked_elsewhere(driver_id)
     }
 
-    /// Tells the driver's trackers here and, through the bus, elsewhere.
+    /// Tells the driver's trackers here and, through the bus, elsewhere: the message is serialised once for both.
     pub fn publish(&mut self, driver_id: &str, msg: &TrackMsg) {
-        self.deliver(driver_id, msg);
+        let frame = TrackFrame::new(msg);
         if self.bus.tracked_elsewhere(driver_id) {
-            self.bus.publish(driver_id, msg);
+            self.bus.publish(driver_id, &frame.text);
         }
+        self.deliver(driver_id, frame);
     }
 
-    /// Tells the driver's trackers here only (a message another instance heard).
-    pub fn deliver(&mut self, driver_id: &str, msg: &TrackMsg) {
+    /// Tells the driver's trackers here only (a message another instance heard, or one just published).
+    pub fn deliver(&mut self, driver_id: &str, frame: Arc<TrackFrame>) {
         if let Some(tx) = self.trackers.get(driver_id) {
-            if tx.send(TrackFrame::new(msg)).is_err() {
+            if tx.send(frame).is_err() {
                 self.forget(driver_id);
             }
         }
@@ -103,5 +124,45 @@ impl Tracking {
         if self.trackers.remove(driver_id).is_some() {
             self.bus.unfollow(driver_id);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use protocol::{
+        problem::{ErrorCode, Problem},
+        track::DriverFix,
+    };
+
+    use super::*;
+
+    #[test]
+    fn a_relayed_message_keeps_its_text_and_reads_as_the_same_kind() {
+        let fix = DriverFix {
+            driver_id: "d1".into(),
+            lat: 6.5,
+            lon: 3.35,
+            ts: 1_700_000_000_123,
+            accuracy_m: Some(5.0),
+            heading_deg: None,
+            speed_mps: Some(7.5),
+            online: true,
+            last_seen_ms: 1_700_000_000_200,
+        };
+        let messages = [
+            TrackMsg::Fix(fix),
+            TrackMsg::Unknown { driver_id: "d1".into() },
+            TrackMsg::Offline { driver_id: "d1".into(), last_seen_ms: 5 },
+            TrackMsg::Online { driver_id: "d1".into() },
+            TrackMsg::Revoked { driver_id: "d1".into(), before_ms: 1_700_000_000_000 },
+            TrackMsg::Error(Problem::new(ErrorCode::Forbidden, "no")),
+        ];
+        for msg in messages {
+            let here = TrackFrame::new(&msg);
+            let there = TrackFrame::relayed(here.text.to_string()).unwrap_or_else(|| panic!("{msg:?}"));
+            assert_eq!((there.kind, there.text.as_str()), (here.kind, here.text.as_str()), "{msg:?}");
+        }
+        assert!(TrackFrame::relayed(r#"{"type":"fix","driver_id":"d1"}"#.into()).is_none(), "a fix has a ts");
+        assert!(TrackFrame::relayed("not json".into()).is_none());
     }
 }

@@ -84,6 +84,15 @@ impl HeatState {
         }
     }
 
+    /// The counts a list of increments makes (what a shared store holds, loaded at start or after a reset).
+    pub fn from_increments(now_ms: i64, increments: impl IntoIterator<Item = Increment>) -> HeatState {
+        let mut heat = HeatState::new(now_ms);
+        for increment in increments {
+            heat.apply(increment);
+        }
+        heat
+    }
+
     fn bump(&mut self, key: usize, cell: Cell, delta: i64) {
         let map = &mut self.maps[key];
         let current = map.get(&cell).copied().unwrap_or(0);
@@ -144,9 +153,14 @@ impl HeatState {
     /// The cells of `key` that changed since the last call, with their value now (0: emptied).
     pub fn take_dirty(&mut self, key: HeatKey) -> Vec<(Cell, u32)> {
         let index = key.index();
-        let dirty = std::mem::take(&mut self.dirty[index]);
         let map = &self.maps[index];
-        dirty.into_iter().map(|cell| (cell, map.get(&cell).copied().unwrap_or(0))).collect()
+        // Drained, not taken: the set keeps its room for the next tick.
+        self.dirty[index].drain().map(|cell| (cell, map.get(&cell).copied().unwrap_or(0))).collect()
+    }
+
+    /// Forgets what changed in `key` (nobody watches it; a new viewer starts from a snapshot).
+    pub fn clear_dirty(&mut self, key: HeatKey) {
+        self.dirty[key.index()].clear();
     }
 
     /// Every non-zero cell of `key` overlapping `bbox`; `tiles` are the box's covering cells (coarser), sorted.
@@ -194,6 +208,10 @@ mod tests {
         heat.apply(Increment::Driver { cell, delta: -1 });
         assert_eq!(heat.take_dirty(key), vec![(cell.prefix(6), 0)], "an emptied cell is reported as 0");
         assert_eq!(heat.totals().drivers_online, 0);
+        heat.apply(Increment::Driver { cell, delta: 1 });
+        heat.clear_dirty(key);
+        assert!(heat.take_dirty(key).is_empty());
+        assert_eq!(heat.get(key, cell.prefix(6)), 1, "forgetting what changed keeps the counts");
     }
 
     #[test]

@@ -54,16 +54,11 @@ pub struct PresenceChange {
 #[derive(Default)]
 pub struct PresenceMap {
     drivers: HashMap<String, DriverState>,
-    online: u64,
 }
 
 impl PresenceMap {
     pub fn get(&self, driver_id: &str) -> Option<&DriverState> {
         self.drivers.get(driver_id)
-    }
-
-    pub fn online(&self) -> u64 {
-        self.online
     }
 
     /// Every driver known here, online or not.
@@ -77,7 +72,6 @@ impl PresenceMap {
         // Looked up twice when known: returning the borrow of a first lookup would keep the map borrowed on the
         // path that inserts.
         if !self.drivers.contains_key(&ping.driver_id) {
-            self.online += 1;
             let id = ping.driver_id.clone();
             let state = DriverState { fix: ping, cell, online: true, last_seen_ms: now_ms };
             let change = PresenceChange { left: None, entered: Some(cell), came_online: true, moved: true };
@@ -94,7 +88,6 @@ impl PresenceMap {
             state.cell = cell;
         }
         let change = if !was_online {
-            self.online += 1;
             PresenceChange { left: None, entered: Some(state.cell), came_online: true, moved }
         } else if old_cell != state.cell {
             PresenceChange { left: Some(old_cell), entered: Some(state.cell), came_online: false, moved }
@@ -107,24 +100,14 @@ impl PresenceMap {
     /// Online drivers within `radius_m` of a point, nearest first, at most `limit` (a scan: the embedded store's
     /// answer to what a shared store does with a geo index).
     pub fn near(&self, lat: f64, lon: f64, radius_m: f64, limit: usize) -> Vec<NearDriver> {
-        let mut found: Vec<NearDriver> = self
-            .drivers
-            .values()
-            .filter(|s| s.online)
-            .filter_map(|s| {
-                let d = distance_m(lat, lon, s.fix.lat, s.fix.lon);
-                (d <= radius_m).then(|| NearDriver {
-                    driver_id: s.fix.driver_id.clone(),
-                    lat: s.fix.lat,
-                    lon: s.fix.lon,
-                    distance_m: d,
-                    last_seen_ms: s.last_seen_ms,
-                })
-            })
-            .collect();
-        found.sort_by(|a, b| a.distance_m.total_cmp(&b.distance_m).then_with(|| a.driver_id.cmp(&b.driver_id)));
-        found.truncate(limit);
-        found
+        let candidates = self.drivers.values().filter(|s| s.online).map(|s| NearDriver {
+            driver_id: s.fix.driver_id.clone(),
+            lat: s.fix.lat,
+            lon: s.fix.lon,
+            distance_m: distance_m(lat, lon, s.fix.lat, s.fix.lon),
+            last_seen_ms: s.last_seen_ms,
+        });
+        nearest_first(candidates, radius_m, limit)
     }
 
     /// Takes offline every driver not heard from since `now_ms - stale_ms` (calling `went_offline` for each,
@@ -138,12 +121,10 @@ impl PresenceMap {
     ) -> Vec<String> {
         let stale_before = now_ms - stale_ms;
         let forget_before = now_ms - forget_ms;
-        let online = &mut self.online;
         let mut forgotten = Vec::new();
         self.drivers.retain(|id, state| {
             if state.online && state.last_seen_ms < stale_before {
                 state.online = false;
-                *online -= 1;
                 went_offline(state);
             }
             let keep = state.online || state.last_seen_ms >= forget_before;
@@ -154,6 +135,19 @@ impl PresenceMap {
         });
         forgotten
     }
+}
+
+/// The candidates within `radius_m`, nearest first (ties by id, so the order is stable), at most `limit`: the one
+/// ordering every store's nearest-drivers answer uses.
+pub(crate) fn nearest_first(
+    candidates: impl Iterator<Item = NearDriver>,
+    radius_m: f64,
+    limit: usize,
+) -> Vec<NearDriver> {
+    let mut found: Vec<NearDriver> = candidates.filter(|d| d.distance_m <= radius_m).collect();
+    found.sort_by(|a, b| a.distance_m.total_cmp(&b.distance_m).then_with(|| a.driver_id.cmp(&b.driver_id)));
+    found.truncate(limit);
+    found
 }
 
 #[cfg(test)]
@@ -177,7 +171,7 @@ mod tests {
         let change = presence.apply(ping("d", 6.50, 1), 0).0;
         assert_eq!(change, PresenceChange::default());
         assert_eq!(presence.get("d").unwrap().cell, b);
-        assert_eq!(presence.online(), 1);
+        assert_eq!(presence.states().filter(|s| s.online).count(), 1);
     }
 
     #[test]
@@ -204,7 +198,7 @@ mod tests {
         assert!(offline.is_empty());
         presence.expire(40_000, 30_000, 60_000, |s| offline.push(s.cell));
         assert_eq!(offline, vec![Cell::at(6.5, 3.3)]);
-        assert_eq!(presence.online(), 0);
+        assert_eq!(presence.states().filter(|s| s.online).count(), 0);
         let back = presence.apply(ping("d", 6.5, 2), 45_000).0;
         assert!(back.came_online);
         assert_eq!(back.entered, Some(Cell::at(6.5, 3.3)));

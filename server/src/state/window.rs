@@ -18,9 +18,12 @@ pub fn slot_of(ts_ms: i64) -> i64 {
     ts_ms.div_euclid(SLOT_MS)
 }
 
-fn slots_in(window_min: u32) -> i64 {
-    i64::from(window_min) * 60_000 / SLOT_MS
+const fn slots_in(window_min: u32) -> i64 {
+    window_min as i64 * 60_000 / SLOT_MS
 }
+
+/// The longest window, in slots: as much of the orders layer as anything keeps.
+pub const LONGEST_WINDOW_SLOTS: i64 = slots_in(WINDOWS_MIN[WINDOWS_MIN.len() - 1]);
 
 /// Index of a window in [`WINDOWS_MIN`].
 pub fn window_index(window_min: u32) -> Option<usize> {

@@ -4,7 +4,7 @@
 use std::{sync::Arc, time::Duration};
 
 use futures::{future::BoxFuture, FutureExt};
-use protocol::track::{DriverFix, NearDriver, TrackMsg};
+use protocol::track::{DriverFix, NearDriver};
 
 use super::{Answer, Feed, Lookups, StateOfRecord, Store, TrackingBus};
 use crate::state::{
@@ -44,7 +44,7 @@ impl TrackingBus for Embedded {
         false
     }
 
-    fn publish(&self, _: &str, _: &TrackMsg) {}
+    fn publish(&self, _: &str, _: &str) {}
 
     fn follow(&self, _: &str) {}
 

@@ -17,7 +17,7 @@ pub(crate) mod redis;
 use std::{sync::Arc, time::Duration};
 
 use futures::future::BoxFuture;
-use protocol::track::{DriverFix, NearDriver, TrackMsg};
+use protocol::track::{DriverFix, NearDriver};
 use tokio::{sync::mpsc, task::JoinHandle};
 
 use crate::{
@@ -51,8 +51,9 @@ pub(crate) trait StateOfRecord: Send {
 pub(crate) trait TrackingBus: Send + Sync {
     /// Whether a socket on another instance tracks this driver (then its messages are worth publishing).
     fn tracked_elsewhere(&self, driver_id: &str) -> bool;
-    /// Tells the other instances' trackers of the driver.
-    fn publish(&self, driver_id: &str, msg: &TrackMsg);
+    /// Tells the other instances' trackers of the driver: `text` is a [`TrackMsg`](protocol::track::TrackMsg),
+    /// serialised.
+    fn publish(&self, driver_id: &str, text: &str);
     /// A socket here began tracking the driver (the first one): receive its messages from other instances.
     fn follow(&self, driver_id: &str);
     /// The last socket here tracking the driver left.
@@ -73,7 +74,8 @@ pub(crate) enum FeedEvent {
 #[derive(Debug)]
 pub(crate) struct Relayed {
     pub driver_id: String,
-    pub msg: TrackMsg,
+    /// The [`TrackMsg`](protocol::track::TrackMsg), as the instance that heard it serialised it.
+    pub text: String,
 }
 
 /// Other instances' work, as it arrives; the embedded store has none, so its feed never yields.

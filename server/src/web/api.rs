@@ -33,6 +33,7 @@ use super::{
 use crate::{
     auth::{Kind, Role},
     clock::now_ms,
+    engine::Unanswered,
     ingest::{
         decode::{self, FromObject, Item},
         Ingest, QueueError,
@@ -50,7 +51,7 @@ async fn read_body(state: &AppState, body: Body) -> Result<Bytes, ApiError> {
 
 impl From<QueueError> for ApiError {
     fn from(e: QueueError) -> Self {
-        ApiError::from(e.problem()).retry_after(1)
+        ApiError::from(e.problem())
     }
 }
 
@@ -281,11 +282,7 @@ pub(crate) async fn revoke_shares(
     let driver_id = subject(&role, &request)?;
     let before_ms = now_ms();
     state.auth.revoke(&driver_id, before_ms);
-    state
-        .lookups
-        .revoke_shares(&driver_id, before_ms, state.config.max_share_ttl())
-        .await
-        .map_err(|e| ApiError::new(ErrorCode::StoreUnavailable, e.to_string()).retry_after(1))?;
+    state.lookups.revoke_shares(&driver_id, before_ms, state.config.max_share_ttl()).await.map_err(Unanswered::from)?;
     state.engine.revoke(driver_id.clone(), before_ms).await?;
     Ok(Json(SharesRevoked { driver_id, revoked_before_ms: before_ms }).into_response())
 }

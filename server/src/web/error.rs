@@ -38,25 +38,20 @@ pub(crate) fn status_of(code: ErrorCode) -> StatusCode {
     }
 }
 
-/// An HTTP error: the problem, and how long to wait when retrying makes sense.
+/// An HTTP error: the problem, answered with its code's status (a 503 also says when to retry: `Retry-After: 1`,
+/// as everything that answers 503 is worth retrying in a moment).
 #[derive(Debug, Clone)]
 pub(crate) struct ApiError {
     pub problem: Problem,
-    pub retry_after_secs: Option<u64>,
 }
 
 impl ApiError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        ApiError { problem: Problem::new(code, message), retry_after_secs: None }
+        ApiError { problem: Problem::new(code, message) }
     }
 
     pub fn field(code: ErrorCode, field: &str, message: impl Into<String>) -> Self {
-        ApiError { problem: Problem::field(code, field, message), retry_after_secs: None }
-    }
-
-    pub fn retry_after(mut self, secs: u64) -> Self {
-        self.retry_after_secs = Some(secs);
-        self
+        ApiError { problem: Problem::field(code, field, message) }
     }
 
     pub fn code(&self) -> ErrorCode {
@@ -66,10 +61,7 @@ impl ApiError {
 
 impl From<Problem> for ApiError {
     fn from(problem: Problem) -> Self {
-        // What a client can fix by waiting says how long.
-        let retry =
-            matches!(problem.code, ErrorCode::QueueFull | ErrorCode::ShuttingDown | ErrorCode::StoreUnavailable);
-        ApiError { problem, retry_after_secs: retry.then_some(1) }
+        ApiError { problem }
     }
 }
 
@@ -85,7 +77,6 @@ impl From<Unanswered> for ApiError {
             Unanswered::Stopping => ApiError::new(ErrorCode::ShuttingDown, "the server is shutting down"),
             Unanswered::Store(e) => ApiError::new(ErrorCode::StoreUnavailable, e.to_string()),
         }
-        .retry_after(1)
     }
 }
 
@@ -115,8 +106,8 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = status_of(self.problem.code);
         let mut response = (status, Json(ErrorBody { error: self.problem })).into_response();
-        if let Some(secs) = self.retry_after_secs {
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(1));
         }
         if status == StatusCode::UPGRADE_REQUIRED {
             response.headers_mut().insert(header::UPGRADE, HeaderValue::from_static("websocket"));
@@ -131,7 +122,8 @@ mod tests {
 
     use super::*;
 
-    /// Every code has a status, and every error response is the one JSON shape with that code.
+    /// Every code has a status, every error response is the one JSON shape with that code, and every 503 says when
+    /// to retry.
     #[tokio::test]
     async fn every_code_answers_its_status_with_a_coded_json_body() {
         for code in ErrorCode::ALL {
@@ -140,11 +132,15 @@ mod tests {
             let response = ApiError::field(*code, "f", "m").into_response();
             assert_eq!(response.status(), status);
             assert_eq!(response.headers()[header::CONTENT_TYPE], "application/json");
+            let retry = response.headers().get(header::RETRY_AFTER);
+            assert_eq!(retry.is_some(), status == StatusCode::SERVICE_UNAVAILABLE, "{code:?}: Retry-After {retry:?}");
             let body: ErrorBody =
                 serde_json::from_slice(&to_bytes(response.into_body(), 1 << 16).await.unwrap()).unwrap();
             assert_eq!(body.error, Problem::field(*code, "f", "m"));
         }
         let busy = ApiError::from(Problem::new(ErrorCode::QueueFull, "full")).into_response();
         assert_eq!(busy.headers()[header::RETRY_AFTER], "1");
+        let store = ApiError::from(Unanswered::Store(crate::store::StoreUnavailable("down".into()))).into_response();
+        assert_eq!(store.headers()[header::RETRY_AFTER], "1");
     }
 }

@@ -72,7 +72,7 @@ pub(crate) fn router(state: AppState) -> Router {
     let settings = state.config.site_settings();
     let shell = move |options| app::shell(options, settings.clone());
     let leptos = state.leptos.clone();
-    let document = Arc::new(document.to_json().expect("the document serialises"));
+    let document = axum::body::Bytes::from(document.to_json().expect("the document serialises"));
     routes
         .route("/api/openapi.json", get(move || openapi::openapi_json(State(openapi::Served(document.clone())))))
         .route("/api/docs", get(openapi::docs_page))

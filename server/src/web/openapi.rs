@@ -126,9 +126,9 @@ pub(crate) fn describe_sockets(document: &mut Document) {
     }
 }
 
-/// The document, as served.
+/// The document, as served (made once; each answer shares its bytes).
 #[derive(Clone)]
-pub(crate) struct Served(pub std::sync::Arc<String>);
+pub(crate) struct Served(pub axum::body::Bytes);
 
 /// `GET /api/openapi.json`: this document.
 #[utoipa::path(
@@ -137,7 +137,7 @@ pub(crate) struct Served(pub std::sync::Arc<String>);
     security(())
 )]
 pub(crate) async fn openapi_json(State(served): State<Served>) -> Response {
-    ([(header::CONTENT_TYPE, "application/json")], served.0.as_str().to_string()).into_response()
+    ([(header::CONTENT_TYPE, "application/json")], served.0).into_response()
 }
 
 /// `GET /api/docs`: the document as a page to read and try.

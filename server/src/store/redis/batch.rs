@@ -9,13 +9,17 @@ use serde::{Deserialize, Serialize};
 use super::keys::Keys;
 use crate::{
     clock::now_ms,
-    state::{cell::Cell, heat::Increment, window::SLOT_MS},
+    state::{
+        cell::Cell,
+        heat::Increment,
+        window::{LONGEST_WINDOW_SLOTS, SLOT_MS},
+    },
 };
 
 /// Entries the stream keeps (approximately): far more than instances write in the time a restart takes.
 const STREAM_MAXLEN: u64 = 100_000;
-/// Order slots outlive the longest window by this margin before Redis expires them.
-pub(crate) const ORDER_TTL_MS: i64 = 61 * 60_000;
+/// How long an order slot lives in Redis: the longest window, and a minute's margin.
+pub(crate) const ORDER_TTL_MS: i64 = LONGEST_WINDOW_SLOTS * SLOT_MS + 60_000;
 /// GEO sets cannot hold latitudes beyond this (Web Mercator's limit).
 const GEO_MAX_LAT: f64 = 85.051_128_78;
 

@@ -16,14 +16,14 @@ use crate::{
     state::{
         cell::Cell,
         heat::Increment,
-        window::{slot_of, SLOT_MS},
+        window::{slot_of, LONGEST_WINDOW_SLOTS},
     },
     store::FeedEvent,
     task::Backoff,
 };
 
 /// Slots a starting instance loads: the longest window, plus one for the slot in progress.
-const LOADED_SLOTS: i64 = 60 * 60_000 / SLOT_MS + 1;
+const LOADED_SLOTS: i64 = LONGEST_WINDOW_SLOTS + 1;
 
 /// Makes sure the Redis has an epoch (the first instance sets it) and returns it.
 pub(super) async fn establish_epoch(

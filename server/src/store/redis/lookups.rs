@@ -13,6 +13,7 @@ use redis::{aio::ConnectionManager, AsyncCommands};
 use super::{keys::Keys, stats::RedisStats};
 use crate::{
     clock::now_ms,
+    state::presence::nearest_first,
     store::{Answer, Lookups, StoreUnavailable},
 };
 
@@ -70,7 +71,7 @@ impl Lookups for RedisLookups {
                 .await
                 .map_err(unavailable)?;
             let fresh_after = now_ms() - self.stale_ms;
-            let mut near: Vec<NearDriver> = fixes
+            let candidates = fixes
                 .into_iter()
                 .flatten()
                 .filter_map(|json| serde_json::from_str::<DriverFix>(&json).ok())
@@ -81,12 +82,8 @@ impl Lookups for RedisLookups {
                     lat: fix.lat,
                     lon: fix.lon,
                     last_seen_ms: fix.last_seen_ms,
-                })
-                .filter(|d| d.distance_m <= radius_m)
-                .collect();
-            near.sort_by(|a, b| a.distance_m.total_cmp(&b.distance_m).then_with(|| a.driver_id.cmp(&b.driver_id)));
-            near.truncate(limit);
-            Ok(Some(near))
+                });
+            Ok(Some(nearest_first(candidates, radius_m, limit)))
         }
         .boxed()
     }

@@ -120,6 +120,7 @@ async fn start(url: &str, config: &Config) -> anyhow::Result<(Store, RedisStats)
     ));
     let bus = tracking::RedisBus {
         keys: keys.clone(),
+        head: tracking::envelope_head(&instance),
         instance,
         conn: conn.clone(),
         following,

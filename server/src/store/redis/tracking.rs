@@ -10,9 +10,9 @@ use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use futures::StreamExt;
 use parking_lot::{Mutex, RwLock};
-use protocol::track::TrackMsg;
 use redis::{aio::ConnectionManager, AsyncCommands};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 
 use super::{keys::Keys, stats::RedisStats};
@@ -30,11 +30,17 @@ const TRACK_REFRESH: Duration = Duration::from_millis(250);
 /// Claims are renewed every this many refreshes (a claim lasts `TRACK_CLAIM_MS`, 20 refreshes).
 const TRACK_RENEW_EVERY: u32 = 4;
 
-/// A tracking message as it crosses Redis, with the instance that heard it.
-#[derive(Debug, Serialize, Deserialize)]
-struct Envelope<O = String, M = TrackMsg> {
-    origin: O,
-    msg: M,
+/// A tracking message as it crosses Redis, `{"origin": instance, "msg": message}`: the message's text goes in as
+/// the engine serialised it and comes out as it went in. (The origin is matched as text: see [`envelope_head`].)
+#[derive(Debug, Deserialize)]
+struct Envelope<'a> {
+    #[serde(borrow)]
+    msg: &'a RawValue,
+}
+
+/// The start of every envelope an instance publishes (its origin, written once).
+pub(super) fn envelope_head(instance: &str) -> String {
+    format!("{{\"origin\":{},\"msg\":", serde_json::Value::from(instance))
 }
 
 /// What the engine asks of the subscriber.
@@ -48,6 +54,8 @@ pub(super) enum Following {
 pub(super) struct RedisBus {
     pub keys: Keys,
     pub instance: String,
+    /// [`envelope_head`] of this instance.
+    pub head: String,
     pub conn: ConnectionManager,
     pub following: mpsc::UnboundedSender<Following>,
     /// `(channel, payload)` to PUBLISH; a task pipelines whatever is pending.
@@ -83,9 +91,8 @@ impl TrackingBus for RedisBus {
         self.tracked_elsewhere.read().contains(driver_id)
     }
 
-    fn publish(&self, driver_id: &str, msg: &TrackMsg) {
-        let payload =
-            serde_json::to_string(&Envelope { origin: self.instance.as_str(), msg }).expect("messages serialise");
+    fn publish(&self, driver_id: &str, text: &str) {
+        let payload = [self.head.as_str(), text, "}"].concat();
         let _ = self.publications.send((self.keys.track_channel(driver_id), payload));
     }
 
@@ -199,6 +206,7 @@ pub(super) async fn follow_tracked(
     engine: mpsc::UnboundedSender<Relayed>,
 ) {
     let mut wanted: HashSet<String> = HashSet::new();
+    let (prefix, own) = (keys.track_prefix(), envelope_head(&instance));
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     loop {
         let pubsub = match client.get_async_pubsub().await {
@@ -238,16 +246,17 @@ pub(super) async fn follow_tracked(
                     Some(message) => {
                         backoff.reset();
                         let channel = message.get_channel_name();
-                        let Some(driver_id) = channel.strip_prefix(&keys.track_prefix()).filter(|id| wanted.contains(*id)) else {
+                        let Some(driver_id) = channel.strip_prefix(&prefix).filter(|id| wanted.contains(*id)) else {
                             continue;
                         };
                         let Ok(payload) = message.get_payload::<String>() else { continue };
                         // This instance's own messages went to its trackers directly.
-                        match serde_json::from_str::<Envelope>(&payload) {
-                            Ok(envelope) if envelope.origin != instance => {
-                                let _ = engine.send(Relayed { driver_id: driver_id.to_string(), msg: envelope.msg });
-                            }
-                            _ => {}
+                        if payload.starts_with(&own) {
+                            continue;
+                        }
+                        if let Ok(envelope) = serde_json::from_str::<Envelope>(&payload) {
+                            let text = envelope.msg.get().to_string();
+                            let _ = engine.send(Relayed { driver_id: driver_id.to_string(), text });
                         }
                     }
                     None => ok = false,

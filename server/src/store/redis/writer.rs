@@ -23,7 +23,7 @@ use crate::{
         cell::Cell,
         heat::{HeatState, Increment},
         presence::{DriverState, PresenceMap},
-        window::{slot_of, SLOT_MS},
+        window::{slot_of, LONGEST_WINDOW_SLOTS},
     },
     store::StateOfRecord,
     task::Backoff,
@@ -72,7 +72,7 @@ impl StateOfRecord for RedisRecord {
     fn end_tick(&mut self) {
         let batch = std::mem::take(&mut self.batch);
         let _ = self.writer.send(WriterMsg::Tick(batch));
-        let oldest = slot_of(now_ms()) - 60 * 60_000 / SLOT_MS;
+        let oldest = slot_of(now_ms()) - LONGEST_WINDOW_SLOTS;
         self.own_orders.retain(|(_, slot), _| *slot >= oldest);
     }
 
