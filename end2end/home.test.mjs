@@ -60,7 +60,7 @@ test('layer and window switches change what is drawn and counted', async () => {
   await hydrated(page);
   const now = Date.now();
   await postJson(server, '/api/pings', [ping('sw-1', ...YABA)]);
-  await postJson(server, '/api/orders', [
+  await postJson(server, '/api/orders/events', [
     { lat: VI[0], lon: VI[1], ts: now },
     { lat: VI[0], lon: VI[1], ts: now },
     { lat: IKEJA[0], lon: IKEJA[1], ts: now - 10 * 60_000 },

@@ -3,7 +3,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::problem::Problem;
+use crate::{
+    orders::{JobOffer, OrderState, Place, Reason},
+    problem::Problem,
+};
 
 /// One GPS fix from a driver's phone. Times are unix milliseconds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -43,6 +46,14 @@ pub enum DriverClientMsg {
     /// The credential for the pings that follow: a driver token (its own pings only) or the fleet key. Send it
     /// first on every connection (or give `Authorization: Bearer` on the handshake instead).
     Auth { token: String },
+    /// Take the job offered (answered `assigned`, or an `error` `offer_expired` / `offer_taken`).
+    Accept { order_id: String },
+    /// Refuse the job offered: it goes to the next driver.
+    Reject { order_id: String },
+    /// The driver did a step of its job: `picked_up` or `delivered` (arrivals come from the geofence).
+    OrderStatus { order_id: String, state: OrderState },
+    /// In (`true`, the default on every new socket) or out of matching: an unavailable driver gets no offers.
+    Availability { available: bool },
 }
 
 /// Messages the server sends on `/ws/driver`.
@@ -72,6 +83,23 @@ pub enum DriverServerMsg {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         driver_id: Option<String>,
     },
+    /// A job for this driver, to `accept` or `reject` before `expires_ms`.
+    Offer(JobOffer),
+    /// The job is this driver's: go to the pickup.
+    Assigned {
+        order_id: String,
+        pickup: Place,
+        dropoff: Place,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        note: Option<String>,
+    },
+    /// An offer is no longer open (another driver took it, the customer cancelled, or it lapsed).
+    OfferWithdrawn { order_id: String, reason: Reason },
+    /// The driver's job moved to `state` (an arrival seen by the geofence, a step the driver reported, or the
+    /// customer cancelling).
+    Job { order_id: String, state: OrderState },
+    /// Whether the driver is in matching now (the answer to `availability`).
+    Availability { available: bool },
 }
 
 /// What the `send_ping` server function (`POST /fn/send_ping`) is given: the driver's token and one ping.

@@ -7,6 +7,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::{problem::Problem, track::DriverFix};
+
 /// One order placed somewhere in the city: the demand layer of the heatmap.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -171,6 +173,123 @@ pub struct OrderLogEntry {
     /// The driver's distance to the place the alert is about, in metres.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub distance_m: Option<f64>,
+}
+
+/// The body of `POST /api/orders`: one order to deliver, from `pickup` to `dropoff`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct PlaceOrder {
+    pub pickup: Place,
+    pub dropoff: Place,
+    /// Your own id for the order (1-64 of `A-Z a-z 0-9 _ -`); the server makes one when it is absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order_id: Option<String>,
+    /// A note for the driver (at most [`MAX_NOTE_LEN`] characters).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// The longest note an order may carry.
+pub const MAX_NOTE_LEN: usize = 280;
+
+/// The answer to `POST /api/orders`: the order, and the customer's way to watch it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PlacedOrder {
+    pub order_id: String,
+    pub state: OrderState,
+    /// The order token: watch (`/ws/order/{id}`, `GET /api/orders/{id}`) and cancel this order only.
+    pub token: String,
+    /// Unix ms after which the token no longer works.
+    pub expires_ms: i64,
+    /// The customer's page, `/order/{id}#token={token}` (the token stays in the fragment, never sent to a server).
+    pub path: String,
+}
+
+/// An order as its customer (or the fleet) sees it: `GET /api/orders/{id}`, and `order` messages on
+/// `/ws/order/{id}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct OrderView {
+    pub order_id: String,
+    pub state: OrderState,
+    /// The driver who holds (or held) the job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub driver_id: Option<String>,
+    pub pickup: Place,
+    pub dropoff: Place,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+    /// When the order was placed (unix ms, the server's clock).
+    pub placed_ms: i64,
+    /// Every state change, offer and alert, oldest first.
+    pub events: Vec<OrderLogEntry>,
+    /// An estimate of the seconds until the driver reaches the next stop (pickup, then drop-off): straight-line
+    /// distance times [`ROAD_FACTOR`] over the driver's speed. Present while a driver is on the way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eta_s: Option<f64>,
+}
+
+/// The first message on `/ws/order/{id}`: the order token (or the fleet key).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum OrderClientMsg {
+    Auth { token: String },
+}
+
+/// Messages the server sends on `/ws/order/{id}`: the order at once and on every change, each alert (all of
+/// them again after a reconnect), and the assigned driver's fixes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum OrderServerMsg {
+    Order(OrderView),
+    /// The assigned driver's newest fix (the tracking socket's `fix`).
+    Fix(DriverFix),
+    Alert(Alert),
+    Error(Problem),
+}
+
+/// What a customer is told as the driver comes: `driver_near_pickup`, `driver_at_pickup`, ...
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Alert {
+    pub kind: AlertKind,
+    /// The driver's distance to the stop when the alert fired, in metres.
+    pub distance_m: f64,
+    pub at_ms: i64,
+}
+
+/// An offer of a job, as the driver's socket gets it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct JobOffer {
+    pub order_id: String,
+    pub pickup: Place,
+    pub dropoff: Place,
+    /// The driver's distance to the pickup when offered, in metres.
+    pub distance_m: f64,
+    /// Unix ms (server clock) after which accepting fails with `offer_expired`.
+    pub expires_ms: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// Straight-line distance is shorter than the road: this much shorter, on average, in a city.
+pub const ROAD_FACTOR: f64 = 1.3;
+/// The speed assumed when the driver's own is not known: city traffic, about 20 km/h.
+pub const CITY_SPEED_MPS: f64 = 5.5;
+/// Speeds outside this range are not believed (a parked driver, a GPS jump).
+const SPEED_RANGE_MPS: (f64, f64) = (1.5, 25.0);
+
+/// Seconds to cover `straight_m` of straight line at the driver's `speed_mps` (or the city's), by road: an
+/// estimate, labelled as one wherever it is shown. The server and the pages compute it the same way.
+pub fn eta_s(straight_m: f64, speed_mps: Option<f64>) -> f64 {
+    let speed =
+        speed_mps.filter(|s| s.is_finite()).unwrap_or(CITY_SPEED_MPS).clamp(SPEED_RANGE_MPS.0, SPEED_RANGE_MPS.1);
+    straight_m * ROAD_FACTOR / speed
 }
 
 #[cfg(test)]

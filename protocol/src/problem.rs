@@ -103,6 +103,16 @@ error_codes! {
     ShareRevoked = "share_revoked",
     /// This client address already has `--max-connections-per-ip` connections open.
     TooManyConnections = "too_many_connections",
+    /// The order may not move that way from where it is (the error names the current state).
+    InvalidTransition = "invalid_transition",
+    /// An order with that id exists already.
+    OrderExists = "order_exists",
+    /// The offer is no longer open: it lapsed, or the order moved on (cancelled, given up).
+    OfferExpired = "offer_expired",
+    /// Another driver took the order first.
+    OfferTaken = "offer_taken",
+    /// The driver already holds a job (a driver holds at most one).
+    DriverBusy = "driver_busy",
     /// The server failed in a way the client cannot fix.
     Internal = "internal",
 }

@@ -5,7 +5,7 @@
 
 use crate::{
     driver::Ping,
-    orders::OrderEvent,
+    orders::{OrderEvent, PlaceOrder, MAX_NOTE_LEN},
     problem::{ErrorCode, Problem},
 };
 
@@ -145,6 +145,42 @@ pub fn check_order(order: &OrderEvent, now_ms: i64, limits: &Limits) -> Result<(
     Ok(())
 }
 
+/// Ids of placed orders are 1..=64 characters of `A-Z a-z 0-9 _ -`, like driver ids: they go in paths, tokens
+/// and Redis keys.
+pub fn check_placed_order_id(id: &str) -> Result<(), Invalid> {
+    check_driver_id(id).map_err(|_| {
+        Invalid::new(
+            ErrorCode::OrderIdInvalid,
+            "order_id",
+            format!("order_id must be 1 to {MAX_DRIVER_ID_LEN} characters of A-Z, a-z, 0-9, '_' or '-'"),
+        )
+    })
+}
+
+/// Checks an order to place: both places, its id if it has one, the note's length.
+pub fn check_place_order(order: &PlaceOrder) -> Result<(), Invalid> {
+    for (place, lat_field, lon_field) in
+        [(&order.pickup, "pickup.lat", "pickup.lon"), (&order.dropoff, "dropoff.lat", "dropoff.lon")]
+    {
+        check_position(place.lat, place.lon).map_err(|e| Invalid {
+            field: if e.field == "lon" { lon_field } else { lat_field },
+            message: format!("{}: {}", lat_field.split('.').next().unwrap_or_default(), e.message),
+            ..e
+        })?;
+    }
+    if let Some(id) = &order.order_id {
+        check_placed_order_id(id)?;
+    }
+    if order.note.as_ref().is_some_and(|n| n.chars().count() > MAX_NOTE_LEN || n.chars().any(char::is_control)) {
+        return Err(Invalid::new(
+            ErrorCode::InvalidField,
+            "note",
+            format!("note must be at most {MAX_NOTE_LEN} printable characters"),
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -199,6 +235,24 @@ mod tests {
         }
         assert!(check_ping(&Ping { ts: NOW + limits.max_future_ms, ..ping() }, NOW, &limits).is_ok());
         assert!(check_ping(&Ping { driver_id: "A_z-9".repeat(12), ..ping() }, NOW, &limits).is_ok());
+    }
+
+    #[test]
+    fn an_order_to_place_names_the_place_at_fault() {
+        use crate::orders::Place;
+        let good = PlaceOrder {
+            pickup: Place { lat: 6.5, lon: 3.3 },
+            dropoff: Place { lat: 6.45, lon: 3.4 },
+            order_id: Some("o-1".into()),
+            note: None,
+        };
+        assert_eq!(check_place_order(&good), Ok(()));
+        let field = |o: PlaceOrder| check_place_order(&o).unwrap_err().field;
+        assert_eq!(field(PlaceOrder { dropoff: Place { lat: 91.0, lon: 3.4 }, ..good.clone() }), "dropoff.lat");
+        assert_eq!(field(PlaceOrder { pickup: Place { lat: 6.5, lon: f64::NAN }, ..good.clone() }), "pickup.lon");
+        assert_eq!(field(PlaceOrder { pickup: Place { lat: 0.0, lon: 0.0 }, ..good.clone() }), "pickup.lat");
+        assert_eq!(field(PlaceOrder { order_id: Some("a/b".into()), ..good.clone() }), "order_id");
+        assert_eq!(field(PlaceOrder { note: Some("x".repeat(MAX_NOTE_LEN + 1)), ..good }), "note");
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! | driver | a driver token (`POST /api/drivers/enter`, or minted by the fleet) | send its own pings; create and revoke its share links |
 //! | viewer | a share token (made by the driver, or the fleet) | watch that one driver until the link expires or is revoked |
 //! | fleet | the fleet API key | send pings for any driver, and orders; mint driver tokens and share links; nearest drivers |
+//! | customer | an order token (`POST /api/orders`) | watch and cancel that one order |
 //! | admin | the admin key | all the fleet may, plus `/metrics` and revoking any driver's links |
 //!
 //! The heat (counts, never identities) and `/healthz` stay public.
@@ -33,6 +34,7 @@ pub const MIN_SECRET_BYTES: usize = 32;
 pub enum Role {
     Driver { driver_id: String, expires_ms: i64 },
     Viewer { driver_id: String, issued_ms: i64, expires_ms: i64 },
+    Customer { order_id: String, expires_ms: i64 },
     Fleet,
     Admin,
 }
@@ -43,7 +45,21 @@ impl Role {
         match self {
             Role::Driver { driver_id: id, .. } => id == driver_id,
             Role::Fleet | Role::Admin => true,
-            Role::Viewer { .. } => false,
+            Role::Viewer { .. } | Role::Customer { .. } => false,
+        }
+    }
+
+    /// Whether this role may send pings at all (a driver its own, the fleet any driver's).
+    pub fn may_send_pings(&self) -> bool {
+        matches!(self, Role::Driver { .. } | Role::Fleet | Role::Admin)
+    }
+
+    /// Whether this role may see and cancel `order_id`: its customer, or the fleet.
+    pub fn may_see_order(&self, order_id: &str) -> bool {
+        match self {
+            Role::Customer { order_id: id, .. } => id == order_id,
+            Role::Fleet | Role::Admin => true,
+            Role::Driver { .. } | Role::Viewer { .. } => false,
         }
     }
 
@@ -57,14 +73,16 @@ impl Role {
         match self {
             Role::Viewer { driver_id: id, .. } => id == driver_id,
             Role::Fleet | Role::Admin => true,
-            Role::Driver { .. } => false,
+            Role::Driver { .. } | Role::Customer { .. } => false,
         }
     }
 
     /// When the credential stops working (keys do not expire).
     pub fn expires_ms(&self) -> Option<i64> {
         match self {
-            Role::Driver { expires_ms, .. } | Role::Viewer { expires_ms, .. } => Some(*expires_ms),
+            Role::Driver { expires_ms, .. } | Role::Viewer { expires_ms, .. } | Role::Customer { expires_ms, .. } => {
+                Some(*expires_ms)
+            }
             Role::Fleet | Role::Admin => None,
         }
     }
@@ -74,6 +92,8 @@ impl Role {
 pub enum Kind {
     Driver,
     Share,
+    /// An order's customer token (its subject is the order id).
+    Order,
 }
 
 impl Kind {
@@ -81,6 +101,7 @@ impl Kind {
         match self {
             Kind::Driver => "drv",
             Kind::Share => "shr",
+            Kind::Order => "ord",
         }
     }
 }
@@ -173,7 +194,7 @@ impl Auth {
     pub fn issue(&self, kind: Kind, driver_id: &str, ttl: Duration, now_ms: i64) -> Issued {
         let issued = match kind {
             Kind::Share => self.revoked.lock().get(driver_id).map_or(now_ms, |r| now_ms.max(r + 1)),
-            Kind::Driver => now_ms,
+            Kind::Driver | Kind::Order => now_ms,
         };
         let expires_ms = issued + ttl.as_millis() as i64;
         let (issued_s, expires_s) = (issued.to_string(), expires_ms.to_string());
@@ -223,6 +244,7 @@ impl Auth {
                 }
                 Ok(Role::Viewer { driver_id: driver_id.to_string(), issued_ms, expires_ms })
             }
+            "ord" => Ok(Role::Customer { order_id: driver_id.to_string(), expires_ms }),
             _ => Err(invalid("unknown token kind")),
         }
     }
@@ -322,6 +344,24 @@ mod tests {
         for bad in [other_driver, longer, as_share, foreign.token, "v1.drv".into(), "v1.drv.a.1.2.!!".into()] {
             assert_eq!(auth.verify(&bad, 2_000).unwrap_err().code, ErrorCode::TokenInvalid, "{bad}");
         }
+    }
+
+    #[test]
+    fn an_order_token_sees_its_order_only() {
+        let auth = auth();
+        let t = auth.issue(Kind::Order, "o-1", HOUR, 1_000);
+        let role = auth.verify(&t.token, 2_000).unwrap();
+        assert_eq!(role, Role::Customer { order_id: "o-1".into(), expires_ms: t.expires_ms });
+        assert!(role.may_see_order("o-1") && !role.may_see_order("o-2"));
+        assert!(!role.may_send_pings() && !role.may_track("o-1") && !role.is_fleet());
+        assert_eq!(
+            auth.verify(&t.token.replacen(".ord.", ".drv.", 1), 2_000).unwrap_err().code,
+            ErrorCode::TokenInvalid
+        );
+        assert!(
+            Role::Fleet.may_see_order("o-1")
+                && !Role::Driver { driver_id: "d".into(), expires_ms: 9 }.may_see_order("o-1")
+        );
     }
 
     #[test]

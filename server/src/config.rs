@@ -141,6 +141,34 @@ pub struct Config {
     #[arg(long, env = "PULSEMAP_MAX_SHARE_HOURS", default_value_t = 24.0)]
     pub max_share_hours: f64,
 
+    /// Anyone may place an order with `POST /api/orders` (the `/order` page). Off: only the fleet key may.
+    #[arg(long, env = "PULSEMAP_OPEN_ORDERS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub open_orders: bool,
+
+    /// How long an order token (the customer's link) lasts, in hours.
+    #[arg(long, env = "PULSEMAP_ORDER_TOKEN_HOURS", default_value_t = 24.0)]
+    pub order_token_hours: f64,
+
+    /// Drivers offered an order at once (the first to accept gets it).
+    #[arg(long, env = "PULSEMAP_OFFER_BATCH", default_value_t = 1)]
+    pub offer_batch: usize,
+
+    /// Seconds a driver has to accept an offer before it goes to the next driver.
+    #[arg(long, env = "PULSEMAP_OFFER_SECS", default_value_t = 15.0)]
+    pub offer_secs: f64,
+
+    /// An order nobody took within this many seconds of being placed ends as `no_driver`.
+    #[arg(long, env = "PULSEMAP_MATCH_GIVE_UP_SECS", default_value_t = 120.0)]
+    pub match_give_up_secs: f64,
+
+    /// The first search radius around the pickup, in metres; it doubles whenever nobody free is inside it.
+    #[arg(long, env = "PULSEMAP_MATCH_RADIUS_M", default_value_t = 2_000.0)]
+    pub match_radius_m: f64,
+
+    /// The widest search radius, in metres.
+    #[arg(long, env = "PULSEMAP_MATCH_MAX_RADIUS_M", default_value_t = 16_000.0)]
+    pub match_max_radius_m: f64,
+
     /// Redis URL (`redis://host:6379/0`): run as one of many instances sharing this Redis. Without it the
     /// embedded store keeps everything in this process.
     #[arg(long, env = "PULSEMAP_REDIS_URL")]
@@ -252,6 +280,10 @@ impl Config {
 
     pub fn ws_idle(&self) -> Duration {
         Duration::from_secs_f64(self.ws_idle_secs.max(0.1))
+    }
+
+    pub fn order_token_ttl(&self) -> Duration {
+        Duration::from_secs_f64(self.order_token_hours.max(0.0) * 3600.0)
     }
 
     pub fn tick(&self) -> Duration {

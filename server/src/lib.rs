@@ -1,7 +1,8 @@
 //! pulsemap's server as a library: `main.rs` parses the configuration and calls [`start`]; the tests call the
 //! same function on a free port and talk to it over real sockets.
 //!
-//! A ping's path, one direction each, module by module:
+//! A ping's path, one direction each, module by module (an order's is `web::orders` | `web::ws::driver` ->
+//! `dispatch` -> the store's orders -> `web::ws::order` customers and the drivers' sockets):
 //!
 //! ```text
 //! web::api (POST /api/pings) | web::ws::driver | the send_ping server fn
@@ -25,6 +26,7 @@ pub mod state;
 
 mod clock;
 mod demo;
+mod dispatch;
 mod engine;
 mod hub;
 mod metrics;
@@ -149,14 +151,25 @@ async fn assemble(config: Config, addr: SocketAddr) -> anyhow::Result<(AppState,
     let (ingest, queue) = Ingest::new(&config, metrics.clone());
     let ingest = Arc::new(ingest);
     let (store_name, lookups, written) = (store.name, store.lookups.clone(), store.written.take());
+    let (orders, mail) = (store.orders.clone(), store.mail.take());
     let shutdown = CancellationToken::new();
     let (engine, engine_task) = engine::spawn(&config, queue, metrics.clone(), store, shutdown.clone());
+    let dispatch = dispatch::Dispatch::spawn(
+        dispatch::Policy::new(&config),
+        orders,
+        mail,
+        engine.clone(),
+        ingest.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    );
     let state = AppState {
         leptos: leptos_options(&config, addr),
         connections: web::serve::Connections::new(config.max_connections_per_ip),
         config: Arc::new(config),
         ingest,
         engine,
+        dispatch,
         lookups,
         metrics,
         store_name,

@@ -20,10 +20,15 @@ pub(crate) enum SocketKind {
     Heat = 0,
     Track = 1,
     Driver = 2,
+    Order = 3,
 }
 
-const KINDS: [(SocketKind, &str); 3] =
-    [(SocketKind::Heat, "heat"), (SocketKind::Track, "track"), (SocketKind::Driver, "driver")];
+const KINDS: [(SocketKind, &str); 4] = [
+    (SocketKind::Heat, "heat"),
+    (SocketKind::Track, "track"),
+    (SocketKind::Driver, "driver"),
+    (SocketKind::Order, "order"),
+];
 
 impl SocketKind {
     /// The kind's label in metrics and logs.
@@ -75,13 +80,19 @@ pub(crate) struct Metrics {
     /// WebSocket handshakes refused because of their Origin.
     pub ws_origin_refused: Counter,
     pub drivers_online: Gauge,
+    /// The delivery loop: orders placed, offers sent, and how orders ended up.
+    pub orders_placed: Counter,
+    pub offers_sent: Counter,
+    pub orders_assigned: Counter,
+    pub orders_delivered: Counter,
+    pub orders_no_driver: Counter,
     queue_depth: Gauge,
     queue_capacity: Gauge,
     heat_backlog_ticks: Gauge,
     /// Per socket kind (by `SocketKind as usize`), fetched from their families once.
-    subscribers: [Gauge; 3],
-    frames_sent: [Counter; 3],
-    bytes_sent: [Counter; 3],
+    subscribers: [Gauge; 4],
+    frames_sent: [Counter; 4],
+    bytes_sent: [Counter; 4],
     tick_duration: Histogram,
 }
 
@@ -136,6 +147,11 @@ impl Metrics {
         let pings_aggregated = counter("pings_aggregated", "Pings folded into presence and heat.");
         let orders_aggregated = counter("orders_aggregated", "Order events folded into the windows.");
         let heat_resyncs = counter("heat_resyncs", "Heat viewers that fell behind and got a fresh snapshot.");
+        let orders_placed = counter("orders_placed", "Orders placed for delivery (POST /api/orders).");
+        let offers_sent = counter("offers_sent", "Job offers sent to drivers.");
+        let orders_assigned = counter("orders_assigned", "Orders a driver accepted.");
+        let orders_delivered = counter("orders_delivered", "Orders delivered.");
+        let orders_no_driver = counter("orders_no_driver", "Orders no driver took within --match-give-up-secs.");
         let mut by_reason = |name: &str, help: &str| {
             let family = ByReason::default();
             registry.register(name, help, family.clone());
@@ -186,6 +202,11 @@ impl Metrics {
             heat_resyncs,
             ws_origin_refused,
             drivers_online,
+            orders_placed,
+            offers_sent,
+            orders_assigned,
+            orders_delivered,
+            orders_no_driver,
             queue_depth,
             queue_capacity,
             heat_backlog_ticks,

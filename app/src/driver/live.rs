@@ -420,6 +420,12 @@ fn on_server_message(this: &Shared, text: &str) {
         DriverServerMsg::SlowDown { retry_after_ms } => {
             s.error.set(format!("The server is busy; it asked to wait {retry_after_ms} ms. Nothing is lost."));
         }
+        // Jobs: offers and their answers (the page's job panel is not built yet; the server's offers lapse).
+        DriverServerMsg::Offer(_)
+        | DriverServerMsg::Assigned { .. }
+        | DriverServerMsg::OfferWithdrawn { .. }
+        | DriverServerMsg::Job { .. }
+        | DriverServerMsg::Availability { .. } => {}
     }
 }
 

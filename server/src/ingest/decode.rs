@@ -126,7 +126,12 @@ pub enum DriverInput {
     /// The credential for the pings that follow.
     Auth(String),
     Pings(DriverMessage),
+    /// About a job: `accept`, `reject`, `order_status` or `availability` (never a ping or `auth`).
+    Job(DriverClientMsg),
 }
+
+const TYPES: &str =
+    "type must be \"auth\", \"ping\", \"batch\", \"accept\", \"reject\", \"order_status\" or \"availability\"";
 
 /// Decodes a `/ws/driver` text message. Errors when the message as a whole is unusable.
 pub fn driver_message(text: &str, max_items: usize) -> Result<DriverInput, (Option<u64>, Invalid)> {
@@ -142,6 +147,7 @@ pub fn driver_message(text: &str, max_items: usize) -> Result<DriverInput, (Opti
             DriverClientMsg::Batch { seq, pings } => {
                 Ok(Pings(DriverMessage { seq, pings: pings.into_iter().map(Ok).collect() }))
             }
+            job => Ok(DriverInput::Job(job)),
         };
     }
     let value: Value = serde_json::from_str(text)
@@ -165,7 +171,17 @@ pub fn driver_message(text: &str, max_items: usize) -> Result<DriverInput, (Opti
             Ok(Pings(DriverMessage { seq, pings: items.iter().map(from_value).collect() }))
         }
         Some("auth") => Err((seq, Invalid::new(ErrorCode::InvalidField, "token", "auth needs a `token` string"))),
-        _ => Err((seq, Invalid::new(ErrorCode::InvalidField, "type", "type must be \"auth\", \"ping\" or \"batch\""))),
+        Some("accept" | "reject" | "order_status") if !obj.get("order_id").is_some_and(Value::is_string) => {
+            Err((seq, Invalid::new(ErrorCode::InvalidField, "order_id", "this message needs an `order_id` string")))
+        }
+        Some("order_status") => {
+            Err((seq, Invalid::new(ErrorCode::InvalidField, "state", "state must be \"picked_up\" or \"delivered\"")))
+        }
+        Some("availability") => Err((
+            seq,
+            Invalid::new(ErrorCode::InvalidField, "available", "availability needs `available`: true or false"),
+        )),
+        _ => Err((seq, Invalid::new(ErrorCode::InvalidField, "type", TYPES))),
     }
 }
 
@@ -202,7 +218,7 @@ mod tests {
     fn pings(input: DriverInput) -> DriverMessage {
         match input {
             DriverInput::Pings(m) => m,
-            DriverInput::Auth(_) => panic!("pings expected"),
+            other => panic!("pings expected, got {other:?}"),
         }
     }
 
@@ -230,7 +246,17 @@ mod tests {
         assert_eq!(driver_message("nope", 10).unwrap_err().1.code, ErrorCode::InvalidJson);
         assert_eq!(
             driver_message(r#"{"type":"dance","seq":9}"#, 10).unwrap_err(),
-            (Some(9), Invalid::new(ErrorCode::InvalidField, "type", "type must be \"auth\", \"ping\" or \"batch\""))
+            (Some(9), Invalid::new(ErrorCode::InvalidField, "type", TYPES))
         );
+        assert!(matches!(
+            driver_message(r#"{"type":"accept","order_id":"o-1"}"#, 10),
+            Ok(DriverInput::Job(DriverClientMsg::Accept { order_id })) if order_id == "o-1"
+        ));
+        assert_eq!(driver_message(r#"{"type":"reject","order_id":7}"#, 10).unwrap_err().1.field, "order_id");
+        assert_eq!(
+            driver_message(r#"{"type":"order_status","order_id":"o","state":"flying"}"#, 10).unwrap_err().1.field,
+            "state"
+        );
+        assert_eq!(driver_message(r#"{"type":"availability"}"#, 10).unwrap_err().1.field, "available");
     }
 }

@@ -1,11 +1,23 @@
-//! One order of the delivery loop as data: where it is in its life, who holds it, and its log. Every change goes
-//! through [`Order::advance`], which refuses any move [`OrderState::can_move_to`] does not allow, so an order's
-//! state never goes back and its log is the whole story, in order.
+//! One order of the delivery loop as data: where it is in its life, who holds it, its offers, and its log. Every
+//! change goes through [`Order::advance`], which refuses any move [`OrderState::can_move_to`] does not allow, so
+//! an order's state never goes back and its log is the whole story, in order.
+//!
+//! The store keeps an order whole and replaces it only if its `version` is still the one read (compare and
+//! set), so two instances (or two tasks) that change one order at once cannot both win.
 
-use protocol::orders::{AlertKind, OrderLogEntry, OrderState, Place, Reason};
+use protocol::orders::{AlertKind, OrderLogEntry, OrderState, OrderView, Place, Reason};
+use serde::{Deserialize, Serialize};
+
+/// A live offer: the driver may accept until `expires_ms`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Offer {
+    pub driver_id: String,
+    pub expires_ms: i64,
+    pub distance_m: f64,
+}
 
 /// An order and its log.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Order {
     pub id: String,
     pub pickup: Place,
@@ -16,6 +28,14 @@ pub struct Order {
     pub driver_id: Option<String>,
     pub placed_ms: i64,
     pub log: Vec<OrderLogEntry>,
+    /// Bumped by every change the store keeps: what a compare-and-set compares.
+    pub version: u64,
+    /// The offers out now (at most `--offer-batch`).
+    pub offers: Vec<Offer>,
+    /// Every driver offered this order so far: matching does not ask them again.
+    pub asked: Vec<String>,
+    /// The search radius matching is at, in metres.
+    pub radius_m: f64,
 }
 
 /// A move the order's state does not allow; `current` is where the order is.
@@ -36,6 +56,10 @@ impl Order {
             driver_id: None,
             placed_ms: now_ms,
             log: Vec::new(),
+            version: 0,
+            offers: Vec::new(),
+            asked: Vec::new(),
+            radius_m: 0.0,
         };
         order.record(now_ms, Reason::Placed, Some(OrderState::Searching), None, None);
         order
@@ -83,6 +107,40 @@ impl Order {
     /// The alerts logged so far, oldest first (what a reconnecting customer is sent again).
     pub fn alerts(&self) -> impl Iterator<Item = &OrderLogEntry> {
         self.log.iter().filter(|entry| entry.alert.is_some())
+    }
+
+    /// Whether this alert has fired for this order already.
+    pub fn has_alert(&self, kind: AlertKind) -> bool {
+        self.alerts().any(|entry| entry.alert == Some(kind))
+    }
+
+    /// The offer out to `driver_id` that is still open at `now_ms`.
+    pub fn open_offer(&self, driver_id: &str, now_ms: i64) -> Option<&Offer> {
+        self.offers.iter().find(|o| o.driver_id == driver_id && o.expires_ms > now_ms)
+    }
+
+    /// The stop the driver is heading to: the pickup until the goods are picked up, then the drop-off.
+    pub fn next_stop(&self) -> Option<Place> {
+        match self.state {
+            OrderState::Assigned | OrderState::AtPickup => Some(self.pickup),
+            OrderState::PickedUp | OrderState::AtDropoff => Some(self.dropoff),
+            _ => None,
+        }
+    }
+
+    /// The order as its customer sees it; `eta_s` is the estimate to the next stop, when there is one.
+    pub fn view(&self, eta_s: Option<f64>) -> OrderView {
+        OrderView {
+            order_id: self.id.clone(),
+            state: self.state,
+            driver_id: self.driver_id.clone(),
+            pickup: self.pickup,
+            dropoff: self.dropoff,
+            note: self.note.clone(),
+            placed_ms: self.placed_ms,
+            events: self.log.clone(),
+            eta_s: eta_s.filter(|_| self.next_stop().is_some()),
+        }
     }
 
     fn record(

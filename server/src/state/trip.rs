@@ -6,6 +6,7 @@
 //! at most once per order and leg, on the first entry, and never after the ring inside it: a driver whose first
 //! fix inside the near ring is already inside the "at" ring gets "at" only, and "near" never fires after "at".
 
+pub use protocol::orders::{eta_s, CITY_SPEED_MPS, ROAD_FACTOR};
 use protocol::{
     geo::distance_m,
     orders::{AlertKind, Place},
@@ -76,6 +77,20 @@ impl LegWatch {
         LegWatch { leg, near: Ring::default(), at: Ring::default() }
     }
 
+    /// A watch taken up again (after a restart, or on another instance): the alerts that already fired stay
+    /// fired, so none is sent twice.
+    pub fn resume(leg: Leg, fired: impl Fn(AlertKind) -> bool) -> LegWatch {
+        let (near_alert, at_alert) = leg.alerts();
+        let mut watch = LegWatch::new(leg);
+        watch.near.fired = fired(near_alert) || fired(at_alert);
+        watch.at.fired = fired(at_alert);
+        watch
+    }
+
+    pub fn leg(&self) -> Leg {
+        self.leg
+    }
+
     /// Takes a fix `d` metres from the leg's stop: the alert it fires, if any (at most one per fix).
     pub fn observe(&mut self, d: f64, fences: &Fences) -> Option<AlertKind> {
         let (near_alert, at_alert) = self.leg.alerts();
@@ -97,21 +112,6 @@ impl LegWatch {
     pub fn arrived(&self) -> bool {
         self.at.fired
     }
-}
-
-/// Straight-line distance is shorter than the road: this much shorter, on average, in a city.
-pub const ROAD_FACTOR: f64 = 1.3;
-/// The speed assumed when the driver's own is not known: city traffic, about 20 km/h.
-pub const CITY_SPEED_MPS: f64 = 5.5;
-/// Speeds outside this range are not believed (a parked driver, a GPS jump).
-const SPEED_RANGE_MPS: (f64, f64) = (1.5, 25.0);
-
-/// Seconds to cover `straight_m` of straight line at the driver's `speed_mps` (or the city's), by road: an
-/// estimate, labelled as one wherever it is shown.
-pub fn eta_s(straight_m: f64, speed_mps: Option<f64>) -> f64 {
-    let speed =
-        speed_mps.filter(|s| s.is_finite()).unwrap_or(CITY_SPEED_MPS).clamp(SPEED_RANGE_MPS.0, SPEED_RANGE_MPS.1);
-    straight_m * ROAD_FACTOR / speed
 }
 
 /// The driver's recent speed, smoothed over fixes: the phone's own reading when it gives one, else distance
@@ -178,6 +178,14 @@ mod tests {
         assert_eq!(run(&mut watch, &[5_000.0, 30.0, 400.0, 900.0, 450.0]), [AlertKind::DriverAtPickup]);
         let mut already_there = LegWatch::new(Leg::Pickup);
         assert_eq!(run(&mut already_there, &[0.0]), [AlertKind::DriverAtPickup]);
+    }
+
+    #[test]
+    fn a_resumed_watch_does_not_fire_again() {
+        let mut watch = LegWatch::resume(Leg::Pickup, |k| k == AlertKind::DriverNearPickup);
+        assert_eq!(run(&mut watch, &[400.0, 900.0, 300.0, 40.0]), [AlertKind::DriverAtPickup]);
+        let mut done = LegWatch::resume(Leg::Dropoff, |k| k == AlertKind::DriverAtDropoff);
+        assert_eq!(run(&mut done, &[400.0, 10.0]), []);
     }
 
     #[test]

@@ -8,6 +8,8 @@
 //! - [`Feed`]: what other instances did, as this one must apply it (the embedded store's never yields).
 //! - [`TrackingBus`]: a driver's fixes for trackers on other instances.
 //! - [`Lookups`]: questions about the whole city that a handler asks beyond this instance's own drivers.
+//! - [`Orders`]: the delivery loop's state of record (orders, the drivers' holds on offers and jobs, which drivers
+//!   are on a socket where) and its messages across instances.
 //!
 //! [`memory`] is the embedded implementation, [`redis`] the shared one.
 
@@ -25,6 +27,7 @@ use crate::{
     metrics::Metrics,
     state::{
         heat::{HeatState, Increment},
+        order::Order,
         presence::{DriverState, PresenceMap},
     },
     task::or_pending,
@@ -137,6 +140,70 @@ pub(crate) trait Lookups: Send + Sync {
     fn healthy(&self) -> BoxFuture<'_, Option<bool>>;
 }
 
+/// What a driver holds: an open offer of an order, or the order as its job. A driver holds at most one thing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Hold {
+    Offer(String),
+    Job(String),
+}
+
+impl Hold {
+    pub fn order_id(&self) -> &str {
+        match self {
+            Hold::Offer(id) | Hold::Job(id) => id,
+        }
+    }
+}
+
+/// A message for this instance from another one (or from itself, with the embedded store).
+#[derive(Debug)]
+pub(crate) enum Mail {
+    /// For the socket of `driver_id` on this instance: a `DriverServerMsg`, serialised.
+    Driver { driver_id: String, text: String },
+    /// An order changed: an `OrderServerMsg`, serialised, for this instance's customers watching it.
+    Order { order_id: String, text: String },
+}
+
+/// The delivery loop's state of record and its messages. Every change that must be decided once (who gets an
+/// order, whether a driver is free) is a compare-and-set here, the same on one instance and on many.
+pub(crate) trait Orders: Send + Sync {
+    /// This instance's name in [`Orders::sockets`] answers.
+    fn instance(&self) -> &str;
+    /// Keeps a new order; `false` when one with its id exists.
+    fn create<'a>(&'a self, order: &'a Order) -> Answer<'a, bool>;
+    fn get<'a>(&'a self, order_id: &'a str) -> Answer<'a, Option<Order>>;
+    /// Replaces the order if the stored one still has version `expected` (`order.version` is the new one);
+    /// `false` when another change came first.
+    fn replace<'a>(&'a self, order: &'a Order, expected: u64) -> Answer<'a, bool>;
+    /// When matching must look at the order again (`None`: never, it has a driver or has ended).
+    fn schedule<'a>(&'a self, order_id: &'a str, at_ms: Option<i64>) -> Answer<'a, ()>;
+    /// Orders whose time has come, at most `limit`.
+    fn due(&self, now_ms: i64, limit: usize) -> Answer<'_, Vec<String>>;
+    /// Gives `driver_id` an offer of `order_id` for `ttl_ms` if it holds nothing; `false` when it holds
+    /// something.
+    fn hold_offer<'a>(&'a self, driver_id: &'a str, order_id: &'a str, ttl_ms: i64) -> Answer<'a, bool>;
+    /// Turns the driver's open offer of `order_id` into its job; `false` when it holds no such offer (lapsed).
+    fn take_job<'a>(&'a self, driver_id: &'a str, order_id: &'a str) -> Answer<'a, bool>;
+    /// Drops what the driver holds if it is about `order_id` (an offer refused or withdrawn, a job ended).
+    fn release<'a>(&'a self, driver_id: &'a str, order_id: &'a str) -> Answer<'a, ()>;
+    /// What each driver holds now.
+    fn holds<'a>(&'a self, driver_ids: &'a [String]) -> Answer<'a, Vec<Option<Hold>>>;
+    /// The driver's socket is on this instance and takes offers (`available`), or not.
+    fn register<'a>(&'a self, driver_id: &'a str, available: bool) -> Answer<'a, ()>;
+    /// The driver's socket on this instance closed (a newer one elsewhere is left alone).
+    fn unregister<'a>(&'a self, driver_id: &'a str) -> Answer<'a, ()>;
+    /// For each driver, the instance whose socket of it takes offers.
+    fn sockets<'a>(&'a self, driver_ids: &'a [String]) -> Answer<'a, Vec<Option<String>>>;
+    /// Sends mail to another instance (never fails: a lost offer lapses and goes to the next driver).
+    fn send(&self, instance: &str, mail: Mail);
+    /// Tells every other instance whose customers watch the order.
+    fn publish_order(&self, order_id: &str, text: &str);
+    /// A customer here watches the order (the first one): receive its changes from other instances.
+    fn watch(&self, order_id: &str);
+    /// The last customer here watching the order left.
+    fn unwatch(&self, order_id: &str);
+}
+
 /// A store, opened: its four seams, and the task that writes its last ticks.
 pub(crate) struct Store {
     /// For `/healthz` and the start-up log.
@@ -145,6 +212,9 @@ pub(crate) struct Store {
     pub feed: Feed,
     pub bus: Arc<dyn TrackingBus>,
     pub lookups: Arc<dyn Lookups>,
+    pub orders: Arc<dyn Orders>,
+    /// Mail from other instances; `None` with the embedded store (there are none).
+    pub mail: Option<mpsc::UnboundedReceiver<Mail>>,
     /// Finishes once everything recorded is written (after the engine stops); `None` when nothing is pending.
     pub written: Option<JoinHandle<()>>,
 }

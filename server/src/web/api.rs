@@ -18,7 +18,6 @@ use protocol::{
     batch::BatchReport,
     driver::{IssuedToken, Ping, SharesRevoked, TokenRequest},
     heat::{HeatServerMsg, HeatSubscription, Layer, DEFAULT_WINDOW_MIN},
-    orders::OrderEvent,
     problem::{ErrorBody, ErrorCode, Problem},
     track::{DriverFix, NearDrivers},
     validate::check_driver_id,
@@ -42,7 +41,7 @@ use crate::{
 };
 
 /// Reads a body up to the configured size, or refuses it with 413 `body_too_large`.
-async fn read_body(state: &AppState, body: Body) -> Result<Bytes, ApiError> {
+pub(crate) async fn read_body(state: &AppState, body: Body) -> Result<Bytes, ApiError> {
     let limit = state.config.max_body_bytes;
     to_bytes(body, limit)
         .await
@@ -56,7 +55,7 @@ impl From<QueueError> for ApiError {
 }
 
 /// A batch endpoint: the body decoded item by item, submitted, answered 202 with what was kept and refused.
-async fn post_batch<T: FromObject>(
+pub(crate) async fn post_batch<T: FromObject>(
     state: AppState,
     body: Body,
     submit: impl FnOnce(&Ingest, Vec<Item<T>>) -> Result<BatchReport, QueueError>,
@@ -93,32 +92,9 @@ pub(crate) async fn post_pings(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let role = require(&state, &headers, "send pings", |r| !matches!(r, Role::Viewer { .. }))?;
+    let role = require(&state, &headers, "send pings", Role::may_send_pings)?;
     let submit = move |ingest: &Ingest, items| ingest.submit_pings(&role, items);
     post_batch::<Ping>(state, body, submit, |s, code| s.metrics.ping_rejected(code, 1)).await
-}
-
-/// `POST /api/orders`: a JSON array of order events, answered like `/api/pings`. Fleet key only.
-#[utoipa::path(
-    post, path = "/api/orders", tag = "ingest",
-    request_body(content = Vec<OrderEvent>, description = "A JSON array of order events."),
-    responses(
-        (status = 202, description = "What was kept and what was refused, item by item.", body = BatchReport),
-        (status = 400, description = "The body is not a JSON array (`invalid_json`).", body = ErrorBody),
-        Unauthenticated,
-        (status = 403, description = "Only the fleet and admin keys send orders.", body = ErrorBody),
-        (status = 413, description = "`body_too_large` or `batch_too_large`.", body = ErrorBody),
-        (status = 503, description = "`queue_full` (with Retry-After).", body = ErrorBody),
-    ),
-    security(("bearer" = []))
-)]
-pub(crate) async fn post_orders(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
-    require(&state, &headers, "send orders", Role::is_fleet)?;
-    post_batch::<OrderEvent>(state, body, Ingest::submit_orders, |s, code| s.metrics.order_rejected(code, 1)).await
 }
 
 /// The `#[server]` ping function's way in: the driver's token is checked as on every ingest path.
@@ -191,8 +167,8 @@ pub(crate) async fn enter(State(state): State<AppState>, headers: HeaderMap, bod
     let refuse = |code, field, message: &str| Err(refused(&state, Problem::field(code, field, message)));
     let driver_id = match bearer(&state, &headers) {
         Err(e) => return Err(ApiError::from(Problem::field(e.code, "token", e.message))),
-        Ok(Some(Role::Viewer { .. })) => {
-            return refuse(ErrorCode::Forbidden, "authorization", "a share link cannot enter")
+        Ok(Some(Role::Viewer { .. } | Role::Customer { .. })) => {
+            return refuse(ErrorCode::Forbidden, "authorization", "a share link or order token cannot enter")
         }
         // A driver renewing its token, or the fleet minting one for its driver.
         Ok(Some(role)) => subject(&role, &request)?,
@@ -237,7 +213,7 @@ pub(crate) async fn create_share(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let role = require(&state, &headers, "create share links", |r| !matches!(r, Role::Viewer { .. }))?;
+    let role = require(&state, &headers, "create share links", Role::may_send_pings)?;
     let request = token_request(&state, body).await?;
     let driver_id = subject(&role, &request)?;
     let max = state.config.max_share_ttl();

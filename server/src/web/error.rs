@@ -34,6 +34,7 @@ pub(crate) fn status_of(code: ErrorCode) -> StatusCode {
         UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
         Unauthorized | TokenInvalid | TokenExpired => StatusCode::UNAUTHORIZED,
         OriginNotAllowed | Forbidden | DriverMismatch | ShareRevoked => StatusCode::FORBIDDEN,
+        InvalidTransition | OrderExists | OfferExpired | OfferTaken | DriverBusy => StatusCode::CONFLICT,
         Internal => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }

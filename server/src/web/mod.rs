@@ -11,6 +11,7 @@ pub(crate) mod api;
 pub(crate) mod error;
 pub(crate) mod openapi;
 pub(crate) mod ops;
+pub(crate) mod orders;
 pub(crate) mod serve;
 pub(crate) mod ws;
 
@@ -33,7 +34,10 @@ use tokio_util::sync::CancellationToken;
 use utoipa::OpenApi;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use crate::{auth::Auth, config::Config, engine::EngineHandle, ingest::Ingest, metrics::Metrics, store::Lookups};
+use crate::{
+    auth::Auth, config::Config, dispatch::Dispatch, engine::EngineHandle, ingest::Ingest, metrics::Metrics,
+    store::Lookups,
+};
 use error::ApiError;
 
 /// What every handler can reach.
@@ -43,6 +47,8 @@ pub struct AppState {
     pub(crate) config: Arc<Config>,
     pub(crate) ingest: Arc<Ingest>,
     pub(crate) engine: EngineHandle,
+    /// The delivery loop: orders, offers, jobs.
+    pub(crate) dispatch: Arc<Dispatch>,
     /// The store's answers about the whole city (revocations, health) beyond what the engine knows.
     pub(crate) lookups: Arc<dyn Lookups>,
     pub(crate) metrics: Arc<Metrics>,
@@ -103,7 +109,10 @@ pub(crate) fn router(state: AppState) -> Router {
 pub(crate) fn api_routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
     let (routes, mut document) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .routes(routes!(api::post_pings))
-        .routes(routes!(api::post_orders))
+        .routes(routes!(orders::place_order))
+        .routes(routes!(orders::post_order_events))
+        .routes(routes!(orders::get_order))
+        .routes(routes!(orders::cancel_order))
         .routes(routes!(api::get_heat))
         .routes(routes!(api::enter))
         .routes(routes!(api::create_share))
@@ -115,6 +124,7 @@ pub(crate) fn api_routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(ws::driver::handshake))
         .routes(routes!(ws::heat::handshake))
         .routes(routes!(ws::track::handshake))
+        .routes(routes!(ws::order::handshake))
         .split_for_parts();
     openapi::describe_sockets(&mut document);
     (routes, document)

@@ -15,6 +15,7 @@ use axum::{
 use protocol::{
     driver::{DriverClientMsg, DriverServerMsg, PingReply, SendPingRequest},
     heat::{HeatClientMsg, HeatServerMsg},
+    orders::{OrderClientMsg, OrderServerMsg},
     problem::ErrorBody,
     track::{TrackClientMsg, TrackMsg},
 };
@@ -77,14 +78,16 @@ pub(crate) mod shared {
     ),
     paths(home_page, driver_page, track_picker_page, track_page, send_ping, openapi_json, docs_page),
     components(schemas(
-        DriverClientMsg, DriverServerMsg, HeatClientMsg, HeatServerMsg, TrackClientMsg, TrackMsg, ErrorBody
+        DriverClientMsg, DriverServerMsg, HeatClientMsg, HeatServerMsg, TrackClientMsg, TrackMsg, OrderClientMsg,
+        OrderServerMsg, ErrorBody
     )),
     tags(
         (name = "ingest", description = "Pings and orders in, item by item."),
         (name = "heat", description = "Counts per cell: public, never identities."),
         (name = "drivers", description = "One driver, or the nearest ones."),
         (name = "tokens", description = "Driver tokens and share links."),
-        (name = "sockets", description = "The three WebSockets (handshakes; messages in `x-websocket`)."),
+        (name = "orders", description = "The delivery loop: place an order, follow it, cancel it."),
+        (name = "sockets", description = "The four WebSockets (handshakes; messages in `x-websocket`)."),
         (name = "ops", description = "Health and metrics."),
         (name = "pages", description = "The server-rendered pages."),
         (name = "docs", description = "This document and its page."),
@@ -101,17 +104,18 @@ impl Modify for Bearer {
         let components = document.components.get_or_insert_with(Default::default);
         let scheme = HttpBuilder::new()
             .scheme(HttpAuthScheme::Bearer)
-            .description(Some("A driver token, a share token, the fleet key or the admin key."))
+            .description(Some("A driver token, a share token, an order token, the fleet key or the admin key."))
             .build();
         components.add_security_scheme("bearer", SecurityScheme::Http(scheme));
     }
 }
 
 /// Each socket path and the messages it carries: (path, client schema, server schema).
-const SOCKETS: [(&str, &str, &str); 3] = [
+const SOCKETS: [(&str, &str, &str); 4] = [
     ("/ws/driver", "DriverClientMsg", "DriverServerMsg"),
     ("/ws/heat", "HeatClientMsg", "HeatServerMsg"),
     ("/ws/track/{driver_id}", "TrackClientMsg", "TrackMsg"),
+    ("/ws/order/{order_id}", "OrderClientMsg", "OrderServerMsg"),
 ];
 
 /// Names each socket's message schemas on its handshake operation (`x-websocket`).

@@ -74,9 +74,12 @@ async fn each_role_may_do_what_it_may_and_no_more() {
     let order = format!(r#"[{{"lat": 6.5, "lon": 3.3, "ts": {}}}]"#, now_ms());
     let roles = [None, Some(driver.as_str()), Some(viewer.as_str()), Some(FLEET), Some(ADMIN)];
     // Statuses for: nobody, driver, viewer, fleet, admin.
-    let table: [(Method, &str, &str, [u16; 5]); 8] = [
+    let place = r#"{"pickup": {"lat": 6.5, "lon": 3.3}, "dropoff": {"lat": 6.45, "lon": 3.4}}"#;
+    let table: [(Method, &str, &str, [u16; 5]); 9] = [
         (Method::POST, "/api/pings", &ping, [401, 202, 403, 202, 202]),
-        (Method::POST, "/api/orders", &order, [401, 403, 403, 202, 202]),
+        (Method::POST, "/api/orders/events", &order, [401, 403, 403, 202, 202]),
+        // Anyone may place an order (`--open-orders`), but not with a driver's or a viewer's credential.
+        (Method::POST, "/api/orders", place, [201, 403, 403, 201, 201]),
         (Method::GET, "/api/drivers/near?lat=6.5&lon=3.3", "", [401, 403, 403, 200, 200]),
         // d1 pinged in the first row.
         (Method::GET, "/api/drivers/d1", "", [401, 403, 200, 200, 200]),

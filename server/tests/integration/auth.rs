@@ -139,8 +139,8 @@ async fn keys_guard_what_names_drivers_and_the_heat_stays_public() {
         assert_eq!(get_text_as(&server, path, Some(ADMIN_KEY)).await.0, admin, "{path} with the admin key");
     }
     let orders = json!([{"lat": 6.5, "lon": 3.3, "ts": now_ms()}]);
-    assert_eq!(post_json_as(&server, "/api/orders", &orders, Some(&token)).await.0, 403);
-    assert_eq!(post_json_as(&server, "/api/orders", &orders, Some(FLEET_KEY)).await.0, 202);
+    assert_eq!(post_json_as(&server, "/api/orders/events", &orders, Some(&token)).await.0, 403);
+    assert_eq!(post_json_as(&server, "/api/orders/events", &orders, Some(FLEET_KEY)).await.0, 202);
     // Only the driver itself or the admin revokes.
     let body = json!({"driver_id": "drv-x"});
     assert_eq!(post_json_as(&server, "/api/shares/revoke", &body, Some(FLEET_KEY)).await.0, 403);

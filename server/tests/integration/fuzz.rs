@@ -116,6 +116,11 @@ proptest! {
     fn driver_messages_never_panic(text in prop_oneof![jsonish(), any::<String>()]) {
         match decode::driver_message(&text, 20) {
             Ok(DriverInput::Pings(message)) => prop_assert!(message.pings.len() <= 20),
+            Ok(DriverInput::Job(message)) => {
+                use protocol::driver::DriverClientMsg::{Batch, Ping};
+                let carries_pings = matches!(message, Ping { .. } | Batch { .. });
+                prop_assert!(!carries_pings, "pings are never a job message");
+            }
             Ok(DriverInput::Auth(_)) | Err(_) => {}
         }
     }

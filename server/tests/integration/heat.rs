@@ -153,7 +153,7 @@ async fn the_orders_layer_counts_events_per_window() {
         {"lat": vi.0, "lon": vi.1, "ts": now - 3 * 60_000},
         {"lat": vi.0, "lon": vi.1, "ts": now - 10 * 60_000},
     ]);
-    assert_eq!(post_json(&server, "/api/orders", &orders).await.0, 202);
+    assert_eq!(post_json(&server, "/api/orders/events", &orders).await.0, 202);
     let cell = geohash(vi.0, vi.1, 7);
     for (window, expected) in [(1, 1), (5, 2), (15, 3), (60, 3)] {
         let body = eventually(5, "orders aggregated", || async {

@@ -130,7 +130,7 @@ async fn orders_are_validated_and_counted() {
         {"lat": 6.45, "lon": 181.0, "ts": now_ms()},
         {"lat": 6.46, "lon": 3.43, "ts": now_ms()},
     ]);
-    let (status, report) = post_json(&server, "/api/orders", &body).await;
+    let (status, report) = post_json(&server, "/api/orders/events", &body).await;
     assert_eq!(status, 202);
     assert_eq!(report["accepted"], 2);
     let codes: Vec<&str> = report["rejected"].as_array().unwrap().iter().map(|r| r["code"].as_str().unwrap()).collect();

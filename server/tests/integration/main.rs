@@ -10,6 +10,7 @@ mod heat;
 mod ingest;
 mod load;
 mod ops;
+mod orders;
 mod redis;
 mod security;
 mod track;

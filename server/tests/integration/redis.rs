@@ -96,7 +96,7 @@ async fn pings_into_one_instance_show_up_on_the_other_and_tracking_follows() {
     let now = now_ms();
     post_json(
         &b,
-        "/api/orders",
+        "/api/orders/events",
         &json!([{"lat": 6.43, "lon": 3.42, "ts": now}, {"lat": 6.43, "lon": 3.42, "ts": now}]),
     )
     .await;
@@ -150,7 +150,7 @@ async fn a_restarted_instance_loads_the_window_and_resumes_without_gap_or_double
     let b = start(redis_config(&redis, &prefix)).await;
     let now = now_ms();
     post_json(&a, "/api/pings", &json!([ping("r-1", 6.50, 3.37), ping("r-2", 6.45, 3.40)])).await;
-    post_json(&a, "/api/orders", &json!([{"lat": 6.44, "lon": 3.41, "ts": now - 120_000}])).await;
+    post_json(&a, "/api/orders/events", &json!([{"lat": 6.44, "lon": 3.41, "ts": now - 120_000}])).await;
     eventually(10, "B caught up", || async {
         (snapshot(&b, "drivers").await["totals"]["drivers_online"] == 2).then_some(())
     })
@@ -163,8 +163,12 @@ async fn a_restarted_instance_loads_the_window_and_resumes_without_gap_or_double
             .map(|i| ping(&format!("d-{i}"), 6.40 + 0.01 * f64::from(round), 3.30 + 0.01 * f64::from(i)))
             .collect();
         post_json(&a, "/api/pings", &Value::Array(pings)).await;
-        post_json(&a, "/api/orders", &json!([{"lat": 6.5, "lon": 3.3 + 0.01 * f64::from(round), "ts": now_ms()}]))
-            .await;
+        post_json(
+            &a,
+            "/api/orders/events",
+            &json!([{"lat": 6.5, "lon": 3.3 + 0.01 * f64::from(round), "ts": now_ms()}]),
+        )
+        .await;
         tokio::time::sleep(Duration::from_millis(60)).await;
     }
     post_json(&a, "/api/pings", &json!([ping("r-1", 6.52, 3.39)])).await;
@@ -250,9 +254,13 @@ async fn a_redis_that_loses_its_data_is_repaired_with_exact_counts() {
     post_json(&a, "/api/pings", &Value::Array(on_a)).await;
     post_json(&b, "/api/pings", &Value::Array(on_b)).await;
     let now = now_ms();
-    post_json(&a, "/api/orders", &json!([{"lat": 6.44, "lon": 3.41, "ts": now}, {"lat": 6.44, "lon": 3.41, "ts": now}, {"lat": 6.5, "lon": 3.35, "ts": now}])).await;
-    post_json(&b, "/api/orders", &json!([{"lat": 6.6, "lon": 3.35, "ts": now}, {"lat": 6.6, "lon": 3.35, "ts": now}]))
-        .await;
+    post_json(&a, "/api/orders/events", &json!([{"lat": 6.44, "lon": 3.41, "ts": now}, {"lat": 6.44, "lon": 3.41, "ts": now}, {"lat": 6.5, "lon": 3.35, "ts": now}])).await;
+    post_json(
+        &b,
+        "/api/orders/events",
+        &json!([{"lat": 6.6, "lon": 3.35, "ts": now}, {"lat": 6.6, "lon": 3.35, "ts": now}]),
+    )
+    .await;
     for server in [&a, &b] {
         eventually(10, "15 drivers and 5 orders everywhere", || async {
             let body = snapshot(server, "orders").await;
@@ -269,7 +277,7 @@ async fn a_redis_that_loses_its_data_is_repaired_with_exact_counts() {
     redis.restart();
     // Meanwhile the city goes on: two of A's drivers move, B takes an order.
     post_json(&a, "/api/pings", &json!([ping("a-0", 6.60, 3.45), ping("a-1", 6.61, 3.46)])).await;
-    post_json(&b, "/api/orders", &json!([{"lat": 6.6, "lon": 3.35, "ts": now_ms()}])).await;
+    post_json(&b, "/api/orders/events", &json!([{"lat": 6.6, "lon": 3.35, "ts": now_ms()}])).await;
 
     for layer in ["drivers", "orders"] {
         let (a, b) = (&a, &b);
@@ -328,8 +336,12 @@ async fn a_redis_outage_that_keeps_its_data_recovers_with_exact_counts() {
     let first: Vec<Value> = (0..20).map(|i| ping(&format!("p-{i}"), at(i, false).0, at(i, false).1)).collect();
     post_json(&a, "/api/pings", &Value::Array(first)).await;
     let now = now_ms();
-    post_json(&a, "/api/orders", &json!([{"lat": 6.44, "lon": 3.41, "ts": now}, {"lat": 6.5, "lon": 3.35, "ts": now}]))
-        .await;
+    post_json(
+        &a,
+        "/api/orders/events",
+        &json!([{"lat": 6.44, "lon": 3.41, "ts": now}, {"lat": 6.5, "lon": 3.35, "ts": now}]),
+    )
+    .await;
     for server in [&a, &b] {
         eventually(10, "20 drivers and 2 orders everywhere", || async {
             let body = snapshot(server, "orders").await;
@@ -350,7 +362,7 @@ async fn a_redis_outage_that_keeps_its_data_recovers_with_exact_counts() {
     assert_eq!(
         post_json(
             &a,
-            "/api/orders",
+            "/api/orders/events",
             &json!([{"lat": 6.6, "lon": 3.35, "ts": now}, {"lat": 6.6, "lon": 3.35, "ts": now}])
         )
         .await

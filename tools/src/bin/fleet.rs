@@ -1,5 +1,5 @@
 //! `pulsemap-fleet`: drives a simulated fleet against a running pulsemap over HTTP (`POST /api/pings` and
-//! `/api/orders`), the way a fleet gateway would.
+//! `/api/orders/events`), the way a fleet gateway would.
 
 use std::time::Duration;
 
@@ -56,7 +56,7 @@ async fn main() -> anyhow::Result<()> {
         let pings = fleet.step(period.as_secs_f64(), now);
         let orders = fleet.orders(period.as_secs_f64(), now);
         sent += pings.len() as u64;
-        for (path, body) in [("pings", serde_json::to_vec(&pings)?), ("orders", serde_json::to_vec(&orders)?)] {
+        for (path, body) in [("pings", serde_json::to_vec(&pings)?), ("orders/events", serde_json::to_vec(&orders)?)] {
             let response = client
                 .post(format!("{}/api/{path}", args.url.trim_end_matches('/')))
                 .header("content-type", "application/json")

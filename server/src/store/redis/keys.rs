@@ -73,6 +73,36 @@ impl Keys {
         format!("{}:tracked", self.prefix)
     }
 
+    /// One order of the delivery loop: its version and its JSON.
+    pub fn order(&self, order_id: &str) -> String {
+        format!("{}:order:{order_id}", self.prefix)
+    }
+
+    /// Orders whose matching must run again, scored by when.
+    pub fn orders_due(&self) -> String {
+        format!("{}:orders:due", self.prefix)
+    }
+
+    /// What a driver holds: an offer or a job.
+    pub fn hold(&self, driver_id: &str) -> String {
+        format!("{}:hold:{driver_id}", self.prefix)
+    }
+
+    /// Driver -> the instance whose socket of it takes offers.
+    pub fn sockets(&self) -> String {
+        format!("{}:sockets", self.prefix)
+    }
+
+    /// The channel of messages for driver sockets on one instance.
+    pub fn inbox(&self, instance: &str) -> String {
+        format!("{}:inbox:{instance}", self.prefix)
+    }
+
+    /// The channel of one order's changes (with an empty id: what every such channel starts with).
+    pub fn order_channel(&self, order_id: &str) -> String {
+        format!("{}:ord:{order_id}", self.prefix)
+    }
+
     /// Bumped whenever a claim comes or goes, so instances re-read the claims only when they changed.
     pub fn tracked_version(&self) -> String {
         format!("{}:tracked:version", self.prefix)

@@ -16,6 +16,7 @@ mod batch;
 mod feed;
 mod keys;
 mod lookups;
+mod orders;
 mod stats;
 mod tracking;
 mod writer;
@@ -96,6 +97,24 @@ async fn start(url: &str, config: &Config) -> anyhow::Result<(Store, RedisStats)
     ));
     let (publications, pending) = mpsc::unbounded_channel();
     tokio::spawn(tracking::publish(conn.clone(), stats.clone(), pending));
+    let (watching, watch_requests) = mpsc::unbounded_channel();
+    let (mail_tx, mail) = mpsc::unbounded_channel();
+    tokio::spawn(orders::follow_mail(
+        client.clone(),
+        keys.clone(),
+        instance.clone(),
+        stats.clone(),
+        watch_requests,
+        mail_tx,
+    ));
+    let orders = orders::RedisOrders::new(
+        conn.clone(),
+        keys.clone(),
+        instance.clone(),
+        stats.clone(),
+        publications.clone(),
+        watching,
+    );
     let (heat_tx, heat) = mpsc::channel(1024);
     tokio::spawn(feed::read_stream(client.clone(), keys.clone(), loaded_id, stats.clone(), epoch, heat_tx));
     let tracked_elsewhere = Arc::new(parking_lot::RwLock::new(HashSet::new()));
@@ -135,6 +154,8 @@ async fn start(url: &str, config: &Config) -> anyhow::Result<(Store, RedisStats)
         feed: Feed { loaded, heat: Some(heat), tracking: Some(tracking) },
         bus: Arc::new(bus),
         lookups: Arc::new(lookups),
+        orders: Arc::new(orders),
+        mail: Some(mail),
         written: Some(written),
     };
     Ok((store, stats))

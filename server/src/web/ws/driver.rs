@@ -1,6 +1,9 @@
 //! `GET /ws/driver`: a driver sends `auth` (its token, or the fleet key) then streams `ping` / `batch` messages;
 //! each gets an `ack` (and an `error` per refused ping); a full queue answers `slow_down` and holds the message
 //! until there is room. The socket stays open on bad input.
+//!
+//! A driver's own socket (a driver token, not the fleet key) also takes jobs: the server sends `offer`s, the
+//! driver answers `accept` / `reject`, then reports `order_status`; `availability` takes it out of matching.
 
 use std::time::Duration;
 
@@ -15,7 +18,8 @@ use axum::{
     Extension,
 };
 use protocol::{
-    driver::DriverServerMsg,
+    driver::{DriverClientMsg, DriverServerMsg},
+    orders::Reason,
     problem::{ErrorBody, ErrorCode, Problem},
 };
 
@@ -23,8 +27,10 @@ use super::{admit, open, Conn, Inbound};
 use crate::{
     auth::Role,
     clock::now_ms,
+    dispatch::DriverLink,
     ingest::decode::{self, DriverInput, DriverMessage},
     metrics::SocketKind,
+    task::or_pending,
     web::{access::bearer, error::ApiError, serve::ConnectionSlot, AppState},
 };
 
@@ -55,8 +61,8 @@ fn authenticate(state: &AppState, token: &str) -> Result<(Role, DriverServerMsg)
     let driver_id = match &role {
         Role::Driver { driver_id, .. } => Some(driver_id.clone()),
         Role::Fleet | Role::Admin => None,
-        Role::Viewer { .. } => {
-            return Err(Problem::field(ErrorCode::Forbidden, "token", "a share link cannot send pings"))
+        Role::Viewer { .. } | Role::Customer { .. } => {
+            return Err(Problem::field(ErrorCode::Forbidden, "token", "only a driver token or the fleet key"))
         }
     };
     Ok((role, DriverServerMsg::Ready { driver_id }))
@@ -66,14 +72,45 @@ fn refusal(seq: Option<u64>, error: Problem) -> DriverServerMsg {
     DriverServerMsg::Error { seq, index: None, error }
 }
 
+/// The driver a role takes jobs for: a driver token's own (the fleet's sockets carry many drivers, no jobs).
+fn job_driver(role: &Role) -> Option<&str> {
+    match role {
+        Role::Driver { driver_id, .. } => Some(driver_id),
+        _ => None,
+    }
+}
+
 async fn serve(mut conn: Conn, state: AppState, mut role: Option<Role>) {
+    let mut link = None;
+    if let Some(driver_id) = role.as_ref().and_then(job_driver) {
+        link = Box::pin(state.dispatch.connect_driver(driver_id)).await.ok();
+    }
+    talk(&mut conn, &state, &mut role, &mut link).await;
+    if let Some(link) = link {
+        state.dispatch.disconnect_driver(&link).await;
+    }
+}
+
+async fn talk(conn: &mut Conn, state: &AppState, role: &mut Option<Role>, link: &mut Option<DriverLink>) {
     let metrics = state.metrics.clone();
     let wait = Duration::from_millis(state.config.queue_wait_ms);
-    let mut inbound = Inbound::new(&state);
+    let mut inbound = Inbound::new(state);
     if role.as_ref().is_some_and(Role::is_fleet) {
         inbound.unlimited();
     }
-    while let Some(message) = inbound.next(&mut conn).await {
+    loop {
+        let message = tokio::select! {
+            message = inbound.next(conn) => match message {
+                Some(message) => message,
+                None => return,
+            },
+            Some(text) = or_pending(link.as_mut().map(|l| l.messages.recv())) => {
+                if conn.send(text).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+        };
         let text = match message {
             Message::Text(text) => text,
             Message::Binary(_) => {
@@ -97,12 +134,21 @@ async fn serve(mut conn: Conn, state: AppState, mut role: Option<Role>) {
                 metrics.ping_rejected(invalid.code, 1);
                 vec![refusal(seq, invalid.into())]
             }
-            Ok(DriverInput::Auth(token)) => match authenticate(&state, &token) {
+            Ok(DriverInput::Auth(token)) => match authenticate(state, &token) {
                 Ok((new_role, ready)) => {
                     if new_role.is_fleet() {
                         inbound.unlimited();
                     }
-                    role = Some(new_role);
+                    let same_driver = role.as_ref().and_then(job_driver) == job_driver(&new_role);
+                    if !same_driver {
+                        if let Some(old) = link.take() {
+                            state.dispatch.disconnect_driver(&old).await;
+                        }
+                        if let Some(driver_id) = job_driver(&new_role) {
+                            *link = Box::pin(state.dispatch.connect_driver(driver_id)).await.ok();
+                        }
+                    }
+                    *role = Some(new_role);
                     vec![ready]
                 }
                 Err(e) => {
@@ -111,9 +157,29 @@ async fn serve(mut conn: Conn, state: AppState, mut role: Option<Role>) {
                     return;
                 }
             },
+            Ok(DriverInput::Job(message)) => match role
+                .as_ref()
+                .filter(|r| r.expires_ms().is_none_or(|at| now_ms() < at))
+            {
+                Some(current) => match job_driver(current) {
+                    Some(driver_id) => Box::pin(job(state, driver_id, message)).await,
+                    None => vec![refusal(
+                        None,
+                        Problem::field(
+                            ErrorCode::Forbidden,
+                            "token",
+                            "jobs go to a driver's own socket (a driver token)",
+                        ),
+                    )],
+                },
+                None => vec![refusal(
+                    None,
+                    Problem::field(ErrorCode::Unauthorized, "token", "send {\"type\":\"auth\",\"token\":...} first"),
+                )],
+            },
             Ok(DriverInput::Pings(message)) => match role.as_ref() {
                 Some(role) if role.expires_ms().is_none_or(|at| now_ms() < at) => {
-                    match pings(&mut conn, &state, role, message, wait).await {
+                    match pings(conn, state, role, message, wait).await {
                         Ok(replies) => replies,
                         Err(()) => return,
                     }
@@ -136,6 +202,31 @@ async fn serve(mut conn: Conn, state: AppState, mut role: Option<Role>) {
                 return;
             }
         }
+    }
+}
+
+/// A driver's message about a job: what to answer at once (`assigned` and the job's moves come through the
+/// driver's mailbox, like every other message dispatch sends it).
+async fn job(state: &AppState, driver_id: &str, message: DriverClientMsg) -> Vec<DriverServerMsg> {
+    let dispatch = &state.dispatch;
+    let done = match message {
+        DriverClientMsg::Accept { order_id } => dispatch.accept(driver_id, &order_id).await.map(|_| None),
+        DriverClientMsg::Reject { order_id } => dispatch
+            .reject(driver_id, &order_id)
+            .await
+            .map(|()| Some(DriverServerMsg::OfferWithdrawn { order_id, reason: Reason::OfferRejected })),
+        DriverClientMsg::OrderStatus { order_id, state } => {
+            dispatch.report(driver_id, &order_id, state).await.map(|_| None)
+        }
+        DriverClientMsg::Availability { available } => dispatch
+            .set_available(driver_id, available)
+            .await
+            .map(|()| Some(DriverServerMsg::Availability { available })),
+        DriverClientMsg::Auth { .. } | DriverClientMsg::Ping { .. } | DriverClientMsg::Batch { .. } => Ok(None),
+    };
+    match done {
+        Ok(reply) => reply.into_iter().collect(),
+        Err(e) => vec![refusal(None, e)],
     }
 }
 

@@ -1,5 +1,5 @@
-//! The three WebSockets: drivers stream pings in ([`driver`]), heat viewers ([`heat`]) and trackers ([`track`])
-//! receive frames out. This module is what they share: the handshake ([`admit`], [`open`]), the socket with its
+//! The four WebSockets: drivers stream pings in and take jobs ([`driver`]); heat viewers ([`heat`]), trackers
+//! ([`track`]) and customers following an order ([`order`]) receive frames out. This module is what they share: the handshake ([`admit`], [`open`]), the socket with its
 //! counters and send deadline ([`Conn`]), and the client's side of it ([`Inbound`]: messages, keep-alive,
 //! shutdown).
 //!
@@ -10,6 +10,7 @@
 
 pub(crate) mod driver;
 pub(crate) mod heat;
+pub(crate) mod order;
 pub(crate) mod track;
 
 use std::{future::Future, sync::Arc, time::Duration};
@@ -116,6 +117,57 @@ fn check_origin(headers: &HeaderMap, state: &AppState) -> Result<(), ApiError> {
         "origin",
         format!("pages from {origin} may not open this socket; allow the origin with --allowed-origins"),
     ))
+}
+
+/// A socket's first message when it must be `{"type":"auth","token":...}`.
+#[derive(serde::Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum AuthMessage {
+    Auth { token: String },
+}
+
+/// Waits (up to `ws_auth_wait`) for the socket's `auth` message and verifies its credential: the role, or why
+/// not; `None` when the socket went away first.
+async fn first_auth(conn: &mut Conn, state: &AppState) -> Option<Result<crate::auth::Role, Problem>> {
+    let wait = state.config.ws_auth_wait;
+    Some(match tokio::time::timeout(wait, conn.socket.recv()).await {
+        Ok(Some(Ok(Message::Text(text)))) => match serde_json::from_str::<AuthMessage>(&text) {
+            Ok(AuthMessage::Auth { token }) => {
+                state.auth.verify(&token, crate::clock::now_ms()).inspect_err(|e| state.metrics.auth_refused(e.code))
+            }
+            Err(_) => Err(Problem::field(
+                ErrorCode::Unauthorized,
+                "token",
+                "the first message must be {\"type\":\"auth\",\"token\":...}",
+            )),
+        },
+        Ok(_) => return None,
+        Err(_) => Err(Problem::field(
+            ErrorCode::Unauthorized,
+            "token",
+            format!("no auth message within {} s", wait.as_secs_f64()),
+        )),
+    })
+}
+
+/// Ends a socket's authentication: the role, or the refusal told to the client (in the socket's own error
+/// message, counted when no credential came at all) and the socket closed.
+async fn settle_auth<T: serde::Serialize>(
+    conn: &mut Conn,
+    state: &AppState,
+    checked: Result<crate::auth::Role, Problem>,
+    message: impl FnOnce(Problem) -> T,
+) -> Option<crate::auth::Role> {
+    match checked {
+        Ok(role) => Some(role),
+        Err(e) => {
+            if e.code == ErrorCode::Unauthorized {
+                state.metrics.auth_refused(e.code);
+            }
+            conn.refuse(e, message).await;
+            None
+        }
+    }
 }
 
 /// The socket ended (it was closed, it failed, or a write missed its deadline).

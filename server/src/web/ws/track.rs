@@ -9,7 +9,7 @@ use crate::web::openapi::shared::Handshake;
 use axum::{
     extract::{
         rejection::PathRejection,
-        ws::{rejection::WebSocketUpgradeRejection, Message, WebSocketUpgrade},
+        ws::{rejection::WebSocketUpgradeRejection, WebSocketUpgrade},
         Path, State,
     },
     http::HeaderMap,
@@ -18,12 +18,14 @@ use axum::{
 };
 use protocol::{
     problem::{ErrorBody, ErrorCode, Problem},
-    track::{TrackClientMsg, TrackMsg},
+    track::TrackMsg,
     validate::check_driver_id,
 };
 use tokio::sync::broadcast::error::RecvError;
 
-use super::{admit, open, Conn, Inbound, CLOSE_FORBIDDEN, CLOSE_GOING_AWAY, CLOSE_UNAUTHORIZED};
+use super::{
+    admit, first_auth, open, settle_auth, Conn, Inbound, CLOSE_FORBIDDEN, CLOSE_GOING_AWAY, CLOSE_UNAUTHORIZED,
+};
 use crate::{
     auth::Role,
     clock::now_ms,
@@ -69,40 +71,11 @@ pub(crate) async fn handshake(
 
 /// Waits for a tracker's `auth` message and checks it; on failure tells the client why and closes.
 async fn authenticate(conn: &mut Conn, state: &AppState, driver_id: &str) -> Option<Role> {
-    let wait = state.config.ws_auth_wait;
-    let first = tokio::time::timeout(wait, conn.socket.recv()).await;
-    let checked = match first {
-        Ok(Some(Ok(Message::Text(text)))) => match serde_json::from_str::<TrackClientMsg>(&text) {
-            Ok(TrackClientMsg::Auth { token }) => match state.auth.verify(&token, now_ms()) {
-                Ok(role) => may_watch(state, &role, driver_id).await.map(|()| role),
-                Err(e) => {
-                    state.metrics.auth_refused(e.code);
-                    Err(e)
-                }
-            },
-            Err(_) => Err(Problem::field(
-                ErrorCode::Unauthorized,
-                "token",
-                "the first message must be {\"type\":\"auth\",\"token\":...}",
-            )),
-        },
-        Ok(_) => return None,
-        Err(_) => Err(Problem::field(
-            ErrorCode::Unauthorized,
-            "token",
-            format!("no auth message within {} s", wait.as_secs_f64()),
-        )),
+    let checked = match first_auth(conn, state).await? {
+        Ok(role) => may_watch(state, &role, driver_id).await.map(|()| role),
+        Err(e) => Err(e),
     };
-    match checked {
-        Ok(role) => Some(role),
-        Err(e) => {
-            if e.code == ErrorCode::Unauthorized {
-                state.metrics.auth_refused(e.code);
-            }
-            conn.refuse(e, TrackMsg::Error).await;
-            None
-        }
-    }
+    settle_auth(conn, state, checked, TrackMsg::Error).await
 }
 
 async fn serve(mut conn: Conn, state: AppState, driver_id: String, role: Option<Role>) {
