@@ -17,6 +17,7 @@ test('the homepage reconnects with backoff and resubscribes', async () => {
     const { page } = await openPage(browser, server);
     await page.goto(server.url);
     await hydrated(page);
+    await page.click('#layer-drivers');
     await eventually('live', async () => (await badge(page)) === 'live');
     await server.stop();
     // While the server is away the page waits longer and longer between attempts: the badge says how long.

@@ -2,7 +2,8 @@
 //! its browser half beside it.
 //!
 //! - [`home`]: `/`, the live heatmap. [`driver`]: `/driver`, Enter as Driver (and the `send_ping` server
-//!   function). [`track`]: `/track/{id}` follows one driver; `/track` picks one.
+//!   function). [`track`]: `/track/{id}` follows one driver; `/track` picks one. [`order`]: `/order` places an
+//!   order; `/order/{id}` follows it to the door.
 //! - [`ui`]: what the pages share (the connection badge, the city). `browser` (hydrate only): DOM helpers, the
 //!   reconnecting socket, the Leaflet map and heat layer.
 //!
@@ -12,6 +13,7 @@
 
 pub mod driver;
 mod home;
+mod order;
 mod track;
 mod ui;
 
@@ -65,6 +67,8 @@ pub fn App() -> impl IntoView {
                 <Route path=StaticSegment("driver") view=driver::DriverPage/>
                 <Route path=StaticSegment("track") view=track::TrackPicker/>
                 <Route path=(StaticSegment("track"), ParamSegment("id")) view=track::TrackPage/>
+                <Route path=StaticSegment("order") view=order::PlaceOrderPage/>
+                <Route path=(StaticSegment("order"), ParamSegment("id")) view=order::OrderPage/>
             </Routes>
         </Router>
     }

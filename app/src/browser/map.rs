@@ -4,11 +4,13 @@
 //! we use (`L.heatLayer`, `setLatLngs`, `setOptions`), all with `catch` because Leaflet.heat throws when its
 //! canvas is 0x0 (a hidden tab or a collapsed embed) and the page must survive that.
 
+use std::collections::VecDeque;
+
 use js_sys::{Array, Object, Reflect};
-use leaflet::{LatLng, Map, MapOptions, TileLayer, TileLayerOptions};
+use leaflet::{CircleMarker, LatLng, Map, MapOptions, Polyline, PolylineOptions, TileLayer, TileLayerOptions};
 use wasm_bindgen::{prelude::*, JsCast};
 
-use protocol::{geo::BBox, settings::SiteSettings};
+use protocol::{geo::BBox, orders::Place, settings::SiteSettings};
 
 #[wasm_bindgen]
 extern "C" {
@@ -146,4 +148,64 @@ pub fn cell_width_px(map: &Map, precision: u8) -> f64 {
     let bits = 5 * u32::from(precision);
     let lon_deg = 360.0 / f64::from(1u32 << bits.div_ceil(2));
     lon_deg * 256.0 * 2f64.powf(map.get_zoom()) / 360.0
+}
+
+/// A driver's recent path: a line through its last `max_points` fixes.
+pub struct Trail {
+    line: Polyline,
+    points: VecDeque<(f64, f64)>,
+    max_points: usize,
+}
+
+impl Trail {
+    pub fn new(map: &Map, max_points: usize) -> Trail {
+        let options = PolylineOptions::new();
+        options.set_color("#2563eb".into());
+        options.set_weight(4.0);
+        options.set_opacity(0.6);
+        let line = Polyline::new_with_options(&Array::new(), &options);
+        line.add_to(map);
+        Trail { line, points: VecDeque::new(), max_points }
+    }
+
+    /// Adds a fix (the oldest goes once the trail is full) and redraws.
+    pub fn push(&mut self, lat: f64, lon: f64) {
+        self.points.push_back((lat, lon));
+        if self.points.len() > self.max_points {
+            self.points.pop_front();
+        }
+        let points: Array = self.points.iter().map(|(lat, lon)| JsValue::from(LatLng::new(*lat, *lon))).collect();
+        self.line.set_lat_lngs(&points);
+    }
+
+    pub fn clear(&mut self) {
+        self.points.clear();
+        self.line.set_lat_lngs(&Array::new());
+    }
+}
+
+/// The two stops of an order, as every page draws them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// Green.
+    Pickup,
+    /// Red.
+    Dropoff,
+}
+
+/// A dot on the map for an order's stop.
+pub fn stop_marker(map: &Map, place: Place, stop: Stop) -> CircleMarker {
+    let colour = match stop {
+        Stop::Pickup => "#16a34a",
+        Stop::Dropoff => "#dc2626",
+    };
+    let options = object(&[
+        ("radius", 9.0.into()),
+        ("color", colour.into()),
+        ("fillColor", colour.into()),
+        ("fillOpacity", 0.9.into()),
+    ]);
+    let marker = CircleMarker::new_with_options(&LatLng::new(place.lat, place.lon), &options);
+    marker.add_to(map);
+    marker
 }

@@ -53,6 +53,18 @@ pub fn ws_url(path: &str) -> String {
     format!("{scheme}://{}{path}", location.host().unwrap_or_default())
 }
 
+/// A value in the page's fragment (`#name=value&...`): where links carry their tokens, which browsers never send
+/// to a server.
+pub fn fragment_param(name: &str) -> Option<String> {
+    let hash = window().location().hash().ok()?;
+    let prefix = format!("{name}=");
+    hash.trim_start_matches('#')
+        .split('&')
+        .find_map(|kv| kv.strip_prefix(prefix.as_str()))
+        .map(|t| js_sys::decode_uri_component(t).ok().and_then(|t| t.as_string()).unwrap_or_else(|| t.to_string()))
+        .filter(|t| !t.is_empty())
+}
+
 /// This page's origin, for links people share.
 pub fn origin() -> String {
     window().location().origin().unwrap_or_default()

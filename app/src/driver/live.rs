@@ -8,10 +8,11 @@
 
 use std::{cell::RefCell, rc::Rc};
 
-use leaflet::{Circle, LatLng, Map, Marker};
+use leaflet::{Circle, CircleMarker, LatLng, Map, Marker};
 use leptos::{prelude::*, task::spawn_local};
 use protocol::{
     driver::{DriverClientMsg, DriverServerMsg, IssuedToken, Ping, PingReply},
+    orders::{OrderState, Reason},
     problem::ErrorCode,
 };
 use wasm_bindgen::{prelude::Closure, JsCast};
@@ -19,10 +20,14 @@ use wasm_bindgen::{prelude::Closure, JsCast};
 use super::{
     outbox::{renewal, Outbox, Refused, Renewal, Retry, Rules},
     send_ping,
-    signals::{DriverSignals, Sharing},
+    signals::{DriverSignals, Job, JobAnswer, Sharing},
 };
 use crate::{
-    browser::{every, expose, local_storage, map::new_map, now_ms, origin, post_api, settings, sleep, socket},
+    browser::{
+        every, expose, local_storage,
+        map::{new_map, stop_marker, Stop},
+        now_ms, origin, post_api, settings, sleep, socket,
+    },
     ui::{ConnState, CITY_CENTER},
 };
 
@@ -42,6 +47,8 @@ struct Session {
     outbox: Outbox,
     /// A server-function delivery is under way.
     fallback_busy: bool,
+    /// The job's pickup and drop-off on the map.
+    job_markers: Vec<CircleMarker>,
 }
 
 type Shared = Rc<RefCell<Session>>;
@@ -114,7 +121,21 @@ fn begin_session(element: web_sys::HtmlDivElement, s: DriverSignals, issued: Iss
         socket: None,
         outbox: Outbox::new(rules),
         fallback_busy: false,
+        job_markers: Vec::new(),
     }));
+    Effect::new({
+        let session = session.clone();
+        move |_| {
+            let (presses, answer) = s.answer.get();
+            if presses > 0 {
+                if let Some(answer) = answer {
+                    send_answer(&session, answer);
+                }
+            }
+        }
+    });
+    s.now_ms.set(now_ms() as i64);
+    every(1_000, move || s.now_ms.set(now_ms() as i64));
     Effect::new({
         let session = session.clone();
         move |_| {
@@ -381,6 +402,39 @@ fn flush(this: &Shared) {
     });
 }
 
+/// Sends the driver's answer about its offer or job on the socket (it must be open: a job needs the socket).
+fn send_answer(this: &Shared, answer: JobAnswer) {
+    let session = this.borrow();
+    let s = session.s;
+    let message = match (answer, s.offer.get_untracked(), s.job.get_untracked()) {
+        (JobAnswer::Accept, Some(offer), _) => DriverClientMsg::Accept { order_id: offer.order_id },
+        (JobAnswer::Reject, Some(offer), _) => DriverClientMsg::Reject { order_id: offer.order_id },
+        (JobAnswer::PickedUp, _, Some(job)) => {
+            DriverClientMsg::OrderStatus { order_id: job.order_id, state: OrderState::PickedUp }
+        }
+        (JobAnswer::Delivered, _, Some(job)) => {
+            DriverClientMsg::OrderStatus { order_id: job.order_id, state: OrderState::Delivered }
+        }
+        _ => return,
+    };
+    let text = serde_json::to_string(&message).expect("messages serialise");
+    let sent = session.socket.as_ref().is_some_and(|socket| socket.send(text));
+    if !sent {
+        s.job_note.set("Not connected: press again when the badge says live.".into());
+    } else if matches!(answer, JobAnswer::Reject) {
+        s.offer.set(None);
+    }
+}
+
+/// The job is over (delivered, cancelled): off the map.
+fn end_job(session: &mut Session, note: &str) {
+    for marker in session.job_markers.drain(..) {
+        marker.remove();
+    }
+    session.s.job.set(None);
+    session.s.job_note.set(note.to_string());
+}
+
 fn on_server_message(this: &Shared, text: &str) {
     let Ok(message) = serde_json::from_str::<DriverServerMsg>(text) else { return };
     let mut session = this.borrow_mut();
@@ -392,6 +446,19 @@ fn on_server_message(this: &Shared, text: &str) {
             }
         }
         DriverServerMsg::Ack { seq: None, .. } | DriverServerMsg::Ready { .. } => {}
+        DriverServerMsg::Error { seq: None, error, .. }
+            if matches!(
+                error.code,
+                ErrorCode::OfferExpired
+                    | ErrorCode::OfferTaken
+                    | ErrorCode::InvalidTransition
+                    | ErrorCode::DriverBusy
+                    | ErrorCode::NotFound
+            ) =>
+        {
+            s.offer.set(None);
+            s.job_note.set(error.describe());
+        }
         DriverServerMsg::Error { seq, error, .. } => {
             if matches!(error.code, ErrorCode::TokenInvalid | ErrorCode::TokenExpired | ErrorCode::Unauthorized) {
                 // The server no longer knows this token (restarted with a new secret, or it ran out): the fixes
@@ -420,12 +487,47 @@ fn on_server_message(this: &Shared, text: &str) {
         DriverServerMsg::SlowDown { retry_after_ms } => {
             s.error.set(format!("The server is busy; it asked to wait {retry_after_ms} ms. Nothing is lost."));
         }
-        // Jobs: offers and their answers (the page's job panel is not built yet; the server's offers lapse).
-        DriverServerMsg::Offer(_)
-        | DriverServerMsg::Assigned { .. }
-        | DriverServerMsg::OfferWithdrawn { .. }
-        | DriverServerMsg::Job { .. }
-        | DriverServerMsg::Availability { .. } => {}
+        DriverServerMsg::Offer(offer) => {
+            s.job_note.set(String::new());
+            s.offer.set(Some(offer));
+        }
+        DriverServerMsg::Assigned { order_id, pickup, dropoff, .. } => {
+            s.offer.set(None);
+            for marker in session.job_markers.drain(..) {
+                marker.remove();
+            }
+            let markers =
+                [stop_marker(&session.map, pickup, Stop::Pickup), stop_marker(&session.map, dropoff, Stop::Dropoff)];
+            session.job_markers.extend(markers);
+            s.job_note.set(String::new());
+            let state = OrderState::Assigned;
+            if s.job.get_untracked().is_none_or(|j| j.order_id != order_id) {
+                s.job.set(Some(Job { order_id, pickup, dropoff, state }));
+            }
+        }
+        DriverServerMsg::OfferWithdrawn { order_id, reason } => {
+            if s.offer.get_untracked().is_some_and(|o| o.order_id == order_id) {
+                s.offer.set(None);
+                s.job_note.set(
+                    match reason {
+                        Reason::DriverAccepted => "Another driver took that job.",
+                        Reason::OfferExpired => "That offer ran out of time.",
+                        Reason::OfferRejected => "Declined.",
+                        _ => "That job was cancelled.",
+                    }
+                    .into(),
+                );
+            }
+        }
+        DriverServerMsg::Job { order_id, state } => match s.job.get_untracked() {
+            Some(job) if job.order_id == order_id => match state {
+                OrderState::Delivered => end_job(&mut session, "Delivered. Thank you!"),
+                OrderState::Cancelled => end_job(&mut session, "The customer cancelled this job."),
+                state => s.job.set(Some(Job { state, ..job })),
+            },
+            _ => {}
+        },
+        DriverServerMsg::Availability { .. } => {}
     }
 }
 

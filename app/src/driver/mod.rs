@@ -15,7 +15,7 @@ use leptos_meta::{Meta, Title};
 pub use send_ping::{send_ping, SendPing};
 #[cfg(feature = "ssr")]
 pub use send_ping::{PingSink, SharedPingSink};
-pub use signals::{DriverSignals, Sharing};
+pub use signals::{DriverSignals, Job, JobAnswer, Sharing};
 
 use crate::ui::Badge;
 
@@ -36,6 +36,7 @@ pub fn DriverPage() -> impl IntoView {
                 <Badge state=s.conn/>
             </header>
             <div id="driver-map" class="map small" node_ref=map_ref aria-label="Your position"></div>
+            <JobPanel s=s/>
             <section class="card">
                 <button
                     id="share-toggle"
@@ -73,5 +74,64 @@ pub fn DriverPage() -> impl IntoView {
                 </dl>
             </section>
         </main>
+    }
+}
+
+/// Seconds left to answer an offer.
+fn seconds_left(expires_ms: i64, now_ms: i64) -> i64 {
+    ((expires_ms - now_ms).max(0) + 999) / 1000
+}
+
+/// The offer to answer, or the job under way, with the buttons that move it.
+#[component]
+fn JobPanel(s: DriverSignals) -> impl IntoView {
+    let offer = move || s.offer.get();
+    let job = move || s.job.get();
+    view! {
+        <Show when=move || offer().is_some()>
+            <section id="offer" class="card offer" role="alert">
+                <h2>"New job"</h2>
+                <p id="offer-text">
+                    {move || offer().map(|o| format!("Pickup {:.1} km away", o.distance_m / 1000.0)).unwrap_or_default()}
+                </p>
+                <p id="offer-countdown" class="muted">
+                    {move || offer().map(|o| format!("{} s to answer", seconds_left(o.expires_ms, s.now_ms.get()))).unwrap_or_default()}
+                </p>
+                <div class="row">
+                    <button id="accept-offer" class="button primary big" on:click=move |_| s.press(JobAnswer::Accept)>
+                        "Accept"
+                    </button>
+                    <button id="reject-offer" class="button" on:click=move |_| s.press(JobAnswer::Reject)>"Decline"</button>
+                </div>
+            </section>
+        </Show>
+        <Show when=move || job().is_some()>
+            <section id="job" class="card job">
+                <h2>"Your job"</h2>
+                <p id="job-state" class="state">
+                    {move || job().map(|j| match j.state {
+                        protocol::orders::OrderState::Assigned => "Go to the pickup (green)".to_string(),
+                        protocol::orders::OrderState::AtPickup => "At the pickup: collect the parcel".to_string(),
+                        protocol::orders::OrderState::PickedUp => "Take it to the drop-off (red)".to_string(),
+                        protocol::orders::OrderState::AtDropoff => "At the drop-off: hand it over".to_string(),
+                        other => other.name().to_string(),
+                    }).unwrap_or_default()}
+                </p>
+                <p class="muted"><code id="job-order">{move || job().map(|j| j.order_id).unwrap_or_default()}</code></p>
+                <Show
+                    when=move || job().is_some_and(|j| j.state.can_move_to(protocol::orders::OrderState::PickedUp))
+                    fallback=move || view! {
+                        <button id="delivered" class="button primary big" on:click=move |_| s.press(JobAnswer::Delivered)>
+                            "Delivered"
+                        </button>
+                    }
+                >
+                    <button id="picked-up" class="button primary big" on:click=move |_| s.press(JobAnswer::PickedUp)>
+                        "Picked up"
+                    </button>
+                </Show>
+            </section>
+        </Show>
+        <p id="job-note" class="muted" role="status">{move || s.job_note.get()}</p>
     }
 }

@@ -1,8 +1,27 @@
 //! What the driver page shows, as signals: the view reads them, the browser half writes them.
 
 use leptos::prelude::*;
+use protocol::orders::{JobOffer, OrderState, Place};
 
 use crate::ui::ConnState;
+
+/// The job a driver holds: where to go, and where it is in its life.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Job {
+    pub order_id: String,
+    pub pickup: Place,
+    pub dropoff: Place,
+    pub state: OrderState,
+}
+
+/// What the driver pressed about a job (the browser half sends it on the socket).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobAnswer {
+    Accept,
+    Reject,
+    PickedUp,
+    Delivered,
+}
 
 /// Where sharing is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -49,9 +68,27 @@ pub struct DriverSignals {
     pub error: RwSignal<String>,
     /// Pressing the button: true asks to share, false to stop.
     pub wants_sharing: RwSignal<bool>,
+    /// A job offered now, to accept or refuse before it lapses.
+    pub offer: RwSignal<Option<JobOffer>>,
+    /// The job this driver holds.
+    pub job: RwSignal<Option<Job>>,
+    /// What happened to the last offer or job, in words ("Delivered", "Another driver took it").
+    pub job_note: RwSignal<String>,
+    /// The driver's answer to press on (with a counter, so the same answer twice is two presses).
+    pub answer: RwSignal<(u32, Option<JobAnswer>)>,
+    /// The browser clock, for the offer's countdown.
+    pub now_ms: RwSignal<i64>,
 }
 
 impl DriverSignals {
+    /// Presses an answer about the job.
+    pub fn press(&self, answer: JobAnswer) {
+        self.answer.update(|(n, a)| {
+            *n += 1;
+            *a = Some(answer);
+        });
+    }
+
     pub fn new() -> DriverSignals {
         DriverSignals {
             driver_id: RwSignal::new(String::new()),
@@ -66,6 +103,11 @@ impl DriverSignals {
             last_fix: RwSignal::new("—".into()),
             error: RwSignal::new(String::new()),
             wants_sharing: RwSignal::new(false),
+            offer: RwSignal::new(None),
+            job: RwSignal::new(None),
+            job_note: RwSignal::new(String::new()),
+            answer: RwSignal::new((0, None)),
+            now_ms: RwSignal::new(0),
         }
     }
 }

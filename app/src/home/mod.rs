@@ -1,4 +1,5 @@
 //! `/`: the live heatmap of the city, with layer and window switches, a legend, counters and a connection badge.
+//! It opens on the orders placed in the last minute: where demand is, right now.
 //! The page is rendered here; [`live`] (in the browser) draws the heat from `/ws/heat` into the signals.
 
 #[cfg(feature = "hydrate")]
@@ -7,7 +8,7 @@ mod signals;
 
 use leptos::prelude::*;
 use leptos_meta::{Meta, Title};
-use protocol::heat::{Layer, DEFAULT_WINDOW_MIN, WINDOWS_MIN};
+use protocol::heat::{Layer, WINDOWS_MIN};
 
 pub use signals::HomeSignals;
 
@@ -56,8 +57,8 @@ pub fn HomePage() -> impl IntoView {
                 </p>
                 <div class="controls">
                     <div class="segmented" role="group" aria-label="Layer">
-                        {layer_button(Layer::Drivers, "Drivers")}
                         {layer_button(Layer::Orders, "Orders")}
+                        {layer_button(Layer::Drivers, "Drivers")}
                     </div>
                     <label class="window">
                         "Window "
@@ -74,7 +75,7 @@ pub fn HomePage() -> impl IntoView {
                                 .iter()
                                 .map(|w| {
                                     view! {
-                                        <option value=w.to_string() selected=*w == DEFAULT_WINDOW_MIN>
+                                        <option value=w.to_string() selected=*w == signals::HOME_WINDOW_MIN>
                                             {format!("{w} min")}
                                         </option>
                                     }
@@ -98,7 +99,10 @@ pub fn HomePage() -> impl IntoView {
                     </span>
                 </div>
                 <nav class="cta">
-                    <a class="button primary" id="enter-driver" href="/driver" rel="external">
+                    <a class="button primary" id="place-an-order" href="/order" rel="external">
+                        "Place an order"
+                    </a>
+                    <a class="button" id="enter-driver" href="/driver" rel="external">
                         "Enter as Driver"
                     </a>
                     <a class="button" id="track-driver" href="/track" rel="external">

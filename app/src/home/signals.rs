@@ -1,9 +1,13 @@
 //! What the homepage shows, as signals: the view reads them, the browser half writes them.
 
 use leptos::prelude::*;
-use protocol::heat::{Layer, Totals, DEFAULT_WINDOW_MIN};
+use protocol::heat::{Layer, Totals};
 
 use crate::ui::ConnState;
+
+/// The homepage opens on where orders are being placed right now: the orders layer, over the last minute.
+pub const HOME_LAYER: Layer = Layer::Orders;
+pub const HOME_WINDOW_MIN: u32 = 1;
 
 #[derive(Clone, Copy)]
 pub struct HomeSignals {
@@ -20,8 +24,8 @@ pub struct HomeSignals {
 impl HomeSignals {
     pub fn new() -> HomeSignals {
         HomeSignals {
-            layer: RwSignal::new(Layer::Drivers),
-            window_min: RwSignal::new(DEFAULT_WINDOW_MIN),
+            layer: RwSignal::new(HOME_LAYER),
+            window_min: RwSignal::new(HOME_WINDOW_MIN),
             conn: RwSignal::new(ConnState::Connecting),
             totals: RwSignal::new(Totals::default()),
             legend_max: RwSignal::new(0),

@@ -1,11 +1,10 @@
 //! Following one driver: `/ws/track/{id}` fixes move a marker smoothly, with its accuracy circle and a short
 //! trail; and the `/track` picker listing online drivers near the map's centre.
 
-use std::{cell::RefCell, collections::VecDeque, rc::Rc};
+use std::{cell::RefCell, rc::Rc};
 
 use gloo_net::http::Request;
-use js_sys::Array;
-use leaflet::{Circle, CircleMarker, LatLng, Map, Marker, Polyline, PolylineOptions};
+use leaflet::{Circle, CircleMarker, LatLng, Map, Marker};
 use leptos::{prelude::*, task::spawn_local};
 use wasm_bindgen::{prelude::Closure, JsCast, JsValue};
 
@@ -18,8 +17,8 @@ use protocol::{
 use super::signals::{Presence, TrackSignals, FLEET_KEY};
 use crate::{
     browser::{
-        every, expose, go_to,
-        map::{new_map, object, view_box},
+        every, expose, fragment_param, go_to,
+        map::{new_map, object, view_box, Trail},
         now_ms, session_storage, settings, sleep,
         socket::{self, LiveSocket},
     },
@@ -29,13 +28,7 @@ use crate::{
 /// The credential this page follows the driver with: the share token in the link's fragment (`#share=...`,
 /// never sent to the server in the URL), else a dispatcher's fleet key from this tab.
 fn credential() -> Option<String> {
-    let hash = web_sys::window()?.location().hash().ok()?;
-    let from_link = hash
-        .trim_start_matches('#')
-        .split('&')
-        .find_map(|kv| kv.strip_prefix("share="))
-        .map(|t| js_sys::decode_uri_component(t).ok().and_then(|t| t.as_string()).unwrap_or_else(|| t.to_string()));
-    from_link.filter(|t| !t.is_empty()).or_else(|| session_storage()?.get_item(FLEET_KEY).ok().flatten())
+    fragment_param("share").or_else(|| session_storage()?.get_item(FLEET_KEY).ok().flatten())
 }
 
 /// Points kept in the trail.
@@ -47,8 +40,7 @@ const FRAME_MS: u32 = 40;
 struct Tracker {
     map: Map,
     marker: Option<(Marker, Circle)>,
-    trail: Polyline,
-    trail_points: VecDeque<(f64, f64)>,
+    trail: Trail,
     /// Where the marker is drawn now.
     at: (f64, f64),
     /// Bumped by each new fix: an older glide stops when a newer one starts.
@@ -59,20 +51,8 @@ pub fn start(element: web_sys::HtmlDivElement, driver_id: String, s: TrackSignal
     let settings = settings();
     let map = new_map(element.unchecked_ref(), CITY_CENTER, 12.0, &settings);
     expose("pulsemapMap", &map);
-    let options = PolylineOptions::new();
-    options.set_color("#2563eb".into());
-    options.set_weight(4.0);
-    options.set_opacity(0.6);
-    let trail = Polyline::new_with_options(&Array::new(), &options);
-    trail.add_to(&map);
-    let tracker = Rc::new(RefCell::new(Tracker {
-        map,
-        marker: None,
-        trail,
-        trail_points: VecDeque::new(),
-        at: CITY_CENTER,
-        glide: 0,
-    }));
+    let trail = Trail::new(&map, TRAIL_POINTS);
+    let tracker = Rc::new(RefCell::new(Tracker { map, marker: None, trail, at: CITY_CENTER, glide: 0 }));
     s.now_ms.set(now_ms() as i64);
     every(1_000, move || s.now_ms.set(now_ms() as i64));
     let Some(token) = credential() else {
@@ -157,12 +137,7 @@ fn move_to(tracker: &Rc<RefCell<Tracker>>, fix: &DriverFix, follow: bool) {
     let target = (fix.lat, fix.lon);
     let accuracy = fix.accuracy_m.unwrap_or(0.0);
     let mut t = tracker.borrow_mut();
-    t.trail_points.push_back(target);
-    if t.trail_points.len() > TRAIL_POINTS {
-        t.trail_points.pop_front();
-    }
-    let points: Array = t.trail_points.iter().map(|(lat, lon)| JsValue::from(LatLng::new(*lat, *lon))).collect();
-    t.trail.set_lat_lngs(&points);
+    t.trail.push(fix.lat, fix.lon);
     let Some((_, circle)) = &t.marker else {
         // First fix: place the marker there and look at it.
         let at = LatLng::new(fix.lat, fix.lon);
