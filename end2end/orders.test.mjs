@@ -134,3 +134,28 @@ test('a customer cancels while the order is searching, and a link without its to
     await browser.close();
   }
 });
+
+test('with the demo, the homepage lists live deliveries and each link opens the order with its driver', async () => {
+  const demo = await startServer(['--tick-ms', '100', '--demo', '--demo-drivers', '60', '--demo-ping-secs', '0.2',
+    '--demo-deliveries-per-min', '120']);
+  const browser = await startBrowser();
+  try {
+    const { page, problems } = await openPage(browser, demo);
+    await page.goto(demo.url);
+    await hydrated(page);
+    await page.waitForSelector('#live-deliveries a', { timeout: 20_000 });
+    assert.match(await page.textContent('#live-deliveries'), /Watch a live delivery/);
+    await page.screenshot({ path: artifact('homepage-demo.png') });
+    // The list refreshes every 10 s: pick one that has a driver by then, or wait for the driver on its page.
+    await page.click('#live-deliveries a');
+    await page.waitForURL(/\/order\/demo-[^#]+#token=/);
+    await hydrated(page);
+    await eventually('the demo order\'s driver shown', async () => (await page.textContent('#order-driver')) !== '—', 20_000);
+    await eventually('the demo driver on the map', async () =>
+      page.evaluate(() => window.pulsemapDriverMarker?.getLatLng().lat ?? false), 20_000);
+    assert.deepEqual(problems.consoleErrors, []);
+  } finally {
+    await browser.close();
+    await demo.stop();
+  }
+});

@@ -207,6 +207,28 @@ pub struct PlacedOrder {
     pub path: String,
 }
 
+/// The customer's page of an order: the token goes in the fragment, which browsers never send to a server.
+pub fn customer_path(order_id: &str, token: &str) -> String {
+    format!("/order/{order_id}#token={token}")
+}
+
+/// One live order of the built-in demo, with its customer's page: the homepage's "Watch a live delivery".
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct DemoOrder {
+    pub order_id: String,
+    pub state: OrderState,
+    /// `/order/{id}#token=...`.
+    pub path: String,
+}
+
+/// The answer of `GET /api/demo/orders`: a few live demo orders, newest first (none without `--demo`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct DemoOrders {
+    pub orders: Vec<DemoOrder>,
+}
+
 /// An order as its customer (or the fleet) sees it: `GET /api/orders/{id}`, and `order` messages on
 /// `/ws/order/{id}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -229,6 +251,8 @@ pub struct OrderView {
     /// distance times [`ROAD_FACTOR`] over the driver's speed. Present while a driver is on the way.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eta_s: Option<f64>,
+    /// Bumped by every change: a view with a lower version than one already shown is older (ignore it).
+    pub version: u64,
 }
 
 /// The first message on `/ws/order/{id}`: the order token (or the fleet key).

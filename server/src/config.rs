@@ -26,6 +26,11 @@ pub struct Config {
     #[arg(long, env = "PULSEMAP_DEMO_ORDERS_PER_MIN", default_value_t = 240.0)]
     pub demo_orders_per_min: f64,
 
+    /// Deliveries per minute the demo places as real orders (offered to the demo drivers, who drive them to
+    /// the door); the rest of the demo's orders only feed the orders heat.
+    #[arg(long, env = "PULSEMAP_DEMO_DELIVERIES_PER_MIN", default_value_t = 12.0)]
+    pub demo_deliveries_per_min: f64,
+
     /// Seconds between two pings of one demo driver.
     #[arg(long, env = "PULSEMAP_DEMO_PING_SECS", default_value_t = 2.0)]
     pub demo_ping_secs: f64,

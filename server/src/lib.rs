@@ -170,6 +170,7 @@ async fn assemble(config: Config, addr: SocketAddr) -> anyhow::Result<(AppState,
         ingest,
         engine,
         dispatch,
+        showcase: demo::Showcase::default(),
         lookups,
         metrics,
         store_name,
@@ -179,7 +180,13 @@ async fn assemble(config: Config, addr: SocketAddr) -> anyhow::Result<(AppState,
     };
     spawn_housekeeping(&state);
     if state.config.demo {
-        demo::spawn(&state.config, state.ingest.clone(), state.shutdown.clone());
+        let demo = demo::Demo {
+            ingest: state.ingest.clone(),
+            dispatch: state.dispatch.clone(),
+            auth: state.auth.clone(),
+            showcase: state.showcase.clone(),
+        };
+        demo::spawn(&state.config, demo, state.shutdown.clone());
     }
     Ok((state, engine_task, written))
 }

@@ -5,7 +5,10 @@
 //! drives at a city speed toward a waypoint near one hot spot, lingers, and now and then crosses town to
 //! another; orders cluster around the hot spots by their weight.
 
-use protocol::{driver::Ping, orders::OrderEvent};
+use protocol::{
+    driver::Ping,
+    orders::{OrderEvent, Place, PlaceOrder},
+};
 
 /// Lagos neighbourhoods the demo city revolves around: name, lat, lon, relative demand.
 pub const HOT_SPOTS: [(&str, f64, f64, f64); 7] = [
@@ -30,6 +33,8 @@ struct SimDriver {
     /// Seconds left to wait at the current waypoint (a pick-up or drop-off).
     dwell_secs: f64,
     heading_deg: f64,
+    /// On an errand (a delivery): it drives to `target` and waits there until sent on or released.
+    errand: bool,
 }
 
 pub struct Fleet {
@@ -56,6 +61,7 @@ impl Fleet {
                     speed_mps: 4.0 + rng.f64() * 10.0,
                     dwell_secs: 0.0,
                     heading_deg: 0.0,
+                    errand: false,
                 }
             })
             .collect();
@@ -64,6 +70,11 @@ impl Fleet {
 
     pub fn len(&self) -> usize {
         self.drivers.len()
+    }
+
+    /// Every driver's id.
+    pub fn ids(&self) -> impl Iterator<Item = &str> {
+        self.drivers.iter().map(|d| d.id.as_str())
     }
 
     pub fn is_empty(&self) -> bool {
@@ -91,6 +102,45 @@ impl Fleet {
     }
 
     /// The orders placed during the last `dt_secs`.
+    /// Sends a driver straight to a place (a pickup, a drop-off), where it waits until sent on or released.
+    pub fn send(&mut self, driver_id: &str, target: (f64, f64)) {
+        if let Some(d) = self.drivers.iter_mut().find(|d| d.id == driver_id) {
+            d.target = target;
+            d.dwell_secs = 0.0;
+            d.errand = true;
+        }
+    }
+
+    /// Whether a driver on an errand has reached its place.
+    pub fn arrived(&self, driver_id: &str) -> bool {
+        self.drivers.iter().any(|d| d.id == driver_id && d.errand && d.lat == d.target.0 && d.lon == d.target.1)
+    }
+
+    /// Ends a driver's errand: it roams again.
+    pub fn release(&mut self, driver_id: &str) {
+        if let Some(d) = self.drivers.iter_mut().find(|d| d.id == driver_id) {
+            d.errand = false;
+        }
+    }
+
+    /// A delivery someone might order: a pickup near a hot spot and a drop-off one to four kilometres away.
+    pub fn delivery(&mut self) -> PlaceOrder {
+        let pickup = near_hot_spot(&mut self.rng, 1_200.0);
+        let dropoff = loop {
+            let dropoff = jitter(&mut self.rng, pickup.0, pickup.1, 4_000.0);
+            let metres = ((dropoff.0 - pickup.0) * M_PER_DEG).hypot((dropoff.1 - pickup.1) * M_PER_DEG);
+            if metres >= 1_000.0 {
+                break dropoff;
+            }
+        };
+        PlaceOrder {
+            pickup: Place { lat: pickup.0, lon: pickup.1 },
+            dropoff: Place { lat: dropoff.0, lon: dropoff.1 },
+            order_id: None,
+            note: None,
+        }
+    }
+
     pub fn orders(&mut self, dt_secs: f64, now_ms: i64) -> Vec<OrderEvent> {
         self.order_debt += self.orders_per_min * dt_secs / 60.0;
         let n = self.order_debt.floor();
@@ -116,7 +166,11 @@ impl SimDriver {
         let metres_per_deg_lon = M_PER_DEG * self.lat.to_radians().cos();
         let distance = ((dy * M_PER_DEG).powi(2) + (dx * metres_per_deg_lon).powi(2)).sqrt();
         let travel = self.speed_mps * dt;
-        if distance <= travel || distance < 1.0 {
+        if self.errand && distance < 1.0 {
+            // Waiting at the errand's place until sent on.
+        } else if self.errand && distance <= travel {
+            (self.lat, self.lon) = self.target;
+        } else if distance <= travel || distance < 1.0 {
             self.lat = self.target.0;
             self.lon = self.target.1;
             self.dwell_secs = rng.f64() * 60.0;
@@ -178,6 +232,25 @@ mod tests {
             }
         }
         assert_eq!(orders, 6000, "600/min for 10 minutes");
+    }
+
+    #[test]
+    fn a_driver_on_an_errand_goes_there_and_waits() {
+        let mut fleet = Fleet::new("sim", 3, 0.0, 2);
+        let order = fleet.delivery();
+        let (pickup, dropoff) = ((order.pickup.lat, order.pickup.lon), (order.dropoff.lat, order.dropoff.lon));
+        fleet.send("sim-1", pickup);
+        assert!(!fleet.arrived("sim-1"));
+        for _ in 0..2_000 {
+            fleet.step(1.0, 0);
+        }
+        assert!(fleet.arrived("sim-1"), "reached the pickup and waits there");
+        let at = fleet.step(600.0, 0).into_iter().find(|p| p.driver_id == "sim-1").unwrap();
+        assert_eq!((at.lat, at.lon), pickup, "still waiting ten minutes later");
+        fleet.send("sim-1", dropoff);
+        assert!(!fleet.arrived("sim-1"));
+        fleet.release("sim-1");
+        assert!(!fleet.arrived("sim-1"), "released: roaming again");
     }
 
     #[test]

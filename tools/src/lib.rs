@@ -2,7 +2,7 @@
 //! to a server only over the wire (its types from `protocol`, its fleet from `sim`), so none of the server is
 //! compiled here.
 //!
-//! - [`ingest`], [`track`], [`fanout`]: the scenarios `pulsemap-load` runs; the test suite runs each once at a
+//! - [`ingest`], [`track`], [`fanout`], [`dispatch`]: the scenarios `pulsemap-load` runs; the test suite runs each once at a
 //!   tiny size so they cannot rot.
 //! - [`fleet`]: drives a simulated fleet against a server, as a fleet gateway would.
 //! - [`launch`]: starts the server binary and reads its address; [`system`]: machine and process readings;
@@ -11,6 +11,7 @@
 //! Everything stays on loopback and is bounded in time and connections.
 
 pub mod client;
+pub mod dispatch;
 pub mod fanout;
 pub mod fleet;
 pub mod ingest;

@@ -49,6 +49,8 @@ struct Session {
     fallback_busy: bool,
     /// The job's pickup and drop-off on the map.
     job_markers: Vec<CircleMarker>,
+    /// Orders whose job ended here: an `assigned` for one of them that arrives late is old news.
+    ended_jobs: std::collections::HashSet<String>,
 }
 
 type Shared = Rc<RefCell<Session>>;
@@ -122,6 +124,7 @@ fn begin_session(element: web_sys::HtmlDivElement, s: DriverSignals, issued: Iss
         outbox: Outbox::new(rules),
         fallback_busy: false,
         job_markers: Vec::new(),
+        ended_jobs: Default::default(),
     }));
     Effect::new({
         let session = session.clone();
@@ -427,7 +430,8 @@ fn send_answer(this: &Shared, answer: JobAnswer) {
 }
 
 /// The job is over (delivered, cancelled): off the map.
-fn end_job(session: &mut Session, note: &str) {
+fn end_job(session: &mut Session, order_id: String, note: &str) {
+    session.ended_jobs.insert(order_id);
     for marker in session.job_markers.drain(..) {
         marker.remove();
     }
@@ -491,6 +495,7 @@ fn on_server_message(this: &Shared, text: &str) {
             s.job_note.set(String::new());
             s.offer.set(Some(offer));
         }
+        DriverServerMsg::Assigned { order_id, .. } if session.ended_jobs.contains(&order_id) => {}
         DriverServerMsg::Assigned { order_id, pickup, dropoff, .. } => {
             s.offer.set(None);
             for marker in session.job_markers.drain(..) {
@@ -519,14 +524,22 @@ fn on_server_message(this: &Shared, text: &str) {
                 );
             }
         }
-        DriverServerMsg::Job { order_id, state } => match s.job.get_untracked() {
-            Some(job) if job.order_id == order_id => match state {
-                OrderState::Delivered => end_job(&mut session, "Delivered. Thank you!"),
-                OrderState::Cancelled => end_job(&mut session, "The customer cancelled this job."),
-                state => s.job.set(Some(Job { state, ..job })),
-            },
-            _ => {}
-        },
+        DriverServerMsg::Job { order_id, state } if state.is_final() => {
+            let ours = s.job.get_untracked().is_some_and(|job| job.order_id == order_id);
+            if ours {
+                let note =
+                    if state == OrderState::Delivered { "Delivered. Thank you!" } else { "The job was cancelled." };
+                end_job(&mut session, order_id, note);
+            } else {
+                // It ended before its `assigned` got here: that one is old news when it comes.
+                session.ended_jobs.insert(order_id);
+            }
+        }
+        DriverServerMsg::Job { order_id, state } => {
+            if let Some(job) = s.job.get_untracked().filter(|job| job.order_id == order_id) {
+                s.job.set(Some(Job { state, ..job }));
+            }
+        }
         DriverServerMsg::Availability { .. } => {}
     }
 }

@@ -132,7 +132,22 @@ fn center(cell: &str) -> Option<(f64, f64)> {
     geohash::decode(cell).ok().map(|(coord, _, _)| (coord.y, coord.x))
 }
 
+/// Keeps the homepage's "Watch a live delivery" list fresh (the demo's live orders; empty without the demo).
+fn follow_deliveries(s: HomeSignals) {
+    let refresh = move || {
+        spawn_local(async move {
+            let Ok(response) = gloo_net::http::Request::get("/api/demo/orders").send().await else { return };
+            if let Ok(list) = response.json::<protocol::orders::DemoOrders>().await {
+                s.deliveries.set(list.orders);
+            }
+        });
+    };
+    refresh();
+    crate::browser::every(10_000, refresh);
+}
+
 pub fn start(element: web_sys::HtmlDivElement, s: HomeSignals) {
+    follow_deliveries(s);
     let settings = settings();
     let map = new_map(element.unchecked_ref(), CITY_CENTER, 12.0, &settings);
     expose("pulsemapMap", &map);

@@ -21,7 +21,7 @@ pub fn HomePage() -> impl IntoView {
     #[cfg(feature = "hydrate")]
     crate::ui::when_mounted(map_ref, move |element| live::start(element, signals));
 
-    let HomeSignals { layer, window_min, conn, totals, legend_max, cells_in_view } = signals;
+    let HomeSignals { layer, window_min, conn, totals, legend_max, cells_in_view, deliveries } = signals;
     let layer_button = move |this: Layer, label: &'static str| {
         view! {
             <button
@@ -98,6 +98,7 @@ pub fn HomePage() -> impl IntoView {
                         }}
                     </span>
                 </div>
+                <LiveDeliveries deliveries/>
                 <nav class="cta">
                     <a class="button primary" id="place-an-order" href="/order" rel="external">
                         "Place an order"
@@ -112,4 +113,26 @@ pub fn HomePage() -> impl IntoView {
             </section>
         </div>
     }
+}
+
+/// "Watch a live delivery": the demo's live orders with their customers' links (nothing without the demo).
+/// Type-erased: nested in the homepage's view, its type would be too deep for the compiler.
+#[component]
+fn LiveDeliveries(deliveries: RwSignal<Vec<protocol::orders::DemoOrder>>) -> impl IntoView {
+    view! {
+        <Show when=move || !deliveries.get().is_empty()>
+            <div class="deliveries" id="live-deliveries">
+                <h2>"Watch a live delivery"</h2>
+                <ul>
+                    <For each=move || deliveries.get() key=|o| o.order_id.clone() let:o>
+                        <li>
+                            <a href=o.path.clone() rel="external">{o.order_id.clone()}</a>
+                            <span class="muted">{format!(" · {}", crate::order::state_label(o.state))}</span>
+                        </li>
+                    </For>
+                </ul>
+            </div>
+        </Show>
+    }
+    .into_any()
 }

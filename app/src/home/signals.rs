@@ -19,6 +19,8 @@ pub struct HomeSignals {
     pub legend_max: RwSignal<u32>,
     /// Cells with a value in view.
     pub cells_in_view: RwSignal<usize>,
+    /// Live deliveries anyone may watch (the demo's).
+    pub deliveries: RwSignal<Vec<protocol::orders::DemoOrder>>,
 }
 
 impl HomeSignals {
@@ -30,6 +32,7 @@ impl HomeSignals {
             totals: RwSignal::new(Totals::default()),
             legend_max: RwSignal::new(0),
             cells_in_view: RwSignal::new(0),
+            deliveries: RwSignal::new(Vec::new()),
         }
     }
 }

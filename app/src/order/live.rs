@@ -176,6 +176,10 @@ fn on_message(follow: &Rc<RefCell<Follow>>, text: &str, s: OrderSignals) {
 
 fn show_order(follow: &Rc<RefCell<Follow>>, order: OrderView, s: OrderSignals) {
     let mut f = follow.borrow_mut();
+    // An older view that crossed a newer one on its way (from another instance): the newer stands.
+    if f.order.as_ref().is_some_and(|shown| shown.version > order.version) {
+        return;
+    }
     if f.stops.is_none() {
         let pickup = stop_marker(&f.map, order.pickup, Stop::Pickup);
         let dropoff = stop_marker(&f.map, order.dropoff, Stop::Dropoff);

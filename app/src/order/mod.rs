@@ -11,7 +11,7 @@ use leptos::prelude::*;
 use leptos_meta::Title;
 use leptos_router::hooks::use_params_map;
 
-pub use signals::{OrderSignals, PlaceSignals};
+pub use signals::{state_label, OrderSignals, PlaceSignals};
 
 use crate::ui::Badge;
 

@@ -490,13 +490,14 @@ impl Dispatch {
         order.offers.extend(offers);
         order.radius_m = radius_m;
         order.version = read.version + 1;
+        let eta = self.eta(&order).await;
         if !self.orders.replace(&order, read.version).await? {
             return Ok(None);
         }
+        self.announce(read, &order, eta);
         for offer in lapsed {
             self.withdraw(&offer.driver_id, &order.id, Reason::OfferExpired).await;
         }
-        self.changed(read, &order, None).await;
         Ok(Some(order))
     }
 
@@ -557,8 +558,8 @@ impl Dispatch {
     // ---- changes, and who hears of them ----
 
     /// Changes an order from the version read, retrying from a fresh read when another change came first; `f`
-    /// refuses (with the error to answer) or changes the order and says what else it returns. The customers hear
-    /// of every change that lands.
+    /// refuses (with the error to answer) or changes the order and says what else it returns. Every change that
+    /// lands is announced ([`Dispatch::announce`]).
     pub(crate) async fn mutate<T>(
         &self,
         order_id: &str,
@@ -569,20 +570,21 @@ impl Dispatch {
             let mut order = read.clone();
             let out = f(&mut order, now_ms())?;
             order.version = read.version + 1;
+            // Everything the announcement needs is read before the write, so that it follows the write at once,
+            // with no wait in between: another change's announcement cannot overtake it.
+            let eta = self.eta(&order).await;
             if self.orders.replace(&order, read.version).await? {
-                self.changed(&read, &order, None).await;
+                self.announce(&read, &order, eta);
                 return Ok((order, out));
             }
         }
         Err(Problem::new(ErrorCode::StoreUnavailable, "the order kept changing; try again"))
     }
 
-    /// Tells the order's customers, here and on every instance: each new alert, then the order as it is now.
-    async fn changed(&self, before: &Order, after: &Order, eta: Option<f64>) {
-        let eta = match eta {
-            Some(eta) => Some(eta),
-            None => self.eta(after).await,
-        };
+    /// Tells the order's customers, here and on every instance, each new alert and then the order as it is now;
+    /// and its driver, when the order moved. Synchronous, right after the write: announcements leave in the order
+    /// the writes landed (every message also carries the order's `version`, for what crosses instances).
+    fn announce(&self, before: &Order, after: &Order, eta: Option<f64>) {
         let mut texts: Vec<Utf8Bytes> = after.log[before.log.len().min(after.log.len())..]
             .iter()
             .filter_map(|entry| {
@@ -603,15 +605,25 @@ impl Dispatch {
         for text in &texts {
             self.orders.publish_order(&after.id, text);
         }
-        if before.state != after.state {
-            if let Some(driver_id) = after.driver_id.as_deref().filter(|_| after.state != OrderState::Assigned) {
-                let msg = DriverServerMsg::Job { order_id: after.id.clone(), state: after.state };
-                self.tell_driver(driver_id, &msg).await;
-            } else if after.state == OrderState::Assigned {
-                if let Some(driver_id) = &after.driver_id {
-                    self.tell_driver(driver_id, &assigned(after)).await;
+        if before.state == after.state {
+            return;
+        }
+        let Some(driver_id) = &after.driver_id else { return };
+        let msg = match after.state {
+            OrderState::Assigned => assigned(after),
+            state => DriverServerMsg::Job { order_id: after.id.clone(), state },
+        };
+        let text = encode(&msg);
+        if !self.deliver_here(driver_id, &text) {
+            // The driver's socket is elsewhere (or nowhere): found and mailed without holding up the caller.
+            let (orders, driver_id) = (self.orders.clone(), driver_id.clone());
+            tokio::spawn(async move {
+                if let Ok(Some(instance)) =
+                    orders.sockets(std::slice::from_ref(&driver_id)).await.map(|mut v| v.pop().flatten())
+                {
+                    orders.send(&instance, Mail::Driver { driver_id, text: text.to_string() });
                 }
-            }
+            });
         }
     }
 

@@ -140,6 +140,7 @@ impl Order {
             placed_ms: self.placed_ms,
             events: self.log.clone(),
             eta_s: eta_s.filter(|_| self.next_stop().is_some()),
+            version: self.version,
         }
     }
 

@@ -49,6 +49,8 @@ pub struct AppState {
     pub(crate) engine: EngineHandle,
     /// The delivery loop: orders, offers, jobs.
     pub(crate) dispatch: Arc<Dispatch>,
+    /// The demo's recent orders, for the homepage (empty without `--demo`).
+    pub(crate) showcase: crate::demo::Showcase,
     /// The store's answers about the whole city (revocations, health) beyond what the engine knows.
     pub(crate) lookups: Arc<dyn Lookups>,
     pub(crate) metrics: Arc<Metrics>,
@@ -113,6 +115,7 @@ pub(crate) fn api_routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(orders::post_order_events))
         .routes(routes!(orders::get_order))
         .routes(routes!(orders::cancel_order))
+        .routes(routes!(orders::demo_orders))
         .routes(routes!(api::get_heat))
         .routes(routes!(api::enter))
         .routes(routes!(api::create_share))

@@ -76,7 +76,10 @@ pub(crate) mod shared {
             stable `code`; HTTP errors are `{\"error\": {\"code\", \"field\"?, \"message\"}}`. Credentials go in \
             `Authorization: Bearer <token or key>`, or as a socket's first `auth` message.",
     ),
-    paths(home_page, driver_page, track_picker_page, track_page, send_ping, openapi_json, docs_page),
+    paths(
+        home_page, driver_page, track_picker_page, track_page, place_order_page, order_page, send_ping, openapi_json,
+        docs_page
+    ),
     components(schemas(
         DriverClientMsg, DriverServerMsg, HeatClientMsg, HeatServerMsg, TrackClientMsg, TrackMsg, OrderClientMsg,
         OrderServerMsg, ErrorBody
@@ -197,6 +200,19 @@ fn track_picker_page() {}
     responses((status = 200, description = "The tracking page (HTML).", content_type = "text/html")))]
 #[allow(dead_code)]
 fn track_page() {}
+
+/// `/order`: place an order (pick the pickup and the drop-off on a map).
+#[utoipa::path(get, path = "/order", tag = "pages", security(()),
+    responses((status = 200, description = "The order page (HTML).", content_type = "text/html")))]
+#[allow(dead_code)]
+fn place_order_page() {}
+
+/// `/order/{id}`: follow one order to the door (the order token travels in the fragment, `#token=...`).
+#[utoipa::path(get, path = "/order/{id}", tag = "pages", security(()),
+    params(("id" = String, Path, description = "The order to follow.")),
+    responses((status = 200, description = "The customer's page (HTML).", content_type = "text/html")))]
+#[allow(dead_code)]
+fn order_page() {}
 
 /// `POST /fn/send_ping`: the Leptos server function the driver page falls back on when its socket is down.
 #[utoipa::path(post, path = "/fn/send_ping", tag = "ingest", security(()),

@@ -11,7 +11,7 @@ use axum::{
 };
 use protocol::{
     batch::BatchReport,
-    orders::{OrderEvent, OrderView, PlaceOrder, PlacedOrder},
+    orders::{customer_path, DemoOrders, OrderEvent, OrderView, PlaceOrder, PlacedOrder},
     problem::{ErrorBody, ErrorCode},
     validate::{check_place_order, check_placed_order_id},
 };
@@ -111,7 +111,7 @@ pub(crate) async fn place_order(
     };
     let order = state.dispatch.place(request, order_id).await?;
     let issued = state.auth.issue(Kind::Order, &order.id, state.config.order_token_ttl(), now_ms());
-    let path = format!("/order/{}#token={}", order.id, issued.token);
+    let path = customer_path(&order.id, &issued.token);
     let placed = PlacedOrder {
         order_id: order.id,
         state: order.state,
@@ -183,4 +183,31 @@ pub(crate) async fn cancel_order(
     let (id, role) = order_access(&state, &headers, id)?;
     let order = state.dispatch.cancel(&id, role.is_fleet()).await?;
     Ok(Json(order.view(None)).into_response())
+}
+
+/// How many live demo orders the homepage lists.
+const SHOWCASE: usize = 5;
+
+/// `GET /api/demo/orders`: with `--demo`, a few live demo orders and their customers' pages (the demo's
+/// customers are simulated: their links are for anyone to watch). Empty without `--demo`.
+#[utoipa::path(
+    get, path = "/api/demo/orders", tag = "orders",
+    responses((status = 200, description = "Live demo orders, newest first.", body = DemoOrders)),
+    security(())
+)]
+pub(crate) async fn demo_orders(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let recent = state.showcase.recent();
+    let mut orders = Vec::new();
+    for mut order in recent {
+        if orders.len() == SHOWCASE {
+            break;
+        }
+        if let Ok(now) = state.dispatch.get(&order.order_id).await {
+            if !now.state.is_final() {
+                order.state = now.state;
+                orders.push(order);
+            }
+        }
+    }
+    Ok(Json(DemoOrders { orders }).into_response())
 }

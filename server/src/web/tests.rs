@@ -142,7 +142,7 @@ async fn the_document_describes_every_route() {
     let unanswered: Vec<&String> = described.difference(&routes).collect();
     assert!(unanswered.is_empty(), "described but not routed: {unanswered:?}");
     // Each socket names its messages, and every schema referenced exists.
-    for path in ["/ws/driver", "/ws/heat", "/ws/track/{driver_id}"] {
+    for path in ["/ws/driver", "/ws/heat", "/ws/track/{driver_id}", "/ws/order/{order_id}"] {
         let messages = &document["paths"][path]["get"]["x-websocket"];
         for side in ["client", "server"] {
             let reference = messages[side]["$ref"].as_str().unwrap_or_else(|| panic!("{path} {side}"));

@@ -80,3 +80,25 @@ async fn the_fanout_scenario_delivers_every_tick_to_every_viewer() {
     assert!(report.server_rss_kib_per_viewer.is_some(), "{report:?}");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn the_dispatch_scenario_offers_every_order_and_never_double_assigns() {
+    use tools::dispatch::{dispatch, DispatchPlan};
+    let server = start(config()).await;
+    let plan = DispatchPlan {
+        url: url(&server, ""),
+        key: ADMIN_KEY.into(),
+        drivers: 40,
+        orders_per_sec: 10.0,
+        warmup: Duration::from_millis(200),
+        duration: Duration::from_millis(1_500),
+    };
+    let report = dispatch(&plan).await.expect("the scenario runs");
+    assert!(report.placed >= 5, "{report:?}");
+    assert_eq!(report.offered, report.placed, "every order offered: {report:?}");
+    assert_eq!(report.double_assignments, 0, "{report:?}");
+    assert_eq!(report.offers_to_busy_drivers, 0, "{report:?}");
+    assert!(report.offers_per_order >= 1.0, "{report:?}");
+    assert!(report.latency_ms_p50.is_finite() && report.latency_ms_max >= report.latency_ms_p50, "{report:?}");
+    server.stop().await;
+}

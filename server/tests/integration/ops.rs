@@ -67,6 +67,47 @@ async fn the_demo_fleet_makes_lagos_live() {
 }
 
 #[tokio::test]
+async fn the_demo_runs_deliveries_its_drivers_accept_and_lists_them_with_their_links() {
+    let mut demo = config();
+    demo.demo = true;
+    demo.demo_drivers = 60;
+    demo.demo_ping_secs = 0.2;
+    demo.demo_deliveries_per_min = 120.0;
+    let server = start(demo).await;
+    // A demo driver takes an order (after a moment's thought) and drives toward its pickup.
+    let (order, path) = eventually(20, "a live demo order with a driver", || async {
+        let (status, body) = get_as(&server, "/api/demo/orders", None).await;
+        assert_eq!(status, 200, "public: {body}");
+        let live = body["orders"].as_array()?.iter().find(|o| o["state"] == "assigned")?.clone();
+        Some((live["order_id"].as_str()?.to_string(), live["path"].as_str()?.to_string()))
+    })
+    .await;
+    let token = path.split("#token=").nth(1).expect("the customer's token in the link's fragment");
+    let (status, first) = get_as(&server, &format!("/api/orders/{order}"), Some(token)).await;
+    assert_eq!(status, 200, "the listed link opens the order: {first}");
+    let driver = first["driver_id"].as_str().unwrap().to_string();
+    let distance_to_pickup = |fix: &Value, order: &Value| {
+        protocol::geo::distance_m(
+            fix["lat"].as_f64().unwrap(),
+            fix["lon"].as_f64().unwrap(),
+            order["pickup"]["lat"].as_f64().unwrap(),
+            order["pickup"]["lon"].as_f64().unwrap(),
+        )
+    };
+    let before = distance_to_pickup(&get(&server, &format!("/api/drivers/{driver}")).await.1, &first);
+    eventually(10, "the demo driver closer to the pickup", || async {
+        let now = distance_to_pickup(&get(&server, &format!("/api/drivers/{driver}")).await.1, &first);
+        (now < before - 5.0 || now < 1.0).then_some(())
+    })
+    .await;
+    // Without --demo the list is empty.
+    let plain = start(config()).await;
+    assert_eq!(get_as(&plain, "/api/demo/orders", None).await.1, json!({"orders": []}));
+    plain.stop().await;
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn the_homepage_is_server_rendered_with_hydration_scripts() {
     let server = start(config()).await;
     let (status, html) = get_text(&server, "/").await;

@@ -1,7 +1,7 @@
 //! `pulsemap-load`: starts a pulsemap server on loopback, drives a scenario against it, and prints the figures
 //! (with the machine, the server's CPU and peak memory) as a table and as JSON.
 //!
-//! Scenarios: `ingest`, `track`, `fanout`. Everything is bounded in time and connections and stays on 127.0.0.1.
+//! Scenarios: `ingest`, `track`, `fanout`, `dispatch`. Everything is bounded in time and connections and stays on 127.0.0.1.
 
 use std::{
     path::PathBuf,
@@ -11,6 +11,7 @@ use std::{
 use clap::{Parser, Subcommand};
 use serde_json::json;
 use tools::{
+    dispatch::{dispatch, DispatchPlan},
     fanout::{fanout, FanoutPlan},
     ingest::{ingest, IngestPlan, Transport},
     launch::Launched,
@@ -66,6 +67,18 @@ enum Scenario {
         #[arg(long, default_value_t = 3.0)]
         warmup_secs: f64,
         #[arg(long, default_value_t = 10.0)]
+        duration_secs: f64,
+    },
+    /// Drivers on their own sockets, orders placed at a steady rate: order placed -> offer on a driver's socket
+    /// latency, offers per order, double assignments (must be 0).
+    Dispatch {
+        #[arg(long, default_value_t = 10_000)]
+        drivers: usize,
+        #[arg(long, default_value_t = 100.0)]
+        orders_per_sec: f64,
+        #[arg(long, default_value_t = 3.0)]
+        warmup_secs: f64,
+        #[arg(long, default_value_t = 15.0)]
         duration_secs: f64,
     },
     /// Heat viewers watching the whole city at one frame a second while a fleet moves: per-tick spread from
@@ -214,6 +227,42 @@ async fn main() -> anyhow::Result<()> {
                 "scenario": "track", "store": store, "machine": machine, "report": report,
                 "server_cpu_percent": cpu_percent, "server_peak_rss_kib": peak_rss_kib,
                 "note": "latency = arrival (harness clock) - ping ts (ms, truncated: up to +1 ms); all on one machine",
+            })
+        }
+        Scenario::Dispatch { drivers, orders_per_sec, warmup_secs, duration_secs } => {
+            let plan = DispatchPlan {
+                url: server.url.clone(),
+                key: server.key.clone(),
+                drivers: *drivers,
+                orders_per_sec: *orders_per_sec,
+                warmup: Duration::from_secs_f64(*warmup_secs),
+                duration: Duration::from_secs_f64(*duration_secs),
+            };
+            let (report, cpu_percent, peak_rss_kib) = measure_server(pid, dispatch(&plan)).await?;
+            println!();
+            println!("| scenario | store | drivers | orders/s | placed | offered | assigned | offers/order | double assignments | offers to busy drivers | p50 ms | p95 ms | p99 ms | max ms | server CPU | server peak RSS |");
+            println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+            println!(
+                "| dispatch | {store} | {} | {} | {} | {} | {} | {:.2} | {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.0}% | {:.0} MiB |",
+                report.drivers,
+                report.orders_per_sec,
+                report.placed,
+                report.offered,
+                report.assigned,
+                report.offers_per_order,
+                report.double_assignments,
+                report.offers_to_busy_drivers,
+                report.latency_ms_p50,
+                report.latency_ms_p95,
+                report.latency_ms_p99,
+                report.latency_ms_max,
+                cpu_percent,
+                peak_rss_kib as f64 / 1024.0
+            );
+            json!({
+                "scenario": "dispatch", "store": store, "machine": machine, "report": report,
+                "server_cpu_percent": cpu_percent, "server_peak_rss_kib": peak_rss_kib,
+                "note": "latency = first offer at a driver socket - just before the order's POST went out (harness clock)",
             })
         }
         Scenario::Fanout { viewers, drivers, moving, precision, tick_ms, warmup_secs, duration_secs } => {
