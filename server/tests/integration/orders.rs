@@ -84,19 +84,52 @@ async fn customer(server: &Running, id: &str, token: &str) -> Socket {
     ws
 }
 
+/// Waits until `home` lists these drivers among the nearest to the pickup (on Redis, once their fixes are in the
+/// shared index).
+async fn listed(home: &Running, ids: &[&str]) {
+    let path = format!("/api/drivers/near?lat={}&lon={}&radius_m=20000&limit=100", PICKUP.0, PICKUP.1);
+    eventually(10, "the drivers listed nearest the pickup", || async {
+        let (_, near) = get(home, &path).await;
+        let found: Vec<&str> = near["drivers"].as_array()?.iter().filter_map(|d| d["driver_id"].as_str()).collect();
+        ids.iter().all(|id| found.contains(id)).then_some(())
+    })
+    .await;
+}
+
+/// Two instances on one (throwaway or `REDIS_URL`) Redis: orders and customers go to the first, drivers to the
+/// second, so every message crosses instances.
+async fn on_redis(name: &str, tweak: impl Fn(&mut pulsemap::Config)) -> (RedisServer, Running, Running) {
+    let redis = RedisServer::start();
+    let mut config = redis_config(&redis, &unique_prefix(name));
+    config.offer_secs = dispatch_config().offer_secs;
+    tweak(&mut config);
+    let a = start(config.clone()).await;
+    let b = start(config).await;
+    (redis, a, b)
+}
+
+/// One server for orders and drivers alike.
+async fn embedded(tweak: impl Fn(&mut pulsemap::Config)) -> Running {
+    let mut config = dispatch_config();
+    tweak(&mut config);
+    start(config).await
+}
+
 fn dispatch_config() -> pulsemap::Config {
     let mut config = config();
     config.offer_secs = 5.0;
     config
 }
 
-#[tokio::test]
-async fn the_nearest_driver_gets_the_offer_and_the_customer_follows_the_delivery_to_the_door() {
-    let server = start(dispatch_config()).await;
-    let mut far = Driver::join(&server, "far", 1_500.0).await;
-    let mut near = Driver::join(&server, "near", 800.0).await;
-    let (id, token) = place(&server).await;
-    let mut watching = customer(&server, &id, &token).await;
+async fn the_nearest_driver_gets_the_offer_and_the_customer_follows_the_delivery_to_the_door(
+    home: &Running,
+    away: &Running,
+) {
+    let mut far = Driver::join(away, "far", 1_500.0).await;
+    let mut near = Driver::join(away, "near", 800.0).await;
+    listed(home, &["far", "near"]).await;
+    let (id, token) = place(home).await;
+    let mut watching = customer(home, &id, &token).await;
     let first = watching.until(5, "the order", |m| m["type"] == "order").await;
     assert!(matches!(first["state"].as_str(), Some("searching" | "offered")), "{first}");
 
@@ -133,14 +166,14 @@ async fn the_nearest_driver_gets_the_offer_and_the_customer_follows_the_delivery
     near.send(json!({"type": "order_status", "order_id": id, "state": "delivered"})).await;
     watching.until(5, "delivered", |m| m["type"] == "order" && m["state"] == "delivered").await;
 
-    let order = order_state(&server, &id).await;
+    let order = order_state(home, &id).await;
     let states: Vec<&str> = order["events"].as_array().unwrap().iter().filter_map(|e| e["state"].as_str()).collect();
     assert_eq!(states, ["searching", "offered", "assigned", "at_pickup", "picked_up", "at_dropoff", "delivered"]);
     let alerts: Vec<&str> = order["events"].as_array().unwrap().iter().filter_map(|e| e["alert"].as_str()).collect();
     assert_eq!(alerts, ["driver_near_pickup", "driver_at_pickup", "driver_near_dropoff", "driver_at_dropoff"]);
 
     // A customer who comes back gets the state and every alert again.
-    let mut again = customer(&server, &id, &token).await;
+    let mut again = customer(home, &id, &token).await;
     let mut seen = Vec::new();
     loop {
         let m = again.next().await;
@@ -152,20 +185,16 @@ async fn the_nearest_driver_gets_the_offer_and_the_customer_follows_the_delivery
     }
     assert_eq!(seen, alerts);
     // The driver is free again: the next order reaches it.
-    let (next, _) = place(&server).await;
+    let (next, _) = place(home).await;
     assert_eq!(near.offer().await["order_id"], next.as_str());
-    server.stop().await;
 }
 
-#[tokio::test]
-async fn a_refused_offer_goes_to_the_next_driver_and_a_lapsed_one_too() {
-    let mut config = dispatch_config();
-    config.offer_secs = 0.5;
-    let server = start(config).await;
-    let mut first = Driver::join(&server, "first", 300.0).await;
-    let mut second = Driver::join(&server, "second", 600.0).await;
-    let mut third = Driver::join(&server, "third", 900.0).await;
-    let (id, _) = place(&server).await;
+async fn a_refused_offer_goes_to_the_next_driver_and_a_lapsed_one_too(home: &Running, away: &Running) {
+    let mut first = Driver::join(away, "first", 300.0).await;
+    let mut second = Driver::join(away, "second", 600.0).await;
+    let mut third = Driver::join(away, "third", 900.0).await;
+    listed(home, &["first", "second", "third"]).await;
+    let (id, _) = place(home).await;
     assert_eq!(first.offer().await["order_id"], id.as_str());
     first.send(json!({"type": "reject", "order_id": id})).await;
     assert_eq!(first.expect("offer_withdrawn").await["reason"], "offer_rejected");
@@ -177,56 +206,57 @@ async fn a_refused_offer_goes_to_the_next_driver_and_a_lapsed_one_too() {
     assert_eq!(second.expect("error").await["code"], "offer_expired");
     third.send(json!({"type": "accept", "order_id": id})).await;
     third.expect("assigned").await;
-    let order = order_state(&server, &id).await;
+    let order = order_state(home, &id).await;
     assert_eq!((order["state"].as_str(), order["driver_id"].as_str()), (Some("assigned"), Some("third")));
     let reasons: Vec<&str> =
         order["events"].as_array().unwrap().iter().map(|e| e["reason"].as_str().unwrap()).collect();
     assert!(reasons.contains(&"offer_rejected") && reasons.contains(&"offer_expired"), "{reasons:?}");
-    server.stop().await;
 }
 
-#[tokio::test]
-async fn with_nobody_free_the_order_ends_as_no_driver() {
-    let mut config = dispatch_config();
-    config.match_give_up_secs = 1.0;
-    let server = start(config).await;
+async fn with_nobody_free_the_order_ends_as_no_driver(home: &Running, away: &Running) {
     // A driver far outside the widest radius (16 km), and one that is not taking offers.
-    let _far = Driver::join(&server, "far-away", 30_000.0).await;
-    let mut resting = Driver::join(&server, "resting", 100.0).await;
+    let _far = Driver::join(away, "far-away", 30_000.0).await;
+    let mut resting = Driver::join(away, "resting", 100.0).await;
+    listed(home, &["resting"]).await;
     resting.send(json!({"type": "availability", "available": false})).await;
     assert_eq!(resting.expect("availability").await["available"], false);
-    let (id, token) = place(&server).await;
-    let mut watching = customer(&server, &id, &token).await;
+    let (id, token) = place(home).await;
+    let mut watching = customer(home, &id, &token).await;
     let ended = watching.until(5, "no_driver", |m| m["type"] == "order" && m["state"] == "no_driver").await;
     let reasons: Vec<&str> =
         ended["events"].as_array().unwrap().iter().map(|e| e["reason"].as_str().unwrap()).collect();
     assert_eq!(reasons, ["placed", "match_timeout"]);
     assert!(resting.ws.try_next(Duration::from_millis(200)).await.is_none(), "an unavailable driver gets no offer");
-    assert_eq!(metric(&server, "pulsemap_orders_no_driver_total").await, 1.0);
-    server.stop().await;
 }
 
-#[tokio::test]
-async fn cancel_and_accept_race_and_exactly_one_wins() {
-    let server = start(dispatch_config()).await;
+async fn cancel_and_accept_race_and_exactly_one_wins(home: &Running, away: &Running) {
     let mut cancelled_wins = 0;
     for round in 0..20 {
-        let mut driver = Driver::join(&server, &format!("racer-{round}"), 200.0).await;
-        let (id, token) = place(&server).await;
+        // Each round's driver a little nearer than the last: the offer is its, not an earlier round's.
+        let name = format!("racer-{round}");
+        let mut driver = Driver::join(away, &name, 400.0 - 10.0 * f64::from(round)).await;
+        listed(home, &[name.as_str()]).await;
+        let (id, token) = place(home).await;
         driver.offer().await;
+        // Even rounds send the accept just before the cancel, odd ones just after: both orders of events happen,
+        // and which lands first is up to the two requests' race.
+        if round % 2 == 0 {
+            driver.send(json!({"type": "accept", "order_id": id})).await;
+        }
         let cancel = {
-            let url = url(&server, &format!("/api/orders/{id}/cancel"));
+            let url = url(home, &format!("/api/orders/{id}/cancel"));
             let token = token.clone();
             tokio::spawn(async move { reqwest::Client::new().post(url).bearer_auth(token).send().await.unwrap() })
         };
-        // Now and then after the cancel is on its way, so both orders of events happen.
-        tokio::time::sleep(Duration::from_micros(fastrand::u64(0..6_000))).await;
-        driver.send(json!({"type": "accept", "order_id": id})).await;
+        if round % 2 == 1 {
+            tokio::time::sleep(Duration::from_micros(fastrand::u64(0..3_000))).await;
+            driver.send(json!({"type": "accept", "order_id": id})).await;
+        }
         let answer =
             driver.ws.until(5, "the accept's answer", |m| m["type"] == "assigned" || m["type"] == "error").await;
         let cancel = cancel.await.unwrap();
         let status = cancel.status().as_u16();
-        let order = order_state(&server, &id).await;
+        let order = order_state(home, &id).await;
         match (answer["type"].as_str(), status) {
             // Accepted first, then cancelled (allowed until pickup): the driver hears of it and is free again.
             (Some("assigned"), 200) => {
@@ -254,12 +284,75 @@ async fn cancel_and_accept_race_and_exactly_one_wins() {
         assert_eq!(body["state"], "cancelled");
         // Once cancelled, nothing moves it: cancel again is 409 with the current state named.
         let (again, refusal) =
-            post_json_as(&server, &format!("/api/orders/{id}/cancel"), &json!(null), Some(&token)).await;
+            post_json_as(home, &format!("/api/orders/{id}/cancel"), &json!(null), Some(&token)).await;
         assert_eq!((again, refusal["error"]["code"].as_str()), (409, Some("invalid_transition")), "{refusal}");
         assert!(refusal["error"]["message"].as_str().unwrap().contains("cancelled"));
     }
     eprintln!("cancel vs accept: the accept came first in {cancelled_wins} of 20 rounds, the cancel in the rest");
+}
+
+#[tokio::test]
+async fn embedded_the_nearest_driver_gets_the_offer_and_the_customer_follows_it_to_the_door() {
+    let server = embedded(|_| {}).await;
+    the_nearest_driver_gets_the_offer_and_the_customer_follows_the_delivery_to_the_door(&server, &server).await;
     server.stop().await;
+}
+
+#[tokio::test]
+async fn on_redis_the_nearest_driver_gets_the_offer_and_the_customer_follows_it_to_the_door() {
+    let (_redis, a, b) = on_redis("nearest", |_| {}).await;
+    the_nearest_driver_gets_the_offer_and_the_customer_follows_the_delivery_to_the_door(&a, &b).await;
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn embedded_a_refused_or_lapsed_offer_goes_to_the_next_driver() {
+    let server = embedded(|c| c.offer_secs = 0.5).await;
+    a_refused_offer_goes_to_the_next_driver_and_a_lapsed_one_too(&server, &server).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn on_redis_a_refused_or_lapsed_offer_goes_to_the_next_driver() {
+    let (_redis, a, b) = on_redis("next", |c| c.offer_secs = 1.0).await;
+    a_refused_offer_goes_to_the_next_driver_and_a_lapsed_one_too(&a, &b).await;
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn embedded_with_nobody_free_the_order_ends_as_no_driver() {
+    let server = embedded(|c| c.match_give_up_secs = 1.0).await;
+    with_nobody_free_the_order_ends_as_no_driver(&server, &server).await;
+    assert_eq!(metric(&server, "pulsemap_orders_no_driver_total").await, 1.0);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn on_redis_with_nobody_free_the_order_ends_as_no_driver() {
+    let (_redis, a, b) = on_redis("nobody", |c| c.match_give_up_secs = 1.0).await;
+    with_nobody_free_the_order_ends_as_no_driver(&a, &b).await;
+    let ended =
+        metric(&a, "pulsemap_orders_no_driver_total").await + metric(&b, "pulsemap_orders_no_driver_total").await;
+    assert_eq!(ended, 1.0, "one instance ended it");
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn embedded_cancel_and_accept_race_and_exactly_one_wins() {
+    let server = embedded(|_| {}).await;
+    cancel_and_accept_race_and_exactly_one_wins(&server, &server).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn on_redis_cancel_and_accept_race_and_exactly_one_wins() {
+    let (_redis, a, b) = on_redis("cancel", |_| {}).await;
+    cancel_and_accept_race_and_exactly_one_wins(&a, &b).await;
+    a.stop().await;
+    b.stop().await;
 }
 
 #[tokio::test]

@@ -126,6 +126,10 @@ async fn follow(
     loop {
         // Every `order` message says who is on the way: follow that driver's fixes, stop when nobody is.
         for text in pending.drain(..) {
+            // The order first, then (for a driver just assigned) where that driver is.
+            if conn.send(text.clone()).await.is_err() {
+                return;
+            }
             if let Some(on_the_way) = driver_on_the_way(&text) {
                 if on_the_way != driver {
                     fixes = None;
@@ -142,9 +146,6 @@ async fn follow(
                         }
                     }
                 }
-            }
-            if conn.send(text).await.is_err() {
-                return;
             }
         }
         tokio::select! {
