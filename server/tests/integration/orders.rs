@@ -573,3 +573,30 @@ async fn on_redis_an_order_placed_on_one_instance_reaches_a_driver_on_the_other(
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test]
+async fn on_redis_an_order_whose_instance_stopped_keeps_matching_on_another() {
+    let redis = RedisServer::start();
+    let mut config = redis_config(&redis, &unique_prefix("orphan"));
+    config.match_give_up_secs = 60.0;
+    let a = start(config.clone()).await;
+    let b = start(config.clone()).await;
+    // Placed on A while nobody drives: it keeps searching, in Redis.
+    let (id, token) = place(&a).await;
+    assert_eq!(order_state(&a, &id).await["state"], "searching");
+    a.stop().await;
+    // A driver comes online on B: B's matching takes up A's order.
+    let mut driver = Driver::join(&b, "rescuer", 300.0).await;
+    assert_eq!(driver.offer().await["order_id"], id.as_str(), "the order went on matching without its instance");
+    driver.send(json!({"type": "accept", "order_id": id})).await;
+    driver.expect("assigned").await;
+    // A new instance reads the order, its whole log, from Redis; the customer's token still works there.
+    let c = start(config).await;
+    let (status, order) = get_as(&c, &format!("/api/orders/{id}"), Some(&token)).await;
+    assert_eq!(
+        (status, order["state"].as_str(), order["driver_id"].as_str()),
+        (200, Some("assigned"), Some("rescuer"))
+    );
+    c.stop().await;
+    b.stop().await;
+}
