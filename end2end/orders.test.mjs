@@ -62,8 +62,10 @@ test('an order placed on /order is accepted by a driver page and followed to del
     await driver.waitForSelector('#offer', { timeout: 10_000 });
     assert.match(await driver.textContent('#offer-text'), /Pickup 0\.9 km away/);
     assert.match(await driver.textContent('#offer-countdown'), /\d+ s to answer/);
+    await driver.screenshot({ path: artifact('driver-offer.png') });
     await driver.click('#accept-offer');
     await driver.waitForSelector('#job', { timeout: 10_000 });
+    await driver.screenshot({ path: artifact('driver-job.png') });
     await eventually('the customer sees the driver assigned', async () =>
       (await customer.getAttribute('#order-state', 'class')).includes('assigned'));
     assert.match(await customer.textContent('#order-eta'), /min \(estimate\)/);

@@ -1,4 +1,4 @@
-//! What the pages share: the connection badge and its state, the city maps open on, and how a page's browser half
+//! What the pages share: the connection badge and its state, the error line, the city maps open on, and how a page's browser half
 //! starts once its map container exists.
 
 use leptos::prelude::*;
@@ -52,6 +52,16 @@ pub fn Badge(state: RwSignal<ConnState>) -> impl IntoView {
         <span class=move || state.get().class() id="link-badge" role="status" aria-live="polite">
             {move || state.get().label()}
         </span>
+    }
+}
+
+/// A problem to show the person, with what to do; takes no room while there is none.
+#[component]
+pub fn ErrorText(id: &'static str, text: RwSignal<String>) -> impl IntoView {
+    view! {
+        <p id=id class=move || if text.get().is_empty() { "error hidden" } else { "error" } role="alert">
+            {move || text.get()}
+        </p>
     }
 }
 

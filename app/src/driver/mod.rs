@@ -17,7 +17,7 @@ pub use send_ping::{send_ping, SendPing};
 pub use send_ping::{PingSink, SharedPingSink};
 pub use signals::{DriverSignals, Job, JobAnswer, Sharing};
 
-use crate::ui::Badge;
+use crate::ui::{Badge, ErrorText};
 
 #[component]
 pub fn DriverPage() -> impl IntoView {
@@ -46,7 +46,7 @@ pub fn DriverPage() -> impl IntoView {
                     {move || if active() { "Stop sharing" } else { "Start sharing" }}
                 </button>
                 <p class="state" id="share-state" role="status">{move || s.sharing.get().label()}</p>
-                <p class="error" id="last-error" role="alert">{move || s.error.get()}</p>
+                <ErrorText id="last-error" text=s.error/>
                 <dl class="stats">
                     <dt>"Driver id"</dt>
                     <dd><code id="driver-id">{move || s.driver_id.get()}</code></dd>
@@ -77,9 +77,9 @@ pub fn DriverPage() -> impl IntoView {
     }
 }
 
-/// Seconds left to answer an offer.
+/// Seconds left to answer an offer (rounded: the two clocks are never exactly one).
 fn seconds_left(expires_ms: i64, now_ms: i64) -> i64 {
-    ((expires_ms - now_ms).max(0) + 999) / 1000
+    ((expires_ms - now_ms).max(0) + 500) / 1000
 }
 
 /// The offer to answer, or the job under way, with the buttons that move it.

@@ -13,7 +13,7 @@ use leptos_router::hooks::use_params_map;
 
 pub use signals::{state_label, OrderSignals, PlaceSignals};
 
-use crate::ui::Badge;
+use crate::ui::{Badge, ErrorText};
 
 fn place_text(place: Option<protocol::orders::Place>) -> String {
     place.map_or_else(|| "—".into(), |p| format!("{:.5}, {:.5}", p.lat, p.lon))
@@ -56,9 +56,7 @@ pub fn PlaceOrderPage() -> impl IntoView {
                         "Start again"
                     </button>
                 </div>
-                <p id="place-error" class=move || if s.error.get().is_empty() { "error hidden" } else { "error" } role="alert">
-                    {move || s.error.get()}
-                </p>
+                <ErrorText id="place-error" text=s.error/>
             </section>
         </main>
     }
@@ -104,9 +102,7 @@ pub fn OrderPage() -> impl IntoView {
                         "Cancel order"
                     </button>
                 </Show>
-                <p id="order-problem" class=move || if s.problem.get().is_empty() { "error hidden" } else { "error" } role="alert">
-                    {move || s.problem.get()}
-                </p>
+                <ErrorText id="order-problem" text=s.problem/>
                 <ol id="order-timeline" class="timeline">
                     <For each=move || s.timeline.get().into_iter().enumerate() key=|(i, e)| (*i, e.text.clone()) let:item>
                         <li class=if item.1.milestone { "milestone" } else { "" }>

@@ -12,7 +12,7 @@ use protocol::track::NearDriver;
 
 pub use signals::{Presence, TrackSignals};
 
-use crate::ui::Badge;
+use crate::ui::{Badge, ErrorText};
 
 #[component]
 pub fn TrackPage() -> impl IntoView {
@@ -56,7 +56,7 @@ pub fn TrackPage() -> impl IntoView {
                 <p id="driver-state" class=move || format!("state {}", state().0) role="status">{move || state().1}</p>
                 <p id="last-update">{ago}</p>
                 <p id="driver-position">{move || s.position.get()}</p>
-                <p id="track-problem" class="error" role="alert">{move || s.problem.get()}</p>
+                <ErrorText id="track-problem" text=s.problem/>
                 <label class="toggle">
                     <input
                         id="follow"
