@@ -18,6 +18,7 @@ mod keys;
 mod lookups;
 mod orders;
 mod stats;
+mod subscriber;
 mod tracking;
 mod writer;
 

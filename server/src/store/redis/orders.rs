@@ -12,19 +12,21 @@
 //! Every command touches one key, so each works on a Redis Cluster as it is (the hold and the order are two
 //! compare-and-sets in turn, never one transaction over both).
 
-use std::{collections::HashSet, time::Duration};
-
-use futures::{FutureExt, StreamExt};
+use futures::FutureExt;
 use redis::{aio::ConnectionManager, AsyncCommands, Script};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 
-use super::{keys::Keys, stats::RedisStats, tracking::envelope_head};
+use super::{
+    keys::Keys,
+    stats::RedisStats,
+    subscriber::{self, Subscription},
+    tracking::envelope_head,
+};
 use crate::{
     state::order::Order,
     store::{Answer, Hold, Mail, Orders, StoreUnavailable},
-    task::Backoff,
 };
 
 /// How long an ended order stays readable.
@@ -68,13 +70,6 @@ struct Scripts {
     unregister: Script,
 }
 
-/// What the subscriber is asked to follow.
-#[derive(Debug)]
-pub(super) enum Watching {
-    Start(String),
-    Stop(String),
-}
-
 pub(super) struct RedisOrders {
     pub conn: ConnectionManager,
     pub keys: Keys,
@@ -83,7 +78,8 @@ pub(super) struct RedisOrders {
     pub head: String,
     pub stats: RedisStats,
     pub publications: mpsc::UnboundedSender<(String, String)>,
-    pub watching: mpsc::UnboundedSender<Watching>,
+    /// The subscriber's requests: an order's channel to follow or leave.
+    pub watching: mpsc::UnboundedSender<Subscription>,
     scripts: Scripts,
 }
 
@@ -118,7 +114,7 @@ impl RedisOrders {
         instance: String,
         stats: RedisStats,
         publications: mpsc::UnboundedSender<(String, String)>,
-        watching: mpsc::UnboundedSender<Watching>,
+        watching: mpsc::UnboundedSender<Subscription>,
     ) -> RedisOrders {
         let scripts = Scripts {
             create: Script::new(CREATE),
@@ -312,11 +308,11 @@ impl Orders for RedisOrders {
     }
 
     fn watch(&self, order_id: &str) {
-        let _ = self.watching.send(Watching::Start(order_id.to_string()));
+        let _ = self.watching.send(Subscription::Start(self.keys.order_channel(order_id)));
     }
 
     fn unwatch(&self, order_id: &str) {
-        let _ = self.watching.send(Watching::Stop(order_id.to_string()));
+        let _ = self.watching.send(Subscription::Stop(self.keys.order_channel(order_id)));
     }
 }
 
@@ -327,69 +323,28 @@ pub(super) async fn follow_mail(
     keys: Keys,
     instance: String,
     stats: RedisStats,
-    mut requests: mpsc::UnboundedReceiver<Watching>,
+    requests: mpsc::UnboundedReceiver<Subscription>,
     mail: mpsc::UnboundedSender<Mail>,
 ) {
-    let mut wanted: HashSet<String> = HashSet::new();
     let (inbox, order_prefix, own) = (keys.inbox(&instance), keys.order_channel(""), envelope_head(&instance));
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
-    loop {
-        let pubsub = match client.get_async_pubsub().await {
-            Ok(p) => p,
-            Err(error) => {
-                tracing::warn!(%error, "order subscriber cannot connect to Redis; retrying");
-                backoff.wait().await;
-                continue;
-            }
-        };
-        let (mut sink, mut messages) = pubsub.split();
-        let mut ok = sink.subscribe(&inbox).await.is_ok();
-        for order_id in &wanted {
-            ok &= sink.subscribe(keys.order_channel(order_id)).await.is_ok();
-        }
-        while ok {
-            tokio::select! {
-                request = requests.recv() => {
-                    let Some(request) = request else { return };
-                    ok = match request {
-                        Watching::Start(id) => {
-                            let result = sink.subscribe(keys.order_channel(&id)).await;
-                            wanted.insert(id);
-                            result.is_ok()
-                        }
-                        Watching::Stop(id) => {
-                            let result = sink.unsubscribe(keys.order_channel(&id)).await;
-                            wanted.remove(&id);
-                            result.is_ok()
-                        }
-                    };
+    let on_message = {
+        let inbox = inbox.clone();
+        move |channel: &str, payload: String| {
+            let Ok(envelope) = serde_json::from_str::<Envelope>(&payload) else { return };
+            let text = envelope.msg.get().to_string();
+            if channel == inbox {
+                if let Some(driver_id) = envelope.to {
+                    let _ = mail.send(Mail::Driver { driver_id, text });
                 }
-                message = messages.next() => match message {
-                    Some(message) => {
-                        backoff.reset();
-                        let channel = message.get_channel_name().to_string();
-                        let Ok(payload) = message.get_payload::<String>() else { continue };
-                        let Ok(envelope) = serde_json::from_str::<Envelope>(&payload) else { continue };
-                        let text = envelope.msg.get().to_string();
-                        if channel == inbox {
-                            if let Some(driver_id) = envelope.to {
-                                let _ = mail.send(Mail::Driver { driver_id, text });
-                            }
-                        } else if let Some(order_id) = channel.strip_prefix(&order_prefix) {
-                            // This instance's own changes went to its customers directly.
-                            if !payload.starts_with(&own) && wanted.contains(order_id) {
-                                let _ = mail.send(Mail::Order { order_id: order_id.to_string(), text });
-                            }
-                        }
-                    }
-                    None => ok = false,
-                },
+            } else if let Some(order_id) = channel.strip_prefix(&order_prefix) {
+                // This instance's own changes went to its customers directly.
+                if !payload.starts_with(&own) {
+                    let _ = mail.send(Mail::Order { order_id: order_id.to_string(), text });
+                }
             }
         }
-        stats.errors.inc();
-        tracing::warn!("order subscription to Redis lost; reconnecting");
-        backoff.wait().await;
-    }
+    };
+    subscriber::run(client, "orders", vec![inbox], stats, requests, on_message, |_| {}).await;
 }
 
 #[cfg(test)]

@@ -8,18 +8,20 @@
 
 use std::{collections::HashSet, sync::Arc, time::Duration};
 
-use futures::StreamExt;
 use parking_lot::{Mutex, RwLock};
 use redis::{aio::ConnectionManager, AsyncCommands};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 
-use super::{keys::Keys, stats::RedisStats};
+use super::{
+    keys::Keys,
+    stats::RedisStats,
+    subscriber::{self, Subscription},
+};
 use crate::{
     clock::now_ms,
     store::{Relayed, TrackingBus},
-    task::Backoff,
 };
 
 /// How long an instance's claim to track a driver lasts without a refresh (a crashed instance's claims lapse).
@@ -43,13 +45,6 @@ pub(super) fn envelope_head(instance: &str) -> String {
     format!("{{\"origin\":{},\"msg\":", serde_json::Value::from(instance))
 }
 
-/// What the engine asks of the subscriber.
-#[derive(Debug)]
-pub(super) enum Following {
-    Start(String),
-    Stop(String),
-}
-
 /// The engine's side of tracking across instances.
 pub(super) struct RedisBus {
     pub keys: Keys,
@@ -57,7 +52,8 @@ pub(super) struct RedisBus {
     /// [`envelope_head`] of this instance.
     pub head: String,
     pub conn: ConnectionManager,
-    pub following: mpsc::UnboundedSender<Following>,
+    /// The subscriber's requests: a driver's channel to follow or leave.
+    pub following: mpsc::UnboundedSender<Subscription>,
     /// `(channel, payload)` to PUBLISH; a task pipelines whatever is pending.
     pub publications: mpsc::UnboundedSender<(String, String)>,
     /// Drivers tracked by a socket on another instance (as of the last registry read): only their messages are
@@ -98,13 +94,13 @@ impl TrackingBus for RedisBus {
 
     fn follow(&self, driver_id: &str) {
         self.tracked_here.lock().insert(driver_id.to_string());
-        let _ = self.following.send(Following::Start(driver_id.to_string()));
+        let _ = self.following.send(Subscription::Start(self.keys.track_channel(driver_id)));
         self.claim(driver_id, true);
     }
 
     fn unfollow(&self, driver_id: &str) {
         self.tracked_here.lock().remove(driver_id);
-        let _ = self.following.send(Following::Stop(driver_id.to_string()));
+        let _ = self.following.send(Subscription::Stop(self.keys.track_channel(driver_id)));
         self.claim(driver_id, false);
     }
 }
@@ -196,75 +192,28 @@ pub(super) async fn publish(
 }
 
 /// Keeps this instance's Redis subscriptions to exactly the drivers its sockets track, and forwards what
-/// arrives on them.
+/// arrives on them (skipping this instance's own messages, which went to its trackers directly).
 pub(super) async fn follow_tracked(
     client: redis::Client,
     keys: Keys,
     instance: String,
     stats: RedisStats,
-    mut requests: mpsc::UnboundedReceiver<Following>,
+    requests: mpsc::UnboundedReceiver<Subscription>,
     engine: mpsc::UnboundedSender<Relayed>,
 ) {
-    let mut wanted: HashSet<String> = HashSet::new();
-    let (prefix, own) = (keys.track_prefix(), envelope_head(&instance));
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
-    loop {
-        let pubsub = match client.get_async_pubsub().await {
-            Ok(p) => p,
-            Err(error) => {
-                tracing::warn!(%error, "tracking subscriber cannot connect to Redis; retrying");
-                backoff.wait().await;
-                continue;
-            }
-        };
-        let (mut sink, mut messages) = pubsub.split();
-        // After a reconnect, subscribe again to everything still tracked.
-        let mut ok = true;
-        for channel in &wanted {
-            ok &= sink.subscribe(keys.track_channel(channel)).await.is_ok();
+    let (prefix, own, gauge) = (keys.track_prefix(), envelope_head(&instance), stats.track_channels.clone());
+    let on_message = move |channel: &str, payload: String| {
+        let Some(driver_id) = channel.strip_prefix(&prefix) else { return };
+        if payload.starts_with(&own) {
+            return;
         }
-        stats.track_channels.set(wanted.len() as i64);
-        while ok {
-            tokio::select! {
-                request = requests.recv() => {
-                    let Some(request) = request else { return };
-                    ok = match request {
-                        Following::Start(id) => {
-                            let result = sink.subscribe(keys.track_channel(&id)).await;
-                            wanted.insert(id);
-                            result.is_ok()
-                        }
-                        Following::Stop(id) => {
-                            let result = sink.unsubscribe(keys.track_channel(&id)).await;
-                            wanted.remove(&id);
-                            result.is_ok()
-                        }
-                    };
-                    stats.track_channels.set(wanted.len() as i64);
-                }
-                message = messages.next() => match message {
-                    Some(message) => {
-                        backoff.reset();
-                        let channel = message.get_channel_name();
-                        let Some(driver_id) = channel.strip_prefix(&prefix).filter(|id| wanted.contains(*id)) else {
-                            continue;
-                        };
-                        let Ok(payload) = message.get_payload::<String>() else { continue };
-                        // This instance's own messages went to its trackers directly.
-                        if payload.starts_with(&own) {
-                            continue;
-                        }
-                        if let Ok(envelope) = serde_json::from_str::<Envelope>(&payload) {
-                            let text = envelope.msg.get().to_string();
-                            let _ = engine.send(Relayed { driver_id: driver_id.to_string(), text });
-                        }
-                    }
-                    None => ok = false,
-                },
-            }
+        if let Ok(envelope) = serde_json::from_str::<Envelope>(&payload) {
+            let text = envelope.msg.get().to_string();
+            let _ = engine.send(Relayed { driver_id: driver_id.to_string(), text });
         }
-        stats.errors.inc();
-        tracing::warn!("tracking subscription to Redis lost; reconnecting");
-        backoff.wait().await;
-    }
+    };
+    subscriber::run(client, "tracking", Vec::new(), stats, requests, on_message, |n| {
+        gauge.set(n as i64);
+    })
+    .await;
 }
