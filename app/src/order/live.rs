@@ -16,7 +16,7 @@ use super::signals::{alert_label, entry_text, OrderSignals, PlaceSignals, Timeli
 use crate::{
     browser::{
         expose, fragment_param, go_to,
-        map::{new_map, stop_marker, Stop, Trail},
+        map::{new_map, object, stop_marker, Stop, Trail},
         post_api, settings, socket,
     },
     ui::{ConnState, CITY_CENTER},
@@ -187,7 +187,9 @@ fn show_order(follow: &Rc<RefCell<Follow>>, order: OrderView, s: OrderSignals) {
             &LatLng::new(order.pickup.lat.min(order.dropoff.lat), order.pickup.lon.min(order.dropoff.lon)),
             &LatLng::new(order.pickup.lat.max(order.dropoff.lat), order.pickup.lon.max(order.dropoff.lon)),
         );
-        f.map.fit_bounds(&bounds);
+        // Room around the stops, so neither sits on the map's edge.
+        let padding: js_sys::Array = [40.0, 40.0].iter().map(|p| wasm_bindgen::JsValue::from(*p)).collect();
+        f.map.fit_bounds_with_options(&bounds, &object(&[("padding", padding.into())]));
         f.stops = Some((pickup, dropoff));
     }
     if !order.state.has_driver() {
