@@ -294,9 +294,15 @@ impl Dispatch {
         Ok(order)
     }
 
-    /// Why a driver cannot take an order: another driver has it, or the offer is not open (lapsed, withdrawn,
-    /// never made).
+    /// Why a driver cannot take an order: it holds another job, another driver has it, or the offer is not open
+    /// (lapsed, withdrawn, never made).
     async fn why_not_open(&self, driver_id: &str, order_id: &str) -> Problem {
+        if let Ok(mut holds) = self.orders.holds(&[driver_id.to_string()]).await {
+            if let Some(crate::store::Hold::Job(job)) = holds.pop().flatten().filter(|h| h.order_id() != order_id) {
+                let message = format!("this driver holds a job already ({job}): deliver it first");
+                return Problem::field(ErrorCode::DriverBusy, "order_id", message);
+            }
+        }
         match self.orders.get(order_id).await {
             Ok(Some(order)) => closed_offer(&order, driver_id),
             Ok(None) => not_found(order_id),

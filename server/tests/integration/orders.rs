@@ -140,6 +140,9 @@ async fn the_nearest_driver_gets_the_offer_and_the_customer_follows_the_delivery
 
     near.send(json!({"type": "accept", "order_id": id})).await;
     assert_eq!(near.expect("assigned").await["order_id"], id.as_str());
+    // One job at a time: taking another order now is refused.
+    near.send(json!({"type": "accept", "order_id": "some-other-order"})).await;
+    assert_eq!(near.expect("error").await["code"], "driver_busy");
     let assigned = watching.until(5, "assigned", |m| m["type"] == "order" && m["state"] == "assigned").await;
     assert_eq!(assigned["driver_id"], "near");
     assert!(assigned["eta_s"].as_f64().unwrap() > 0.0, "an estimate while the driver is on the way: {assigned}");
