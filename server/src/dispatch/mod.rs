@@ -233,8 +233,8 @@ impl Dispatch {
         let hold = self.orders.holds(&[driver_id.to_string()]).await?.pop().flatten();
         if let Some(crate::store::Hold::Job(order_id)) = hold {
             if let Some(order) = self.orders.get(&order_id).await?.filter(|o| o.state.has_driver()) {
-                self.tell_driver(driver_id, &assigned(&order)).await;
-                self.tell_driver(driver_id, &DriverServerMsg::Job { order_id, state: order.state }).await;
+                self.tell_driver(driver_id, &assigned(&order));
+                self.tell_driver(driver_id, &DriverServerMsg::Job { order_id, state: order.state });
                 self.watch_job(&order);
             }
         }
@@ -630,18 +630,7 @@ impl Dispatch {
             OrderState::Assigned => assigned(after),
             state => DriverServerMsg::Job { order_id: after.id.clone(), state },
         };
-        let text = encode(&msg);
-        if !self.deliver_here(driver_id, &text) {
-            // The driver's socket is elsewhere (or nowhere): found and mailed without holding up the caller.
-            let (orders, driver_id) = (self.orders.clone(), driver_id.clone());
-            tokio::spawn(async move {
-                if let Ok(Some(instance)) =
-                    orders.sockets(std::slice::from_ref(&driver_id)).await.map(|mut v| v.pop().flatten())
-                {
-                    orders.send(&instance, Mail::Driver { driver_id, text: text.to_string() });
-                }
-            });
-        }
+        self.tell_driver(driver_id, &msg);
     }
 
     /// A customer watches an order: the order now, its alerts so far (all of them, every time: at least once),
@@ -713,25 +702,32 @@ impl Dispatch {
     async fn withdraw(&self, driver_id: &str, order_id: &str, reason: Reason) {
         let _ = self.orders.release(driver_id, order_id).await;
         let msg = DriverServerMsg::OfferWithdrawn { order_id: order_id.to_string(), reason };
-        self.tell_driver(driver_id, &msg).await;
+        self.tell_driver(driver_id, &msg);
     }
 
-    /// Sends a message to the driver's socket, wherever it is.
-    async fn tell_driver(&self, driver_id: &str, msg: &DriverServerMsg) {
+    /// Sends a message to the driver's socket, wherever it is: at once when the socket is here; otherwise the
+    /// socket is looked up and mailed without holding up the caller.
+    fn tell_driver(&self, driver_id: &str, msg: &DriverServerMsg) {
         let text = encode(msg);
         if self.deliver_here(driver_id, &text) {
             return;
         }
-        if let Ok(Some(instance)) = self.orders.sockets(&[driver_id.to_string()]).await.map(|mut v| v.pop().flatten()) {
-            self.mail_driver(&instance, driver_id, text);
-        }
+        let (orders, driver_id) = (self.orders.clone(), driver_id.to_string());
+        tokio::spawn(async move {
+            let found = orders.sockets(std::slice::from_ref(&driver_id)).await.map(|mut v| v.pop().flatten());
+            // A socket here would have taken it above (or closed meanwhile).
+            if let Ok(Some(instance)) = found.as_ref().map(|i| i.as_deref().filter(|i| *i != orders.instance())) {
+                orders.send_to_driver(instance, &driver_id, &text);
+            }
+        });
     }
 
+    /// A message for a driver whose socket is known to be on `instance`.
     fn mail_driver(&self, instance: &str, driver_id: &str, text: Utf8Bytes) {
         if instance == self.orders.instance() {
             self.deliver_here(driver_id, &text);
         } else {
-            self.orders.send(instance, Mail::Driver { driver_id: driver_id.to_string(), text: text.to_string() });
+            self.orders.send_to_driver(instance, driver_id, &text);
         }
     }
 

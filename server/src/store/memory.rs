@@ -12,7 +12,7 @@ use futures::{future::BoxFuture, FutureExt};
 use parking_lot::Mutex;
 use protocol::track::{DriverFix, NearDriver};
 
-use super::{Answer, Feed, Hold, Lookups, Mail, Orders, StateOfRecord, Store, TrackingBus};
+use super::{Answer, Feed, Hold, Lookups, Orders, StateOfRecord, Store, TrackingBus};
 use crate::{
     clock::now_ms,
     state::{
@@ -171,7 +171,7 @@ impl Orders for MemoryOrders {
         ready(driver_ids.iter().map(|id| if sockets.get(id) == Some(&true) { here() } else { None }).collect())
     }
 
-    fn send(&self, _: &str, _: Mail) {}
+    fn send_to_driver(&self, _: &str, _: &str, _: &str) {}
 
     fn publish_order(&self, _: &str, _: &str) {}
 

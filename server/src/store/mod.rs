@@ -194,8 +194,9 @@ pub(crate) trait Orders: Send + Sync {
     fn unregister<'a>(&'a self, driver_id: &'a str) -> Answer<'a, ()>;
     /// For each driver, the instance whose socket of it takes offers.
     fn sockets<'a>(&'a self, driver_ids: &'a [String]) -> Answer<'a, Vec<Option<String>>>;
-    /// Sends mail to another instance (never fails: a lost offer lapses and goes to the next driver).
-    fn send(&self, instance: &str, mail: Mail);
+    /// Sends a message to a driver's socket on another instance (never fails: a lost offer lapses and goes to
+    /// the next driver).
+    fn send_to_driver(&self, instance: &str, driver_id: &str, text: &str);
     /// Tells every other instance whose customers watch the order.
     fn publish_order(&self, order_id: &str, text: &str);
     /// A customer here watches the order (the first one): receive its changes from other instances.

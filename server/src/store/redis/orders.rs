@@ -291,15 +291,9 @@ impl Orders for RedisOrders {
         .boxed()
     }
 
-    fn send(&self, instance: &str, mail: Mail) {
-        let (channel, payload) = match mail {
-            Mail::Driver { driver_id, text } => {
-                let to = serde_json::Value::from(driver_id);
-                (self.keys.inbox(instance), format!("{{\"to\":{to},\"msg\":{text}}}"))
-            }
-            Mail::Order { order_id, text } => (self.keys.order_channel(&order_id), [&self.head, &*text, "}"].concat()),
-        };
-        let _ = self.publications.send((channel, payload));
+    fn send_to_driver(&self, instance: &str, driver_id: &str, text: &str) {
+        let to = serde_json::Value::from(driver_id);
+        let _ = self.publications.send((self.keys.inbox(instance), format!("{{\"to\":{to},\"msg\":{text}}}")));
     }
 
     fn publish_order(&self, order_id: &str, text: &str) {
