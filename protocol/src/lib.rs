@@ -4,7 +4,7 @@
 //!
 //! One module per endpoint family: [`driver`] (pings in, tokens), [`batch`] (what a batch endpoint answers),
 //! [`orders`] (demand events; orders, their states and alerts), [`heat`], [`track`] (one driver's fixes,
-//! nearest drivers), [`ops`] (health, and the line a starting server prints); and what they share: [`problem`]
+//! nearest drivers), [`history`] (the heat replayed, trails), [`ops`] (health, and the line a starting server prints); and what they share: [`problem`]
 //! (every error code and the error body), [`geo`], [`validate`] (the one validation path for pings and orders),
 //! [`settings`] (what pages are told at render time).
 //!
@@ -15,6 +15,7 @@ pub mod batch;
 pub mod driver;
 pub mod geo;
 pub mod heat;
+pub mod history;
 pub mod ops;
 pub mod orders;
 pub mod problem;

@@ -79,6 +79,11 @@ error_codes! {
     BboxInvalid = "bbox_invalid",
     /// The box holds more cells at this precision than one snapshot may carry: zoom in or lower the precision.
     BboxTooLarge = "bbox_too_large",
+    /// A history range that is not `from <= to` within the longest replay, or a `step_s` or `max_points` out of
+    /// bounds (the field and the bound are named).
+    RangeInvalid = "range_invalid",
+    /// History is not kept here (`--no-history`), or its database does not answer: retry shortly.
+    HistoryUnavailable = "history_unavailable",
     /// A heat message arrived before any subscription.
     NotSubscribed = "not_subscribed",
     /// Nothing by that name (a driver, a path).

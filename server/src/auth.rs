@@ -77,6 +77,16 @@ impl Role {
         }
     }
 
+    /// Whether this role may read the driver's history (its trail): the driver itself, or the fleet. A share
+    /// link follows the driver now, not where it went before.
+    pub fn may_see_history_of(&self, driver_id: &str) -> bool {
+        match self {
+            Role::Driver { driver_id: id, .. } => id == driver_id,
+            Role::Fleet | Role::Admin => true,
+            Role::Viewer { .. } | Role::Customer { .. } => false,
+        }
+    }
+
     /// When the credential stops working (keys do not expire).
     pub fn expires_ms(&self) -> Option<i64> {
         match self {

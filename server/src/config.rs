@@ -187,6 +187,37 @@ pub struct Config {
     #[arg(long, env = "PULSEMAP_REDIS_CONNECT_SECS", default_value_t = 60)]
     pub redis_connect_secs: u64,
 
+    /// Folder of the embedded history (`history.sqlite3`), created at start if missing. Relative paths are from
+    /// the working directory. Not used with `--database-url`.
+    #[arg(long, env = "PULSEMAP_DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
+
+    /// PostgreSQL URL (`postgres://user@host:5432/db`): keep history there (partitioned by day, written with
+    /// COPY) instead of the SQLite file. What every instance of a multi-instance deployment should use.
+    #[arg(long, env = "PULSEMAP_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+
+    /// The PostgreSQL schema that holds the history tables (created if missing).
+    #[arg(long, env = "PULSEMAP_DATABASE_SCHEMA", default_value = "pulsemap")]
+    pub database_schema: String,
+
+    /// How long to keep retrying PostgreSQL at start before giving up with an error, in seconds.
+    #[arg(long, env = "PULSEMAP_DATABASE_CONNECT_SECS", default_value_t = 30)]
+    pub database_connect_secs: u64,
+
+    /// Days of history kept, today included; older days are dropped whole, hourly. 0 keeps everything.
+    #[arg(long, env = "PULSEMAP_HISTORY_DAYS", default_value_t = 7)]
+    pub history_days: u32,
+
+    /// History rows held in memory while the database is slow or away (about 150 bytes each); past this,
+    /// new rows are refused and counted (`pulsemap_history_rows_dropped`). The live map never waits.
+    #[arg(long, env = "PULSEMAP_HISTORY_BACKLOG_ROWS", default_value_t = 2_000_000)]
+    pub history_backlog_rows: u64,
+
+    /// Keep no history at all (no file, no database; `/api/history/*` answers 503).
+    #[arg(long, env = "PULSEMAP_NO_HISTORY", default_value_t = false)]
+    pub no_history: bool,
+
     /// Map tile URL template for the pages; `none` draws the maps on a plain background.
     #[arg(long, env = "PULSEMAP_TILE_URL", default_value = "https://tile.openstreetmap.org/{z}/{x}/{y}.png")]
     pub tile_url: String,
@@ -229,8 +260,25 @@ pub enum LogFormat {
 
 impl Config {
     /// The defaults, listening on a free loopback port: what tests and embedders start from.
+    /// History goes to a fresh folder under the system's temporary one.
     pub fn for_tests() -> Config {
-        Config::parse_from(["pulsemap", "--addr", "127.0.0.1:0"])
+        static SERVERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = SERVERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let root = std::env::temp_dir().join("pulsemap-tests");
+        if n == 0 {
+            // The data directories of test processes that have ended.
+            for entry in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let pid = name.split('-').next().unwrap_or_default();
+                if !pid.is_empty() && !std::path::Path::new("/proc").join(pid).exists() {
+                    let _ = std::fs::remove_dir_all(entry.path());
+                }
+            }
+        }
+        let dir = root.join(format!("{}-{n}", std::process::id()));
+        let mut config = Config::parse_from(["pulsemap", "--addr", "127.0.0.1:0"]);
+        config.data_dir = dir;
+        config
     }
 
     /// The configuration as it may be logged: secrets shown only as set or not.
@@ -240,6 +288,7 @@ impl Config {
             secret: hide(&self.secret),
             fleet_key: hide(&self.fleet_key),
             admin_key: hide(&self.admin_key),
+            database_url: hide(&self.database_url),
             ..self.clone()
         }
     }

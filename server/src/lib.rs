@@ -28,6 +28,7 @@ mod clock;
 mod demo;
 mod dispatch;
 mod engine;
+mod history;
 mod hub;
 mod metrics;
 mod store;
@@ -43,6 +44,7 @@ use tokio_util::sync::CancellationToken;
 pub use clock::now_ms;
 pub use config::Config;
 use engine::EngineTask;
+pub use history::fill::{fill as fill_history, FillReport};
 use ingest::Ingest;
 use metrics::Metrics;
 pub use web::AppState;
@@ -65,6 +67,8 @@ pub struct Running {
     engine: EngineTask,
     /// Finishes once the store has written the last ticks (Redis).
     written: Option<JoinHandle<()>>,
+    /// The history writer, flushed last.
+    history: Option<history::History>,
 }
 
 /// What a stopped server did, for its last log line.
@@ -97,6 +101,9 @@ impl Running {
                 tracing::warn!("the last ticks could not be written to the store within 10 s");
             }
         }
+        if let Some(history) = self.history {
+            history.finish(Duration::from_secs(20)).await;
+        }
         let metrics = &self.state.metrics;
         Stopped {
             drained,
@@ -113,7 +120,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let listener =
         TcpListener::bind(config.addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.addr))?;
     let addr = listener.local_addr()?;
-    let (state, engine, written) = assemble(config, addr).await?;
+    let Assembled { state, engine, written, history } = assemble(config, addr).await?;
     let app = web::router(state.clone());
     let serve = tokio::spawn(web::serve::run(
         listener,
@@ -123,12 +130,20 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         state.metrics.clone(),
         state.shutdown.clone(),
     ));
-    Ok(Running { addr, state, serve, engine, written })
+    Ok(Running { addr, state, serve, engine, written, history })
 }
 
-/// Everything but the listener: credentials, the store, the engine, the background tasks. The router's tests
-/// use it without a socket.
-async fn assemble(config: Config, addr: SocketAddr) -> anyhow::Result<(AppState, EngineTask, Option<JoinHandle<()>>)> {
+/// A server but for its listener.
+struct Assembled {
+    state: AppState,
+    engine: EngineTask,
+    written: Option<JoinHandle<()>>,
+    history: Option<history::History>,
+}
+
+/// Everything but the listener: credentials, the store, history, the engine, the background tasks. The
+/// router's tests use it without a socket.
+async fn assemble(config: Config, addr: SocketAddr) -> anyhow::Result<Assembled> {
     let (auth, source) = auth::Auth::new(
         config.secret.as_deref(),
         config.fleet_key.as_deref(),
@@ -147,17 +162,25 @@ async fn assemble(config: Config, addr: SocketAddr) -> anyhow::Result<(AppState,
     }
     let mut metrics = Metrics::new();
     let mut store = store::open(&config, &mut metrics).await?;
+    let history = history::open(&config, &mut metrics).await?;
+    if history.is_some() && config.redis_url.is_some() && config.database_url.is_none() {
+        tracing::warn!(
+            "history goes to this instance's own SQLite file: with several instances each keeps only its own \
+             drivers. Give every instance the same --database-url to keep the whole city's."
+        );
+    }
     let metrics = Arc::new(metrics);
     let (ingest, queue) = Ingest::new(&config, metrics.clone());
     let ingest = Arc::new(ingest);
     let (store_name, lookups, written) = (store.name, store.lookups.clone(), store.written.take());
     let (orders, mail) = (store.orders.clone(), store.mail.take());
     let shutdown = CancellationToken::new();
-    let (engine, engine_task) = engine::spawn(&config, queue, metrics.clone(), store, shutdown.clone());
+    let sink = history.as_ref().map(|h| h.sink.clone());
+    let recorder = history::Recorder::new(sink.clone());
+    let (engine, engine_task) = engine::spawn(&config, queue, metrics.clone(), store, recorder, shutdown.clone());
     let dispatch = dispatch::Dispatch::spawn(
         dispatch::Policy::new(&config),
-        orders,
-        mail,
+        dispatch::Seams { orders, mail, history: sink },
         engine.clone(),
         ingest.clone(),
         metrics.clone(),
@@ -172,6 +195,7 @@ async fn assemble(config: Config, addr: SocketAddr) -> anyhow::Result<(AppState,
         dispatch,
         showcase: demo::Showcase::default(),
         lookups,
+        history: history.as_ref().map(|h| h.backend.clone()),
         metrics,
         store_name,
         auth: Arc::new(auth),
@@ -188,7 +212,7 @@ async fn assemble(config: Config, addr: SocketAddr) -> anyhow::Result<(AppState,
         };
         demo::spawn(&state.config, demo, state.shutdown.clone());
     }
-    Ok((state, engine_task, written))
+    Ok(Assembled { state, engine: engine_task, written, history })
 }
 
 /// Periodic chores: keep the rate limiter's memory bounded, and log a one-line summary for operators.

@@ -14,8 +14,10 @@ pub mod client;
 pub mod dispatch;
 pub mod fanout;
 pub mod fleet;
+pub mod history;
 pub mod ingest;
 pub mod launch;
+pub mod postgres;
 pub mod system;
 pub mod track;
 

@@ -47,6 +47,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     clock::now_ms,
     engine::{EngineHandle, Unanswered},
+    history::Sink,
     ingest::Ingest,
     metrics::Metrics,
     state::{
@@ -115,8 +116,18 @@ pub(crate) struct DriverLink {
 }
 
 /// The delivery loop of this instance, shared by the handlers, the sockets and the timers.
+/// Where dispatch keeps its state and leaves its records.
+pub(crate) struct Seams {
+    pub orders: Arc<dyn Orders>,
+    /// Mail from other instances (`None` with the embedded store).
+    pub mail: Option<mpsc::UnboundedReceiver<Mail>>,
+    /// Every version of every order goes to history (`None`: no history kept).
+    pub history: Option<Sink>,
+}
+
 pub(crate) struct Dispatch {
     orders: Arc<dyn Orders>,
+    history: Option<Sink>,
     engine: EngineHandle,
     ingest: Arc<Ingest>,
     policy: Policy,
@@ -138,15 +149,16 @@ impl Dispatch {
     /// the reader of mail from other instances.
     pub fn spawn(
         policy: Policy,
-        orders: Arc<dyn Orders>,
-        mail: Option<mpsc::UnboundedReceiver<Mail>>,
+        seams: Seams,
         engine: EngineHandle,
         ingest: Arc<Ingest>,
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
     ) -> Arc<Dispatch> {
+        let Seams { orders, mail, history } = seams;
         let dispatch = Arc::new(Dispatch {
             orders,
+            history,
             engine,
             ingest,
             policy,
@@ -175,6 +187,7 @@ impl Dispatch {
         if !self.orders.create(&order).await? {
             return Err(Problem::field(ErrorCode::OrderExists, "order_id", format!("order {} exists", order.id)));
         }
+        self.keep(&order, now);
         self.metrics.orders_placed.inc();
         let event =
             OrderEvent { lat: order.pickup.lat, lon: order.pickup.lon, ts: now, order_id: Some(order.id.clone()) };
@@ -591,11 +604,19 @@ impl Dispatch {
             // with no wait in between: another change's announcement cannot overtake it.
             let eta = self.eta(&order).await;
             if self.orders.replace(&order, read.version).await? {
+                self.keep(&order, now_ms());
                 self.announce(&read, &order, eta);
                 return Ok((order, out));
             }
         }
         Err(Problem::new(ErrorCode::StoreUnavailable, "the order kept changing; try again"))
+    }
+
+    /// Hands this version of the order to history.
+    fn keep(&self, order: &Order, at_ms: i64) {
+        if let Some(history) = &self.history {
+            history.order(order, at_ms);
+        }
     }
 
     /// Tells the order's customers, here and on every instance, each new alert and then the order as it is now;

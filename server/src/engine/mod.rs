@@ -152,13 +152,14 @@ pub(crate) fn spawn(
     queue: QueueReceiver,
     metrics: Arc<Metrics>,
     store: Store,
+    history: crate::history::Recorder,
     shutdown: CancellationToken,
 ) -> (EngineHandle, EngineTask) {
     let (commands, command_rx) = mpsc::channel(4096);
     let hub = Arc::new(Hub::new(config.viewer_buffer));
     let closed = CancellationToken::new();
     let lookups = store.lookups.clone();
-    let engine = run::Engine::new(config, store, hub.clone(), metrics);
+    let engine = run::Engine::new(config, store, history, hub.clone(), metrics);
     let join = tokio::spawn(engine.run(queue, command_rx, config.tick(), shutdown, closed.clone()));
     (EngineHandle { commands, lookups, hub }, EngineTask { closed, join })
 }

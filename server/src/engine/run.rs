@@ -20,6 +20,7 @@ use super::{
 use crate::{
     clock::now_ms,
     config::Config,
+    history::Recorder,
     hub::{Hub, TickFrames, TileFrame},
     ingest::{IngestItem, QueueReceiver},
     metrics::Metrics,
@@ -40,6 +41,8 @@ pub(super) struct Engine {
     /// Other instances' work (with the embedded store, nothing ever comes).
     feed: Feed,
     tracking: Tracking,
+    /// What was applied, for the history writer (handed over at every tick).
+    history: Recorder,
     hub: Arc<Hub>,
     metrics: Arc<Metrics>,
     /// The tick number: snapshots carry the last one published, deltas their own.
@@ -55,7 +58,7 @@ fn encode<T: serde::Serialize>(value: &T) -> Utf8Bytes {
 }
 
 impl Engine {
-    pub fn new(config: &Config, store: Store, hub: Arc<Hub>, metrics: Arc<Metrics>) -> Engine {
+    pub fn new(config: &Config, store: Store, history: Recorder, hub: Arc<Hub>, metrics: Arc<Metrics>) -> Engine {
         let Store { record, mut feed, bus, .. } = store;
         let heat = HeatState::from_increments(now_ms(), std::mem::take(&mut feed.loaded));
         Engine {
@@ -64,6 +67,7 @@ impl Engine {
             record,
             feed,
             tracking: Tracking::new(bus),
+            history,
             hub,
             metrics,
             seq: 0,
@@ -144,12 +148,10 @@ impl Engine {
         let now = now_ms();
         let n = pings.len() as u64;
         for ping in pings {
+            self.history.ping(&ping, now);
             let (change, state) = self.presence.apply(ping, now);
-            if let Some(cell) = change.left {
-                self.record.record(Increment::Driver { cell, delta: -1 }, &mut self.heat);
-            }
-            if let Some(cell) = change.entered {
-                self.record.record(Increment::Driver { cell, delta: 1 }, &mut self.heat);
+            for increment in change.increments() {
+                self.record.record(increment, &mut self.heat);
             }
             if !(change.moved || change.came_online) {
                 continue;
@@ -176,6 +178,7 @@ impl Engine {
             // A clock slightly ahead counts now, not in a slot the window has not reached.
             let slot = slot_of(order.ts.min(now));
             let cell = Cell::at(order.lat, order.lon);
+            self.history.demand(&order, now);
             self.record.record(Increment::Order { cell, slot, count: 1 }, &mut self.heat);
         }
         self.metrics.orders_aggregated.inc_by(n);
@@ -222,6 +225,7 @@ impl Engine {
         }
         self.heat.advance(now);
         self.record.end_tick();
+        self.history.end_tick();
         self.seq += 1;
         self.publish_heat();
         self.tracking.drop_idle();

@@ -11,7 +11,7 @@ use protocol::{
     track::{DriverFix, NearDriver},
 };
 
-use super::cell::Cell;
+use super::{cell::Cell, heat::Increment};
 
 pub struct DriverState {
     pub fix: Ping,
@@ -49,6 +49,15 @@ pub struct PresenceChange {
     pub came_online: bool,
     /// The ping is the driver's newest fix (an older, late ping keeps the driver alive but does not move it).
     pub moved: bool,
+}
+
+impl PresenceChange {
+    /// The heat changes the ping made: leaving the cell it was counted in, being counted in the new one.
+    pub fn increments(&self) -> impl Iterator<Item = Increment> {
+        let left = self.left.map(|cell| Increment::Driver { cell, delta: -1 });
+        let entered = self.entered.map(|cell| Increment::Driver { cell, delta: 1 });
+        left.into_iter().chain(entered)
+    }
 }
 
 #[derive(Default)]

@@ -285,6 +285,15 @@ pub(crate) async fn get_heat(
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(query) = query?;
+    let sub = heat_query(&query)?;
+    let view = resolve(&sub, state.config.max_bbox_cells).inspect_err(|e| state.metrics.heat_refused(e.code))?;
+    let snapshot = state.engine.snapshot(view.key, view.bbox, view.tiles).await?;
+    Ok(Json(HeatServerMsg::Snapshot(snapshot)).into_response())
+}
+
+/// The heat parameters of a query string (`layer`, `window_min`, `precision`, `zoom`, `bbox`), parsed; the
+/// caller validates them with [`resolve`]. Shared by `GET /api/heat` and `GET /api/history/heat`.
+pub(crate) fn heat_query(query: &HashMap<String, String>) -> Result<HeatSubscription, ApiError> {
     let layer = match query.get("layer").map(String::as_str) {
         None => Layer::Drivers,
         Some(text) => text.parse().map_err(|()| {
@@ -301,10 +310,7 @@ pub(crate) async fn get_heat(
     let precision = number("precision", ErrorCode::PrecisionInvalid)?.map(|p| p.clamp(0.0, 255.0) as u8);
     let zoom = number("zoom", ErrorCode::PrecisionInvalid)?;
     let bbox = parse_bbox(query.get("bbox").map(String::as_str).unwrap_or(""))?;
-    let sub = HeatSubscription { layer, window_min, precision, zoom, bbox };
-    let view = resolve(&sub, state.config.max_bbox_cells).inspect_err(|e| state.metrics.heat_refused(e.code))?;
-    let snapshot = state.engine.snapshot(view.key, view.bbox, view.tiles).await?;
-    Ok(Json(HeatServerMsg::Snapshot(snapshot)).into_response())
+    Ok(HeatSubscription { layer, window_min, precision, zoom, bbox })
 }
 
 /// `GET /api/drivers/{id}`: the driver's last fix, or 404. A share link of that driver, or the fleet key.

@@ -25,10 +25,12 @@ pub(crate) fn status_of(code: ErrorCode) -> StatusCode {
     match code {
         InvalidJson | InvalidField | NotFinite | LatOutOfRange | LonOutOfRange | NullIsland | TsInFuture | TsTooOld
         | DriverIdInvalid | OrderIdInvalid | AccuracyInvalid | HeadingInvalid | SpeedInvalid | LayerInvalid
-        | WindowInvalid | PrecisionInvalid | BboxInvalid | BboxTooLarge | NotSubscribed => StatusCode::BAD_REQUEST,
+        | WindowInvalid | PrecisionInvalid | BboxInvalid | BboxTooLarge | NotSubscribed | RangeInvalid => {
+            StatusCode::BAD_REQUEST
+        }
         RateLimited | TooManyConnections => StatusCode::TOO_MANY_REQUESTS,
         BatchTooLarge | BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-        QueueFull | ShuttingDown | StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+        QueueFull | ShuttingDown | StoreUnavailable | HistoryUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         NotFound => StatusCode::NOT_FOUND,
         MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         UpgradeRequired => StatusCode::UPGRADE_REQUIRED,

@@ -9,6 +9,7 @@
 pub(crate) mod access;
 pub(crate) mod api;
 pub(crate) mod error;
+pub(crate) mod history;
 pub(crate) mod openapi;
 pub(crate) mod ops;
 pub(crate) mod orders;
@@ -55,6 +56,8 @@ pub struct AppState {
     pub(crate) lookups: Arc<dyn Lookups>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) store_name: &'static str,
+    /// Where history is kept, for `/api/history/*` (`None` with `--no-history`).
+    pub(crate) history: Option<Arc<dyn crate::history::Backend>>,
     /// Tokens, keys and revoked share links.
     pub(crate) auth: Arc<Auth>,
     /// Open connections per client address (the accept loop's and the WebSockets').
@@ -122,6 +125,9 @@ pub(crate) fn api_routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(api::revoke_shares))
         .routes(routes!(api::get_near))
         .routes(routes!(api::get_driver))
+        .routes(routes!(history::replay_heat))
+        .routes(routes!(history::driver_trail))
+        .routes(routes!(history::order_history))
         .routes(routes!(ops::healthz))
         .routes(routes!(ops::metrics))
         .routes(routes!(ws::driver::handshake))

@@ -90,6 +90,7 @@ pub(crate) mod shared {
         (name = "drivers", description = "One driver, or the nearest ones."),
         (name = "tokens", description = "Driver tokens and share links."),
         (name = "orders", description = "The delivery loop: place an order, follow it, cancel it."),
+        (name = "history", description = "What was: the heat replayed, a driver's trail, an order's story."),
         (name = "sockets", description = "The four WebSockets (handshakes; messages in `x-websocket`)."),
         (name = "ops", description = "Health and metrics."),
         (name = "pages", description = "The server-rendered pages."),

@@ -21,7 +21,7 @@ async fn router() -> (Router, super::AppState) {
     config.fleet_key = Some(FLEET.into());
     config.admin_key = Some(ADMIN.into());
     config.max_body_bytes = 1_000;
-    let (state, _engine, _) = crate::assemble(config, "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let state = crate::assemble(config, "127.0.0.1:0".parse().unwrap()).await.unwrap().state;
     (super::router(state.clone()), state)
 }
 

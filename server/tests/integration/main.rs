@@ -7,6 +7,7 @@ mod driver_ws;
 mod faults;
 mod fuzz;
 mod heat;
+mod history;
 mod ingest;
 mod load;
 mod ops;

@@ -1,0 +1,387 @@
+//! History end to end: a known fleet sent over HTTP and found again row for row in the real SQLite file and in a
+//! real PostgreSQL, replayed heat frames equal to the live snapshots, and the trail and order reads with their
+//! access rules.
+
+use std::collections::HashMap;
+
+use pulsemap::{Config, Running};
+use serde_json::{json, Value};
+use tools::postgres::{unique_schema, PgServer};
+
+use crate::common::*;
+
+const LAGOS: &str = "6.30,3.20,6.75,3.60";
+
+/// What a ping row holds: driver, ts, lat, lon, accuracy, speed, heading.
+type Kept = (String, i64, f64, f64, Option<f64>, Option<f64>, Option<f64>);
+
+/// 40 drivers, 12 fixes each a second apart (ending now), every optional field set on some and not on others.
+fn fleet() -> Vec<Value> {
+    let base = now_ms() - 12_000;
+    (0..12)
+        .flat_map(|k| {
+            (0..40).map(move |d| {
+                let mut p = json!({
+                    "driver_id": format!("hist-{d}"),
+                    "lat": 6.45 + d as f64 * 0.002 + k as f64 * 1e-4,
+                    "lon": 3.38 + k as f64 * 2e-4,
+                    "ts": base + k * 1000,
+                });
+                if d % 2 == 0 {
+                    p["accuracy_m"] = json!(5.5);
+                }
+                if d % 3 == 0 {
+                    p["speed_mps"] = json!(8.25);
+                }
+                if d % 4 == 0 {
+                    p["heading_deg"] = json!(90.0);
+                }
+                p
+            })
+        })
+        .collect()
+}
+
+fn kept_of(sent: &[Value]) -> Vec<Kept> {
+    let mut rows: Vec<Kept> = sent
+        .iter()
+        .map(|p| {
+            (
+                p["driver_id"].as_str().unwrap().to_string(),
+                p["ts"].as_i64().unwrap(),
+                p["lat"].as_f64().unwrap(),
+                p["lon"].as_f64().unwrap(),
+                p["accuracy_m"].as_f64(),
+                p["speed_mps"].as_f64(),
+                p["heading_deg"].as_f64(),
+            )
+        })
+        .collect();
+    rows.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+    rows
+}
+
+/// Every ping, every column, once (the first difference shown).
+fn assert_same(kept: &[Kept], sent: &[Kept]) {
+    assert_eq!(kept.len(), sent.len());
+    if let Some((k, s)) = kept.iter().zip(sent).find(|(k, s)| k != s) {
+        panic!("kept {k:?}, sent {s:?}");
+    }
+}
+
+/// Sends the fleet (in batches as a fleet gateway would) and eight demand events; returns what was sent.
+async fn send_fleet(server: &Running) -> (Vec<Value>, Vec<Value>) {
+    let pings = fleet();
+    for batch in pings.chunks(100) {
+        let (status, report) = post_json(server, "/api/pings", &Value::Array(batch.to_vec())).await;
+        assert_eq!((status, report["accepted"].as_u64()), (202, Some(batch.len() as u64)), "{report}");
+    }
+    let events: Vec<Value> = (0..8)
+        .map(|i| json!({"lat": 6.5 + i as f64 * 0.01, "lon": 3.35, "ts": now_ms(), "order_id": format!("o-{i}")}))
+        .collect();
+    let (status, report) = post_json(server, "/api/orders/events", &Value::Array(events.clone())).await;
+    assert_eq!((status, report["accepted"].as_u64()), (202, Some(8)), "{report}");
+    (pings, events)
+}
+
+async fn written_at_least(server: &Running, rows: f64) {
+    eventually(20, "history has written the rows", || async {
+        (metric(server, "pulsemap_history_rows_written_total").await >= rows).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_embedded_history_holds_what_the_fleet_sent_row_for_row_across_a_restart() {
+    let config = config();
+    let file = config.data_dir.join("history.sqlite3");
+    let server = start(config.clone()).await;
+    let (pings, events) = send_fleet(&server).await;
+    // Stopping writes what is queued before it returns.
+    server.stop().await;
+
+    let conn = rusqlite::Connection::open(&file).unwrap();
+    let tables = |kind: &str| -> Vec<String> {
+        let mut stmt = conn.prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE ?1").unwrap();
+        stmt.query_map([format!("{kind}_%")], |r| r.get(0)).unwrap().map(Result::unwrap).collect()
+    };
+    let mut kept: Vec<Kept> = Vec::new();
+    for table in tables("pings") {
+        let mut stmt = conn
+            .prepare(&format!(
+                "SELECT driver_id, ts, lat, lon, accuracy_m, speed_mps, heading_deg FROM {table} ORDER BY driver_id, ts"
+            ))
+            .unwrap();
+        let rows =
+            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)));
+        kept.extend(rows.unwrap().map(Result::unwrap));
+    }
+    kept.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+    assert_eq!(kept.len(), pings.len());
+    assert_same(&kept, &kept_of(&pings));
+    let mut demand: Vec<(f64, f64, Option<String>)> = Vec::new();
+    for table in tables("demand") {
+        let mut stmt = conn.prepare(&format!("SELECT lat, lon, order_id FROM {table} ORDER BY lat")).unwrap();
+        demand.extend(stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).unwrap().map(Result::unwrap));
+    }
+    let sent: Vec<_> = events
+        .iter()
+        .map(|e| (e["lat"].as_f64().unwrap(), e["lon"].as_f64().unwrap(), e["order_id"].as_str().map(String::from)))
+        .collect();
+    assert_eq!(demand, sent);
+    drop(conn);
+
+    // Started again on the same directory, the server reads the same history.
+    let server = start(config).await;
+    let (status, trail) = get(&server, "/api/history/drivers/hist-6?max_points=10000").await;
+    assert_eq!(status, 200, "{trail}");
+    let points: Vec<(i64, f64)> = trail["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["ts"].as_i64().unwrap(), p["lat"].as_f64().unwrap()))
+        .collect();
+    let want: Vec<(i64, f64)> = kept_of(&pings).into_iter().filter(|k| k.0 == "hist-6").map(|k| (k.1, k.2)).collect();
+    assert_eq!(points, want);
+    assert_eq!(trail["total"], 12);
+    server.stop().await;
+}
+
+fn pg_config(pg: &PgServer, schema: &str) -> Config {
+    let mut config = config();
+    config.database_url = Some(pg.url().to_string());
+    config.database_schema = schema.to_string();
+    config
+}
+
+async fn pg_client(pg: &PgServer) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(pg.url(), tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    client
+}
+
+#[tokio::test]
+async fn postgres_holds_what_the_fleet_sent_row_for_row() {
+    let pg = PgServer::start().unwrap();
+    let schema = unique_schema("fleet");
+    let server = start(pg_config(&pg, &schema)).await;
+    let (pings, events) = send_fleet(&server).await;
+    server.stop().await;
+
+    let client = pg_client(&pg).await;
+    let rows = client
+        .query(
+            &format!(
+                "SELECT driver_id, (extract(epoch from ts) * 1000)::int8, lat, lon, accuracy_m, speed_mps, heading_deg,
+                        cell FROM {schema}.pings ORDER BY driver_id, ts"
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    let kept: Vec<Kept> =
+        rows.iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5), r.get(6))).collect();
+    let mut want = kept_of(&pings);
+    want.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+    assert_eq!(kept.len(), pings.len());
+    assert_same(&kept, &want);
+    // The finest geohash is kept beside the fix.
+    let (lat, lon): (f64, f64) = (rows[0].get(2), rows[0].get(3));
+    let cell: String = rows[0].get(7);
+    assert_eq!(cell, geohash::encode(geohash::Coord { x: lon, y: lat }, cell.len()).unwrap());
+    let demand: i64 = client.query_one(&format!("SELECT count(*) FROM {schema}.demand"), &[]).await.unwrap().get(0);
+    assert_eq!(demand, events.len() as i64);
+    client.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).await.unwrap();
+}
+
+fn sorted_cells(frame: &Value) -> Vec<Value> {
+    let mut cells = frame["cells"].as_array().unwrap().clone();
+    cells.sort_by_key(|c| c[0].as_str().unwrap().to_string());
+    cells
+}
+
+/// The NDJSON lines of a replay.
+async fn replay(server: &Running, query: &str) -> Vec<Value> {
+    let (status, text) = get_text_as(server, &format!("/api/history/heat?{query}"), None).await;
+    assert_eq!(status, 200, "{text}");
+    text.lines().map(|line| serde_json::from_str(line).unwrap()).collect()
+}
+
+/// Live snapshots of both layers, and the time just after they were taken.
+async fn live(server: &Running) -> (Value, Value, i64) {
+    let drivers = get(server, &format!("/api/heat?layer=drivers&precision=7&bbox={LAGOS}")).await.1;
+    let orders = get(server, &format!("/api/heat?layer=orders&window_min=5&precision=6&bbox={LAGOS}")).await.1;
+    (drivers, orders, now_ms())
+}
+
+async fn assert_replay_matches(server: &Running, (drivers, orders, t): &(Value, Value, i64)) {
+    for (live, query) in [
+        (drivers, format!("layer=drivers&precision=7&bbox={LAGOS}&from={t}&to={t}")),
+        (orders, format!("layer=orders&window_min=5&precision=6&bbox={LAGOS}&from={t}&to={t}")),
+    ] {
+        let lines = replay(server, &query).await;
+        let kinds: Vec<&str> = lines.iter().map(|l| l["type"].as_str().unwrap()).collect();
+        assert_eq!(kinds, ["range", "frame", "end"], "{lines:?}");
+        let frame = &lines[1];
+        assert_eq!(frame["t_ms"], *t);
+        assert_eq!(sorted_cells(frame), sorted_cells(live), "{query}");
+        assert_eq!(frame["totals"], live["totals"], "{query}");
+    }
+}
+
+#[tokio::test]
+async fn a_replayed_frame_equals_the_live_snapshot_taken_at_that_moment() {
+    let mut config = config();
+    config.stale_after_secs = 2.0;
+    let server = start(config).await;
+    let online = |n: u64| {
+        let server = &server;
+        move || async move {
+            let (_, s) = get(server, &format!("/api/heat?layer=drivers&precision=7&bbox={LAGOS}")).await;
+            (s["totals"]["drivers_online"] == n).then_some(())
+        }
+    };
+    let spot = |i: usize| (6.44 + (i % 6) as f64 * 0.01, 3.36 + (i / 6) as f64 * 0.01);
+    // 30 drivers in 30 places, and ten orders.
+    let first: Vec<Value> = (0..30).map(|i| ping(&format!("live-{i}"), spot(i).0, spot(i).1)).collect();
+    post_json(&server, "/api/pings", &Value::Array(first)).await;
+    let events: Vec<Value> =
+        (0..10).map(|i| json!({"lat": spot(i).0, "lon": spot(i).1, "ts": now_ms(), "order_id": null})).collect();
+    post_json(&server, "/api/orders/events", &Value::Array(events)).await;
+    eventually(10, "30 drivers online", online(30)).await;
+    eventually(10, "ten orders counted", || async {
+        let (_, s) = get(&server, &format!("/api/heat?layer=orders&window_min=5&precision=6&bbox={LAGOS}")).await;
+        (s["totals"]["orders"][0] == 10).then_some(())
+    })
+    .await;
+    let moment_one = live(&server).await;
+
+    // Ten of them move, ten go quiet for longer than the stale time, ten stay put.
+    tokio::time::sleep(std::time::Duration::from_millis(1_200)).await;
+    let keep: Vec<Value> = (0..20)
+        .map(|i| {
+            if i < 10 {
+                ping(&format!("live-{i}"), 6.60, 3.30 + i as f64 * 0.003)
+            } else {
+                ping(&format!("live-{i}"), spot(i).0, spot(i).1)
+            }
+        })
+        .collect();
+    post_json(&server, "/api/pings", &Value::Array(keep.clone())).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1_200)).await;
+    post_json(&server, "/api/pings", &Value::Array(keep)).await;
+    eventually(10, "the quiet ten have gone offline", online(20)).await;
+    let moment_two = live(&server).await;
+
+    written_at_least(&server, 30.0 + 10.0 + 40.0).await;
+    assert_replay_matches(&server, &moment_one).await;
+    assert_replay_matches(&server, &moment_two).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn trails_are_for_the_fleet_and_the_driver_itself_and_keep_their_corners() {
+    // Five minutes of fixes arrive at once: past the per-driver rate a phone is held to.
+    let mut config = config();
+    config.rate_per_sec = 1_000.0;
+    config.rate_burst = 1_000;
+    let server = start(config).await;
+    let (driver, token) = enter(&server).await;
+    let (other, other_token) = enter(&server).await;
+    // An L: 150 fixes east, then 150 north, a second apart.
+    let base = now_ms() - 300_000;
+    let fixes: Vec<Value> = (0..300)
+        .map(|k| {
+            let (lat, lon) =
+                if k < 150 { (6.45, 3.36 + k as f64 * 1e-4) } else { (6.45 + (k - 149) as f64 * 1e-4, 3.3749) };
+            json!({"driver_id": driver, "lat": lat, "lon": lon, "ts": base + k * 1000})
+        })
+        .collect();
+    for batch in fixes.chunks(100) {
+        let (status, report) = post_json(&server, "/api/pings", &Value::Array(batch.to_vec())).await;
+        assert_eq!((status, report["accepted"].as_u64()), (202, Some(100)), "{report}");
+    }
+    written_at_least(&server, 300.0).await;
+
+    let path = format!("/api/history/drivers/{driver}?max_points=12");
+    assert_eq!(get_as(&server, &path, None).await.0, 401);
+    let (status, body) = get_as(&server, &path, Some(&other_token)).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (403, Some("forbidden")), "{body}");
+    for bearer in [token.as_str(), FLEET_KEY] {
+        let (status, trail) = get_as(&server, &path, Some(bearer)).await;
+        assert_eq!(status, 200, "{trail}");
+        assert_eq!(trail["total"], 300);
+        let points = trail["points"].as_array().unwrap();
+        assert!(points.len() <= 12 && points.len() >= 3, "{}", points.len());
+        let ts: Vec<i64> = points.iter().map(|p| p["ts"].as_i64().unwrap()).collect();
+        assert_eq!((ts[0], ts[ts.len() - 1]), (base, base + 299_000), "both ends");
+        assert!(ts.contains(&(base + 149_000)), "the corner: {ts:?}");
+    }
+    let (_, empty) = get_as(&server, &format!("/api/history/drivers/{other}"), Some(&other_token)).await;
+    assert_eq!((empty["total"].as_u64(), empty["points"].as_array().map(Vec::len)), (Some(0), Some(0)));
+
+    // Bad reads name their field.
+    let cases: HashMap<&str, &str> = HashMap::from([
+        ("max_points=1", "max_points"),
+        ("max_points=ten", "max_points"),
+        ("from=20&to=10", "from"),
+        ("from=0", "to"),
+    ]);
+    for (query, field) in cases {
+        let (status, body) = get(&server, &format!("/api/history/drivers/{driver}?{query}")).await;
+        assert_eq!((status, body["error"]["field"].as_str()), (400, Some(field)), "{query}: {body}");
+        assert_eq!(body["error"]["code"], "range_invalid");
+    }
+    let (status, body) = get(&server, "/api/history/drivers/not%20an%20id").await;
+    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("driver_id_invalid")), "{body}");
+    for (query, field) in [
+        ("step_s=0", "step_s"),
+        ("step_s=99999999999", "step_s"),
+        ("from=0&to=86400000&step_s=1", "step_s"),
+        ("from=x", "from"),
+        ("from=-9223372036854775808&to=-9223372036854775808", "to"),
+        ("from=-5", "from"),
+    ] {
+        let (status, body) = get(&server, &format!("/api/history/heat?bbox={LAGOS}&{query}")).await;
+        assert_eq!((status, body["error"]["field"].as_str()), (400, Some(field)), "{query}: {body}");
+    }
+    let (status, body) = get(&server, "/api/history/heat?bbox=1,2").await;
+    assert_eq!(status, 400, "{body}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_order_is_kept_with_every_version_and_shown_to_its_customer() {
+    let server = start(config()).await;
+    let body = json!({"pickup": {"lat": 6.5095, "lon": 3.3711}, "dropoff": {"lat": 6.4541, "lon": 3.4347}});
+    let (status, placed) = post_json_as(&server, "/api/orders", &body, None).await;
+    assert_eq!(status, 201, "{placed}");
+    let (id, token) = (placed["order_id"].as_str().unwrap(), placed["token"].as_str().unwrap());
+    let (status, other) = post_json_as(&server, "/api/orders", &body, None).await;
+    assert_eq!(status, 201, "{other}");
+    written_at_least(&server, 2.0).await;
+
+    let path = format!("/api/history/orders/{id}");
+    let (status, kept) = get_as(&server, &path, Some(token)).await;
+    assert_eq!(status, 200, "{kept}");
+    assert_eq!(kept["order"]["order_id"], id);
+    assert_eq!(kept["order"]["state"], placed["state"]);
+    assert!(kept["trail"].is_null(), "no driver yet: {kept}");
+    assert_eq!(get_as(&server, &path, None).await.0, 401);
+    assert_eq!(get_as(&server, &path, Some(other["token"].as_str().unwrap())).await.0, 403);
+    let (status, body) = get(&server, "/api/history/orders/ord-0000000000000000").await;
+    assert_eq!((status, body["error"]["code"].as_str()), (404, Some("not_found")), "{body}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn without_history_the_reads_say_so() {
+    let mut config = config();
+    config.no_history = true;
+    let server = start(config).await;
+    let (status, body) = get(&server, &format!("/api/history/heat?bbox={LAGOS}")).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (503, Some("history_unavailable")), "{body}");
+    let (status, body) = get(&server, "/api/history/drivers/d-1").await;
+    assert_eq!((status, body["error"]["code"].as_str()), (503, Some("history_unavailable")), "{body}");
+    server.stop().await;
+}
