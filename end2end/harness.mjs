@@ -43,8 +43,10 @@ export function artifact(name) {
  * Starts pulsemap from the repository root (so it finds target/site) and resolves once it listens. Map tiles
  * are off: the machine has no internet and the tests must not depend on tiles.
  */
-export async function startServer(args = [], { port = 0 } = {}) {
-  const child = spawn(serverBin, ['--addr', `127.0.0.1:${port}`, '--tile-url', 'none', ...args], {
+export async function startServer(args = [], { port = 0, dataDir } = {}) {
+  // History goes to a directory of the test's own (removed at exit), never into the clone.
+  const data = dataDir ?? tempDataDir();
+  const child = spawn(serverBin, ['--addr', `127.0.0.1:${port}`, '--tile-url', 'none', '--data-dir', data, ...args], {
     cwd: root,
     // A configured secret, as in production: tokens survive a restart (the reconnect tests restart the server).
     env: {
@@ -84,6 +86,16 @@ export async function startServer(args = [], { port = 0 } = {}) {
       await exited;
     },
   };
+}
+
+const dataDirs = [];
+process.on('exit', () => dataDirs.forEach((dir) => rmSync(dir, { recursive: true, force: true })));
+
+/** A data directory for a test server, removed when the test process exits. */
+export function tempDataDir() {
+  const dir = mkdtempSync(join(tmpdir(), 'pulsemap-e2e-data-'));
+  dataDirs.push(dir);
+  return dir;
 }
 
 /** A fresh headless chromium with its own profile; `close()` removes the profile. */

@@ -3,7 +3,8 @@
 //!
 //! - [`home`]: `/`, the live heatmap. [`driver`]: `/driver`, Enter as Driver (and the `send_ping` server
 //!   function). [`track`]: `/track/{id}` follows one driver; `/track` picks one. [`order`]: `/order` places an
-//!   order; `/order/{id}` follows it to the door.
+//!   order; `/order/{id}` follows it to the door. [`replay`]: `/replay` plays a past range of the heat back, with
+//!   a driver's trail.
 //! - [`ui`]: what the pages share (the connection badge, the city). `browser` (hydrate only): DOM helpers, the
 //!   reconnecting socket, the Leaflet map and heat layer.
 //!
@@ -14,6 +15,7 @@
 pub mod driver;
 mod home;
 mod order;
+mod replay;
 mod track;
 mod ui;
 
@@ -69,6 +71,7 @@ pub fn App() -> impl IntoView {
                 <Route path=(StaticSegment("track"), ParamSegment("id")) view=track::TrackPage/>
                 <Route path=StaticSegment("order") view=order::PlaceOrderPage/>
                 <Route path=(StaticSegment("order"), ParamSegment("id")) view=order::OrderPage/>
+                <Route path=StaticSegment("replay") view=replay::ReplayPage/>
             </Routes>
         </Router>
     }

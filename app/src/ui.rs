@@ -2,6 +2,7 @@
 //! starts once its map container exists.
 
 use leptos::prelude::*;
+use protocol::heat::{Layer, WINDOWS_MIN};
 use serde::{Deserialize, Serialize};
 
 /// Lagos, the demo city: where maps open (in the browser).
@@ -52,6 +53,77 @@ pub fn Badge(state: RwSignal<ConnState>) -> impl IntoView {
         <span class=move || state.get().class() id="link-badge" role="status" aria-live="polite">
             {move || state.get().label()}
         </span>
+    }
+}
+
+/// The heat's switches, as the homepage and the replay show them: the layer, and the orders window.
+#[component]
+pub fn HeatControls(layer: RwSignal<Layer>, window_min: RwSignal<u32>) -> impl IntoView {
+    let layer_button = move |this: Layer, label: &'static str| {
+        view! {
+            <button
+                id=format!("layer-{}", this.as_str())
+                class=move || if layer.get() == this { "active" } else { "" }
+                aria-pressed=move || (layer.get() == this).to_string()
+                on:click=move |_| layer.set(this)
+            >
+                {label}
+            </button>
+        }
+    };
+    let first_window = window_min.get_untracked();
+    view! {
+        <div class="controls">
+            <div class="segmented" role="group" aria-label="Layer">
+                {layer_button(Layer::Orders, "Orders")}
+                {layer_button(Layer::Drivers, "Drivers")}
+            </div>
+            <label class="window">
+                "Window "
+                <select
+                    id="window"
+                    prop:value=move || window_min.get().to_string()
+                    on:change=move |ev| {
+                        if let Ok(w) = event_target_value(&ev).parse::<u32>() {
+                            window_min.set(w);
+                        }
+                    }
+                >
+                    {WINDOWS_MIN
+                        .iter()
+                        .map(|w| {
+                            view! { <option value=w.to_string() selected=*w == first_window>{format!("{w} min")}</option> }
+                        })
+                        .collect_view()}
+                </select>
+            </label>
+        </div>
+    }
+}
+
+/// The heat's legend, as the homepage and the replay show it: the colour ramp from 1 to the highest count in
+/// view, what is counted, and how many cells are in view.
+#[component]
+pub fn Legend(layer: RwSignal<Layer>, legend_max: RwSignal<u32>, cells_in_view: RwSignal<usize>) -> impl IntoView {
+    let unit = move || match layer.get() {
+        Layer::Drivers => "drivers per cell",
+        Layer::Orders => "orders per cell",
+    };
+    view! {
+        <div class="legend" id="legend">
+            <span class="legend-bar" aria-hidden="true"></span>
+            <span class="legend-scale">
+                <span id="legend-min">{move || if legend_max.get() == 0 { "0" } else { "1" }}</span>
+                <span id="legend-max">{move || legend_max.get()}</span>
+            </span>
+            <span class="legend-unit">
+                {unit}
+                {move || match cells_in_view.get() {
+                    0 => " · nothing in view yet".to_string(),
+                    n => format!(" · {n} cells in view"),
+                }}
+            </span>
+        </div>
     }
 }
 

@@ -4,7 +4,7 @@
 //! we use (`L.heatLayer`, `setLatLngs`, `setOptions`), all with `catch` because Leaflet.heat throws when its
 //! canvas is 0x0 (a hidden tab or a collapsed embed) and the page must survive that.
 
-use std::collections::VecDeque;
+use std::{collections::VecDeque, rc::Rc};
 
 use js_sys::{Array, Object, Reflect};
 use leaflet::{CircleMarker, LatLng, Map, MapOptions, Polyline, PolylineOptions, TileLayer, TileLayerOptions};
@@ -88,6 +88,23 @@ fn keep_sized(element: &web_sys::HtmlElement, map: &Map) {
     on_resize.forget();
 }
 
+/// Calls `f` once the map has rested `ms` after a pan or zoom (a newer move cancels the older wait).
+pub fn on_settled(map: &Map, ms: u32, f: impl Fn() + 'static) {
+    let moves = Rc::new(std::cell::Cell::new(0u32));
+    let f = Rc::new(f);
+    map.on_move_end(Box::new(move |_| {
+        let ticket = moves.get().wrapping_add(1);
+        moves.set(ticket);
+        let (moves, f) = (moves.clone(), f.clone());
+        wasm_bindgen_futures::spawn_local(async move {
+            super::sleep(ms).await;
+            if moves.get() == ticket {
+                f();
+            }
+        });
+    }));
+}
+
 /// The map's visible box, clamped to valid coordinates.
 pub fn view_box(map: &Map) -> BBox {
     let bounds = map.get_bounds();
@@ -97,6 +114,19 @@ pub fn view_box(map: &Map) -> BBox {
         west: sw.lng().clamp(-180.0, 180.0),
         north: ne.lat().clamp(-90.0, 90.0),
         east: ne.lng().clamp(-180.0, 180.0),
+    }
+}
+
+/// The box to ask heat for: the view and a margin, so heat blobs just outside the edge still draw when they
+/// spill in.
+pub fn heat_box(map: &Map) -> BBox {
+    let view = view_box(map);
+    let (dy, dx) = ((view.north - view.south) * 0.1, (view.east - view.west) * 0.1);
+    BBox {
+        south: (view.south - dy).max(-90.0),
+        west: (view.west - dx).max(-180.0),
+        north: (view.north + dy).min(90.0),
+        east: (view.east + dx).min(180.0),
     }
 }
 
@@ -143,6 +173,36 @@ impl Heat {
     }
 }
 
+/// What a drawing of heat cells put in view, for the legend.
+pub struct Drawn {
+    /// The highest count in view (the top of the legend).
+    pub max_in_view: u32,
+    pub cells_in_view: usize,
+    /// Whether anything was drawn (not on a 0x0 map, not with no cells).
+    pub drawn: bool,
+}
+
+impl Heat {
+    /// Draws cells `(centre lat, centre lon, count)` of geohash length `precision`, each intensity relative to
+    /// the highest count in view (as the homepage and the replay show heat).
+    pub fn draw_cells<'a>(&mut self, cells: impl Iterator<Item = &'a (f64, f64, u32)> + Clone, precision: u8) -> Drawn {
+        let view = view_box(&self.map);
+        let in_view = cells.clone().filter(|(lat, lon, _)| view.contains(*lat, *lon));
+        let (max_in_view, cells_in_view) = in_view.fold((0, 0), |(max, n), c| (max.max(c.2), n + 1));
+        let scale = f64::from(max_in_view.max(1));
+        let points: Vec<(f64, f64, f64)> =
+            cells.map(|(lat, lon, n)| (*lat, *lon, (f64::from(*n) / scale).min(1.0))).collect();
+        let cell_px = cell_width_px(&self.map, precision);
+        let drawn = self.draw(&points, cell_px) && !points.is_empty();
+        Drawn { max_in_view, cells_in_view, drawn }
+    }
+}
+
+/// A geohash cell's centre, `(lat, lon)`.
+pub fn cell_center(cell: &str) -> Option<(f64, f64)> {
+    geohash::decode(cell).ok().map(|(coord, _, _)| (coord.y, coord.x))
+}
+
 /// A cell's width on screen at the map's zoom, in pixels (Web Mercator: 256 px per tile at zoom 0).
 pub fn cell_width_px(map: &Map, precision: u8) -> f64 {
     let bits = 5 * u32::from(precision);
@@ -174,6 +234,13 @@ impl Trail {
         if self.points.len() > self.max_points {
             self.points.pop_front();
         }
+        let points: Array = self.points.iter().map(|(lat, lon)| JsValue::from(LatLng::new(*lat, *lon))).collect();
+        self.line.set_lat_lngs(&points);
+    }
+
+    /// Replaces the whole trail (its last `max_points` points).
+    pub fn set(&mut self, points: &[(f64, f64)]) {
+        self.points = points[points.len().saturating_sub(self.max_points)..].iter().copied().collect();
         let points: Array = self.points.iter().map(|(lat, lon)| JsValue::from(LatLng::new(*lat, *lon))).collect();
         self.line.set_lat_lngs(&points);
     }

@@ -8,17 +8,14 @@ use leaflet::Map;
 use leptos::{prelude::*, task::spawn_local};
 use wasm_bindgen::JsCast;
 
-use protocol::{
-    geo::BBox,
-    heat::{precision_for_zoom, HeatClientMsg, HeatServerMsg, HeatSubscription, Layer},
-};
+use protocol::heat::{precision_for_zoom, HeatClientMsg, HeatServerMsg, HeatSubscription, Layer};
 
 use super::HomeSignals;
 use crate::{
     browser::{
         expose,
-        map::{cell_width_px, new_map, view_box, Heat},
-        settings, since_page_start_ms, sleep,
+        map::{cell_center, heat_box, new_map, on_settled, Heat},
+        settings, since_page_start_ms,
         socket::{self, Handlers},
     },
     ui::CITY_CENTER,
@@ -36,22 +33,12 @@ struct HeatView {
     subscription: HeatSubscription,
     /// The snapshot's tick: deltas up to it are already included.
     seq: u64,
-    /// Bumped by every pan/zoom; a debounced resubscribe only fires if no newer move came.
-    moves: u32,
     first_frame_logged: bool,
 }
 
 impl HeatView {
     fn subscription_for(map: &Map, layer: Layer, window_min: u32) -> HeatSubscription {
-        let view = view_box(map);
-        // A margin, so heat blobs just outside the edge still draw when they spill in.
-        let (dy, dx) = ((view.north - view.south) * 0.1, (view.east - view.west) * 0.1);
-        let bbox = BBox {
-            south: (view.south - dy).max(-90.0),
-            west: (view.west - dx).max(-180.0),
-            north: (view.north + dy).min(90.0),
-            east: (view.east + dx).min(180.0),
-        };
+        let bbox = heat_box(map);
         HeatSubscription { layer, window_min, precision: Some(precision_for_zoom(map.get_zoom())), zoom: None, bbox }
     }
 
@@ -79,7 +66,7 @@ impl HeatView {
                 self.seq = snapshot.seq;
                 self.cells.clear();
                 for (cell, n) in snapshot.cells {
-                    if let Some((lat, lon)) = center(&cell) {
+                    if let Some((lat, lon)) = cell_center(&cell) {
                         self.cells.insert(cell, (lat, lon, n));
                     }
                 }
@@ -92,7 +79,7 @@ impl HeatView {
                 for (cell, n) in delta.cells {
                     if n == 0 {
                         self.cells.remove(&cell);
-                    } else if let Some((lat, lon)) = center(&cell) {
+                    } else if let Some((lat, lon)) = cell_center(&cell) {
                         self.cells.insert(cell, (lat, lon, n));
                     }
                 }
@@ -110,26 +97,14 @@ impl HeatView {
 
     /// Draws the cells, intensity relative to the highest count in view, and updates the legend.
     fn redraw(&mut self, s: HomeSignals) {
-        let view = view_box(&self.map);
-        let in_view = |lat: f64, lon: f64| view.contains(lat, lon);
-        let max = self.cells.values().filter(|(lat, lon, _)| in_view(*lat, *lon)).map(|c| c.2).max().unwrap_or(0);
-        let scale = f64::from(max.max(1));
-        let points: Vec<(f64, f64, f64)> =
-            self.cells.values().map(|(lat, lon, n)| (*lat, *lon, (f64::from(*n) / scale).min(1.0))).collect();
-        let precision = self.subscription.precision.unwrap_or(6);
-        let drawn = self.heat.draw(&points, cell_width_px(&self.map, precision));
-        s.legend_max.set(max);
-        s.cells_in_view.set(self.cells.values().filter(|(lat, lon, _)| in_view(*lat, *lon)).count());
-        if drawn && !self.first_frame_logged && !points.is_empty() {
+        let drawn = self.heat.draw_cells(self.cells.values(), self.subscription.precision.unwrap_or(6));
+        s.legend_max.set(drawn.max_in_view);
+        s.cells_in_view.set(drawn.cells_in_view);
+        if drawn.drawn && !self.first_frame_logged {
             self.first_frame_logged = true;
             expose("pulsemapFirstHeatMs", &since_page_start_ms().into());
         }
     }
-}
-
-/// A geohash cell's centre.
-fn center(cell: &str) -> Option<(f64, f64)> {
-    geohash::decode(cell).ok().map(|(coord, _, _)| (coord.y, coord.x))
 }
 
 /// Keeps the homepage's "Watch a live delivery" list fresh (the demo's live orders; empty without the demo).
@@ -157,7 +132,6 @@ pub fn start(element: web_sys::HtmlDivElement, s: HomeSignals) {
         map: map.clone(),
         cells: HashMap::new(),
         seq: 0,
-        moves: 0,
         first_frame_logged: false,
     }));
     let socket = Rc::new(socket::open(
@@ -191,23 +165,7 @@ pub fn start(element: web_sys::HtmlDivElement, s: HomeSignals) {
             socket.send(message);
         }
     };
-    map.on_move_end(Box::new({
-        let (view, resubscribe) = (view.clone(), resubscribe.clone());
-        move |_| {
-            let ticket = {
-                let mut v = view.borrow_mut();
-                v.moves = v.moves.wrapping_add(1);
-                v.moves
-            };
-            let (view, resubscribe) = (view.clone(), resubscribe.clone());
-            spawn_local(async move {
-                sleep(DEBOUNCE_MS).await;
-                if view.borrow().moves == ticket {
-                    resubscribe();
-                }
-            });
-        }
-    }));
+    on_settled(&map, DEBOUNCE_MS, resubscribe.clone());
     Effect::new(move |first: Option<()>| {
         s.layer.track();
         s.window_min.track();

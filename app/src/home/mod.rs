@@ -8,11 +8,10 @@ mod signals;
 
 use leptos::prelude::*;
 use leptos_meta::{Meta, Title};
-use protocol::heat::{Layer, WINDOWS_MIN};
 
 pub use signals::HomeSignals;
 
-use crate::ui::Badge;
+use crate::ui::{Badge, HeatControls, Legend};
 
 #[component]
 pub fn HomePage() -> impl IntoView {
@@ -22,22 +21,6 @@ pub fn HomePage() -> impl IntoView {
     crate::ui::when_mounted(map_ref, move |element| live::start(element, signals));
 
     let HomeSignals { layer, window_min, conn, totals, legend_max, cells_in_view, deliveries } = signals;
-    let layer_button = move |this: Layer, label: &'static str| {
-        view! {
-            <button
-                id=format!("layer-{}", this.as_str())
-                class=move || if layer.get() == this { "active" } else { "" }
-                aria-pressed=move || (layer.get() == this).to_string()
-                on:click=move |_| layer.set(this)
-            >
-                {label}
-            </button>
-        }
-    };
-    let unit = move || match layer.get() {
-        Layer::Drivers => "drivers per cell",
-        Layer::Orders => "orders per cell",
-    };
     view! {
         <Title text="pulsemap — live drivers and demand in Lagos"/>
         <Meta name="description" content="A live heatmap of where drivers and orders are across the city, right now."/>
@@ -55,49 +38,8 @@ pub fn HomePage() -> impl IntoView {
                     <strong id="orders-count">{move || totals.get().orders_in(window_min.get())}</strong>
                     {move || format!(" orders in the last {} min", window_min.get())}
                 </p>
-                <div class="controls">
-                    <div class="segmented" role="group" aria-label="Layer">
-                        {layer_button(Layer::Orders, "Orders")}
-                        {layer_button(Layer::Drivers, "Drivers")}
-                    </div>
-                    <label class="window">
-                        "Window "
-                        <select
-                            id="window"
-                            prop:value=move || window_min.get().to_string()
-                            on:change=move |ev| {
-                                if let Ok(w) = event_target_value(&ev).parse::<u32>() {
-                                    window_min.set(w);
-                                }
-                            }
-                        >
-                            {WINDOWS_MIN
-                                .iter()
-                                .map(|w| {
-                                    view! {
-                                        <option value=w.to_string() selected=*w == signals::HOME_WINDOW_MIN>
-                                            {format!("{w} min")}
-                                        </option>
-                                    }
-                                })
-                                .collect_view()}
-                        </select>
-                    </label>
-                </div>
-                <div class="legend" id="legend">
-                    <span class="legend-bar" aria-hidden="true"></span>
-                    <span class="legend-scale">
-                        <span id="legend-min">{move || if legend_max.get() == 0 { "0" } else { "1" }}</span>
-                        <span id="legend-max">{move || legend_max.get()}</span>
-                    </span>
-                    <span class="legend-unit">
-                        {unit}
-                        {move || match cells_in_view.get() {
-                            0 => " · nothing in view yet".to_string(),
-                            n => format!(" · {n} cells in view"),
-                        }}
-                    </span>
-                </div>
+                <HeatControls layer window_min/>
+                <Legend layer legend_max cells_in_view/>
                 <LiveDeliveries deliveries/>
                 <nav class="cta">
                     <a class="button primary" id="place-an-order" href="/order" rel="external">
@@ -108,6 +50,9 @@ pub fn HomePage() -> impl IntoView {
                     </a>
                     <a class="button" id="track-driver" href="/track" rel="external">
                         "Track a driver"
+                    </a>
+                    <a class="button" id="replay-link" href="/replay" rel="external">
+                        "Replay"
                     </a>
                 </nav>
             </section>

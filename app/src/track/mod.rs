@@ -10,6 +10,8 @@ use leptos_meta::Title;
 use leptos_router::hooks::use_params_map;
 use protocol::track::NearDriver;
 
+#[cfg(feature = "hydrate")]
+pub(crate) use signals::FLEET_KEY;
 pub use signals::{Presence, TrackSignals};
 
 use crate::ui::{Badge, ErrorText};

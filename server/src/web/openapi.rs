@@ -77,7 +77,7 @@ pub(crate) mod shared {
             `Authorization: Bearer <token or key>`, or as a socket's first `auth` message.",
     ),
     paths(
-        home_page, driver_page, track_picker_page, track_page, place_order_page, order_page, send_ping, openapi_json,
+        home_page, driver_page, track_picker_page, track_page, place_order_page, order_page, replay_page, send_ping, openapi_json,
         docs_page
     ),
     components(schemas(
@@ -214,6 +214,19 @@ fn place_order_page() {}
     responses((status = 200, description = "The customer's page (HTML).", content_type = "text/html")))]
 #[allow(dead_code)]
 fn order_page() {}
+
+/// `/replay`: a past range of the heat played back, with a driver's trail.
+#[utoipa::path(get, path = "/replay", tag = "pages", security(()),
+    params(
+        ("from" = Option<i64>, Query, description = "Start, unix ms (with `to`: this range instead of a preset)."),
+        ("to" = Option<i64>, Query, description = "End, unix ms."),
+        ("preset" = Option<String>, Query, description = "`15m` (default), `1h` or `rush` (17:00 to 20:00 in Lagos)."),
+        ("layer" = Option<String>, Query, description = "`drivers` (default) or `orders`."),
+        ("driver" = Option<String>, Query, description = "A driver whose trail to show (with the fleet key the page asks for)."),
+    ),
+    responses((status = 200, description = "The replay page (HTML).", content_type = "text/html")))]
+#[allow(dead_code)]
+fn replay_page() {}
 
 /// `POST /fn/send_ping`: the Leptos server function the driver page falls back on when its socket is down.
 #[utoipa::path(post, path = "/fn/send_ping", tag = "ingest", security(()),
