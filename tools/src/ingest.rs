@@ -51,6 +51,9 @@ pub struct IngestPlan {
     pub rate: u64,
     pub warmup: Duration,
     pub duration: Duration,
+    /// Every batch stamped with the time it is sent (HTTP only): each ping is then a new fix, as history must
+    /// keep it, not the same one again. Costs the harness a serialisation per batch.
+    pub fresh_ts: bool,
 }
 
 /// What an ingest run measured (after warm-up).
@@ -215,8 +218,14 @@ async fn http_worker(plan: &IngestPlan, client: &reqwest::Client, mut turns: Tur
     let url = format!("{}/api/pings", plan.url);
     while let Some(i) = turns.next().await {
         let n = turns.bodies[i].len() as u64;
-        let response =
-            client.post(&url).header("content-type", "application/json").body(encoded[i].clone()).send().await?;
+        let body = if plan.fresh_ts {
+            let now = now_ms();
+            let pings: Vec<Ping> = turns.bodies[i].iter().map(|p| Ping { ts: now, ..p.clone() }).collect();
+            serde_json::to_vec(&pings).expect("pings serialise")
+        } else {
+            encoded[i].clone()
+        };
+        let response = client.post(&url).header("content-type", "application/json").body(body).send().await?;
         if response.status().as_u16() == 503 {
             turns.record(0, 0, 0, 1);
             tokio::time::sleep(Duration::from_millis(20)).await;

@@ -10,6 +10,8 @@ use std::{
 
 pub struct Launched {
     child: Child,
+    /// The history directory made for this launch (removed when dropped), unless the args named one.
+    data_dir: Option<std::path::PathBuf>,
     /// `http://127.0.0.1:port`.
     pub url: String,
     /// The admin key the server was given (random per launch): it may send pings for any driver and read
@@ -26,6 +28,14 @@ impl Launched {
         command.env("PULSEMAP_ADMIN_KEY", &key);
         command.args(["--addr", "127.0.0.1:0", "--log-format", "json", "--tile-url", "none"]);
         command.args(["--max-connections-per-ip", "0"]);
+        // History goes to a directory of this launch's own, never into the working directory.
+        let named = args.iter().any(|a| a == "--data-dir" || a == "--database-url" || a == "--no-history");
+        let data_dir = (!named).then(|| {
+            std::env::temp_dir().join(format!("pulsemap-load-{}-{:08x}", std::process::id(), fastrand::u32(..)))
+        });
+        if let Some(dir) = &data_dir {
+            command.arg("--data-dir").arg(dir);
+        }
         command.args(args).stdout(Stdio::piped()).stderr(Stdio::inherit());
         let mut child = command.spawn().map_err(|e| anyhow::anyhow!("cannot start {}: {e}", bin.display()))?;
         let stdout = child.stdout.take().expect("piped");
@@ -37,7 +47,7 @@ impl Launched {
             }
         };
         std::thread::spawn(move || for _ in lines {});
-        Ok(Launched { child, url: format!("http://{addr}"), key })
+        Ok(Launched { child, data_dir, url: format!("http://{addr}"), key })
     }
 
     pub fn pid(&self) -> u32 {
@@ -49,5 +59,8 @@ impl Drop for Launched {
     fn drop(&mut self) {
         let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
         let _ = self.child.wait();
+        if let Some(dir) = &self.data_dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }

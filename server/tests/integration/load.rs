@@ -22,6 +22,7 @@ async fn the_ingest_scenario_runs_on_both_transports_and_loses_nothing() {
             rate: 5_000,
             warmup: Duration::ZERO,
             duration: Duration::from_millis(300),
+            fresh_ts: transport == Transport::Http,
         };
         let report = ingest(&plan).await.expect("the scenario runs");
         assert!(report.accepted > 0, "{transport:?}: {report:?}");

@@ -1,7 +1,7 @@
 //! `pulsemap-load`: starts a pulsemap server on loopback, drives a scenario against it, and prints the figures
 //! (with the machine, the server's CPU and peak memory) as a table and as JSON.
 //!
-//! Scenarios: `ingest`, `track`, `fanout`, `dispatch`. Everything is bounded in time and connections and stays on 127.0.0.1.
+//! Scenarios: `ingest`, `track`, `fanout`, `dispatch`, `history`. Everything is bounded in time and connections and stays on 127.0.0.1.
 
 use std::{
     path::PathBuf,
@@ -13,8 +13,10 @@ use serde_json::json;
 use tools::{
     dispatch::{dispatch, DispatchPlan},
     fanout::{fanout, FanoutPlan},
+    history::{time_replay, watch_writer, write_rates},
     ingest::{ingest, IngestPlan, Transport},
     launch::Launched,
+    postgres::{unique_schema, PgServer},
     system::{process_usage, raise_open_files, Machine},
     track::{track, TrackPlan},
 };
@@ -81,6 +83,32 @@ enum Scenario {
         #[arg(long, default_value_t = 15.0)]
         duration_secs: f64,
     },
+    /// History: rows/s into the store while live ingest runs flat out (beside the same ingest without
+    /// history), the writer's backlog over time, and the replay of an hour of a fleet (first frame, whole).
+    History {
+        #[arg(long, value_enum, default_value = "sqlite")]
+        store: HistoryStore,
+        /// PostgreSQL for `--store postgres` (default: DATABASE_URL, else a throwaway cluster).
+        #[arg(long)]
+        database_url: Option<String>,
+        #[arg(long, default_value_t = 100_000)]
+        drivers: usize,
+        #[arg(long, default_value_t = 1_000)]
+        batch: usize,
+        #[arg(long, default_value_t = 4)]
+        connections: usize,
+        #[arg(long, default_value_t = 1.0)]
+        warmup_secs: f64,
+        #[arg(long, default_value_t = 10.0)]
+        duration_secs: f64,
+        /// The fleet whose history is replayed, pinging once a second for `replay_minutes`.
+        #[arg(long, default_value_t = 1_000)]
+        replay_drivers: usize,
+        #[arg(long, default_value_t = 60.0)]
+        replay_minutes: f64,
+        #[arg(long, default_value_t = 6)]
+        precision: u8,
+    },
     /// Heat viewers watching the whole city at one frame a second while a fleet moves: per-tick spread from
     /// the first to the last viewer, snapshot vs delta bytes, server memory per viewer.
     Fanout {
@@ -104,13 +132,17 @@ enum Scenario {
     },
 }
 
+/// Where the `history` scenario keeps history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum HistoryStore {
+    Sqlite,
+    Postgres,
+}
+
 /// Starts the server for `args`' scenario: the binary beside this one unless told otherwise, on Redis when
 /// asked (under a fresh key prefix), at one frame a second for `fanout`.
 fn start_server(args: &Args) -> anyhow::Result<Launched> {
-    let bin = match &args.server_bin {
-        Some(bin) => bin.clone(),
-        None => std::env::current_exe()?.with_file_name("pulsemap"),
-    };
+    let bin = server_bin(args)?;
     let mut extra = Vec::new();
     if let Some(url) = &args.redis_url {
         extra.extend([
@@ -143,10 +175,174 @@ async fn measure_server<T>(
 /// File descriptors each process keeps for itself besides the viewers' sockets (listener, epoll, stdio, pools).
 const SPARE_FDS: usize = 64;
 
+fn server_bin(args: &Args) -> anyhow::Result<PathBuf> {
+    Ok(match &args.server_bin {
+        Some(bin) => bin.clone(),
+        None => std::env::current_exe()?.with_file_name("pulsemap"),
+    })
+}
+
+/// The `history` scenario: three servers one after the other on the same store settings (ingest without
+/// history, ingest with it, replay of a filled hour).
+async fn history_scenario(args: &Args, machine: Machine) -> anyhow::Result<serde_json::Value> {
+    let Scenario::History {
+        store,
+        database_url,
+        drivers,
+        batch,
+        connections,
+        warmup_secs,
+        duration_secs,
+        replay_drivers,
+        replay_minutes,
+        precision,
+    } = &args.scenario
+    else {
+        unreachable!("called for the history scenario")
+    };
+    let bin = server_bin(args)?;
+    // The store: a fresh directory, or a fresh schema of a PostgreSQL.
+    let pg = match (store, database_url) {
+        (HistoryStore::Postgres, None) => Some(PgServer::start()?),
+        _ => None,
+    };
+    // A fresh store for each phase: the replay reads only the filled hour.
+    let mut data_dirs = Vec::new();
+    let mut fresh_store = || -> Vec<String> {
+        match store {
+            HistoryStore::Sqlite => {
+                let dir = std::env::temp_dir().join(format!("pulsemap-load-history-{:08x}", fastrand::u32(..)));
+                data_dirs.push(dir.clone());
+                vec!["--data-dir".into(), dir.display().to_string()]
+            }
+            HistoryStore::Postgres => {
+                let url = database_url.clone().or_else(|| pg.as_ref().map(|p| p.url().to_string())).expect("a url");
+                vec!["--database-url".into(), url, "--database-schema".into(), unique_schema("load")]
+            }
+        }
+    };
+    let (store_args, replay_store) = (fresh_store(), fresh_store());
+    let with = |extra: &[String]| -> Vec<String> {
+        let mut all: Vec<String> = extra.to_vec();
+        all.extend(args.server_args.iter().cloned());
+        all
+    };
+    let plan = |server: &Launched| IngestPlan {
+        url: server.url.clone(),
+        key: server.key.clone(),
+        transport: Transport::Http,
+        drivers: *drivers,
+        batch: *batch,
+        connections: *connections,
+        rate: 0,
+        warmup: Duration::from_secs_f64(*warmup_secs),
+        duration: Duration::from_secs_f64(*duration_secs),
+        fresh_ts: true,
+    };
+
+    println!("pulsemap-load history: {} cores, {:.1} GiB; store {store:?}", machine.cores, machine.memory_gib);
+    // 1. The same ingest with no history: the baseline.
+    let baseline = {
+        let server = Launched::start(&bin, &with(&["--no-history".into()]))?;
+        let (report, cpu, _) = measure_server(server.pid(), ingest(&plan(&server))).await?;
+        (report, cpu)
+    };
+    // 2. Ingest with history, the writer watched until its backlog is empty again.
+    let server = Launched::start(&bin, &with(&store_args))?;
+    let client = tools::client::keyed_client(&server.key)?.build()?;
+    let loaded = plan(&server);
+    let run = measure_server(server.pid(), ingest(&loaded));
+    let (ran, samples) =
+        watch_writer(&client, &server.url, Duration::from_millis(500), Duration::from_secs(300), run).await?;
+    let (with_history, cpu, peak_rss_kib) = ran?;
+    let (peak_rows_per_sec, sustained_rows_per_sec) = write_rates(&samples, 2.0);
+    let last = samples.last().copied().expect("samples");
+    drop(server);
+
+    // 3. An hour of a fleet, written straight into the store, then replayed by a server on it.
+    let fill_bin = bin.with_file_name("pulsemap-history-fill");
+    let mut fill_args = replay_store.clone();
+    fill_args.extend([
+        "--fill-drivers".into(),
+        replay_drivers.to_string(),
+        "--fill-minutes".into(),
+        replay_minutes.to_string(),
+    ]);
+    let filled = std::process::Command::new(&fill_bin).args(&fill_args).output()?;
+    anyhow::ensure!(filled.status.success(), "the fill failed: {}", String::from_utf8_lossy(&filled.stderr));
+    let fill: serde_json::Value = serde_json::from_slice(&filled.stdout)?;
+    let (from, to) = (fill["from_ms"].as_i64().unwrap_or(0), fill["to_ms"].as_i64().unwrap_or(0));
+    let server = Launched::start(&bin, &with(&replay_store))?;
+    let lagos = "6.38,3.25,6.70,3.60";
+    let mut replays = Vec::new();
+    for (layer, extra) in [("drivers", ""), ("orders", "&window_min=5")] {
+        let query = format!("layer={layer}{extra}&precision={precision}&bbox={lagos}&from={from}&to={to}");
+        let cpu_before = process_usage(server.pid()).map_or(0.0, |u| u.0);
+        let timing = time_replay(&server.url, &query).await?;
+        let cpu_seconds = process_usage(server.pid()).map_or(0.0, |u| u.0) - cpu_before;
+        replays.push((layer, timing, cpu_seconds));
+    }
+    drop(server);
+    for dir in data_dirs {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    println!();
+    println!("| store | ingest accepted/s without history | with history | rows written/s (peak 2 s) | rows/s until the backlog emptied | backlog max | rows dropped | server CPU | server peak RSS |");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    let backlog_max = samples.iter().map(|s| s.backlog_rows).fold(0.0, f64::max);
+    println!(
+        "| {store:?} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0}% | {:.0} MiB |",
+        baseline.0.accepted_per_sec,
+        with_history.accepted_per_sec,
+        peak_rows_per_sec,
+        sustained_rows_per_sec,
+        backlog_max,
+        last.rows_dropped,
+        cpu,
+        peak_rss_kib as f64 / 1024.0
+    );
+    println!();
+    println!(
+        "fill: {} pings + {} order events in {:.1} s straight into the store ({:.0} rows/s)",
+        fill["report"]["pings"],
+        fill["report"]["demand"],
+        fill["report"]["seconds"].as_f64().unwrap_or(0.0),
+        fill["report"]["rows_per_sec"].as_f64().unwrap_or(0.0)
+    );
+    println!("| replay of {replay_minutes} min, {replay_drivers} drivers | frames | rows read | first frame ms | whole ms | server CPU s | bytes |");
+    println!("|---|---|---|---|---|---|---|");
+    for (layer, t, cpu_s) in &replays {
+        println!(
+            "| {layer}, precision {precision} | {} | {} | {:.0} | {:.0} | {:.2} | {} |",
+            t.frames, t.rows, t.first_frame_ms, t.total_ms, cpu_s, t.bytes
+        );
+    }
+    Ok(json!({
+        "scenario": "history", "store": format!("{store:?}"), "machine": machine,
+        "ingest_without_history": baseline.0, "ingest_with_history": with_history,
+        "server_cpu_percent": cpu, "server_peak_rss_kib": peak_rss_kib,
+        "rows_per_sec_peak_2s": peak_rows_per_sec, "rows_per_sec_until_drained": sustained_rows_per_sec,
+        "writer_samples": samples, "fill": fill,
+        "replays": replays.iter().map(|(layer, t, cpu_s)| json!({"layer": layer, "timing": t, "server_cpu_seconds": cpu_s})).collect::<Vec<_>>(),
+        "note": "ingest pings carry fresh times (each a new row); rows/s from /metrics samples every 0.5 s",
+    }))
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let machine = Machine::here();
+    if let Scenario::History { .. } = &args.scenario {
+        raise_open_files(1 << 16);
+        let result = history_scenario(&args, machine).await?;
+        if let Some(parent) = args.out.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(&args.out, serde_json::to_string_pretty(&result)?)?;
+        println!("\nwrote {}", args.out.display());
+        return Ok(());
+    }
     // The server inherits this limit: as many sockets as the hard limit allows, for both processes.
     let open_files = raise_open_files(1 << 20);
     let server = start_server(&args)?;
@@ -168,6 +364,7 @@ async fn main() -> anyhow::Result<()> {
                 rate: *rate,
                 warmup: Duration::from_secs_f64(*warmup_secs),
                 duration: Duration::from_secs_f64(*duration_secs),
+                fresh_ts: false,
             };
             let (report, cpu_percent, peak_rss_kib) = measure_server(pid, ingest(&plan)).await?;
             println!();
@@ -265,6 +462,7 @@ async fn main() -> anyhow::Result<()> {
                 "note": "latency = first offer at a driver socket - just before the order's POST went out (harness clock)",
             })
         }
+        Scenario::History { .. } => unreachable!("the history scenario runs its own servers"),
         Scenario::Fanout { viewers, drivers, moving, precision, tick_ms, warmup_secs, duration_secs } => {
             let limit = open_files as usize;
             let viewers = if viewers + SPARE_FDS > limit {
