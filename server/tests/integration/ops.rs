@@ -146,8 +146,11 @@ async fn sigterm_on_the_binary_finishes_requests_in_flight_and_drains_the_queue(
     use std::process::Stdio;
     use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
+    let data_dir = config().data_dir;
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pulsemap"))
         .args(["--addr", "127.0.0.1:0", "--tick-ms", "1000", "--log-format", "json"])
+        .arg("--data-dir")
+        .arg(&data_dir)
         .env("PULSEMAP_FLEET_KEY", FLEET_KEY)
         .env("PULSEMAP_SECRET", SECRET)
         .stdout(Stdio::piped())
