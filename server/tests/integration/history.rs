@@ -385,3 +385,158 @@ async fn without_history_the_reads_say_so() {
     assert_eq!((status, body["error"]["code"].as_str()), (503, Some("history_unavailable")), "{body}");
     server.stop().await;
 }
+
+/// One round of the fleet: every driver's fix at `ts`, in Yaba's cells.
+fn round(drivers: usize, ts: i64) -> Value {
+    Value::Array(
+        (0..drivers)
+            .map(|d| json!({"driver_id": format!("f-{d}"), "lat": 6.40 + (d % 50) as f64 * 0.004, "lon": 3.30 + (d / 50) as f64 * 0.004, "ts": ts}))
+            .collect(),
+    )
+}
+
+#[tokio::test]
+async fn postgres_away_under_load_loses_no_row_and_the_live_map_does_not_wait() {
+    let pg = PgServer::start_own().unwrap();
+    let schema = unique_schema("away");
+    let mut config = pg_config(&pg, &schema);
+    config.rate_per_sec = 1_000.0;
+    config.rate_burst = 1_000;
+    let server = start(config).await;
+    // 1,000 drivers ten times a second (10,000 pings/s) for 12 s; PostgreSQL is stopped from 3 s to 9 s.
+    let (drivers, rounds) = (1_000, 120);
+    let mut accepted = 0u64;
+    let mut refused = 0u64;
+    let mut online_while_away = Vec::new();
+    let started = tokio::time::Instant::now();
+    for r in 0..rounds {
+        tokio::time::sleep_until(started + std::time::Duration::from_millis(100 * r)).await;
+        if r == 30 {
+            pg.stop().unwrap();
+        }
+        if r == 90 {
+            pg.resume_from_stop().unwrap();
+        }
+        let (status, report) = post_json(&server, "/api/pings", &round(drivers, now_ms())).await;
+        match status {
+            202 => accepted += report["accepted"].as_u64().unwrap(),
+            _ => refused += 1,
+        }
+        if (40..85).contains(&r) && r % 15 == 0 {
+            let (_, snapshot) = get(&server, &format!("/api/heat?layer=drivers&precision=6&bbox={LAGOS}")).await;
+            online_while_away.push(snapshot["totals"]["drivers_online"].as_u64().unwrap());
+        }
+    }
+    assert_eq!((accepted, refused), (drivers as u64 * rounds, 0), "every ping taken while the database was away");
+    assert_eq!(online_while_away, vec![1_000; 3], "the live map kept going");
+    let backlog_peak = metric(&server, "pulsemap_history_backlog_rows").await;
+    // Written once it is back: every row, none twice, none dropped.
+    eventually(60, "the backlog written", || async {
+        (metric(&server, "pulsemap_history_backlog_rows").await == 0.0).then_some(())
+    })
+    .await;
+    assert_eq!(metric(&server, "pulsemap_history_rows_dropped_total").await, 0.0);
+    assert!(metric(&server, "pulsemap_history_write_errors_total").await > 0.0, "the outage was seen");
+    server.stop().await;
+    let client = pg_client(&pg).await;
+    let kept: i64 = client.query_one(&format!("SELECT count(*) FROM {schema}.pings"), &[]).await.unwrap().get(0);
+    let distinct: i64 = client
+        .query_one(&format!("SELECT count(*) FROM (SELECT DISTINCT driver_id, ts FROM {schema}.pings) d"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    eprintln!(
+        "postgres away 6 s under 10,000 pings/s: {accepted} accepted, {kept} kept, backlog {backlog_peak} rows at \
+         the end of the load"
+    );
+    assert_eq!((kept, distinct), (accepted as i64, accepted as i64), "0 rows lost, none twice");
+}
+
+/// The flush bound the README states for `kill -9` of the embedded server: a ping acknowledged this long
+/// before the kill is in the history file.
+const KILL_FLUSH_BOUND_MS: i64 = 1_000;
+
+#[tokio::test]
+async fn after_kill_9_the_embedded_history_holds_every_ping_acknowledged_a_flush_before() {
+    use std::process::Stdio;
+    use tokio::io::AsyncBufReadExt;
+
+    let data_dir = config().data_dir;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pulsemap"))
+        .args(["--addr", "127.0.0.1:0", "--log-format", "json", "--rate-per-sec", "1000", "--rate-burst", "1000"])
+        .arg("--data-dir")
+        .arg(&data_dir)
+        .env("PULSEMAP_FLEET_KEY", FLEET_KEY)
+        .env("PULSEMAP_SECRET", SECRET)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the pulsemap binary starts");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let addr = loop {
+        let line = lines.next_line().await.unwrap().expect("the server logs its address");
+        if let Some(addr) = protocol::ops::listening_addr(&line) {
+            break addr.to_string();
+        }
+    };
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    // 500 drivers every 50 ms (10,000 pings/s), each round's acknowledgement time noted, killed mid-stream.
+    let client = reqwest::Client::new();
+    let mut acked: Vec<(i64, i64)> = Vec::new();
+    let started = tokio::time::Instant::now();
+    for r in 0..60u64 {
+        tokio::time::sleep_until(started + std::time::Duration::from_millis(50 * r)).await;
+        let ts = now_ms();
+        let response = client
+            .post(format!("http://{addr}/api/pings"))
+            .bearer_auth(FLEET_KEY)
+            .json(&round(500, ts))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 202);
+        acked.push((ts, now_ms()));
+    }
+    let killed_at = now_ms();
+    let pid = child.id().unwrap().to_string();
+    assert!(tokio::process::Command::new("kill").args(["-KILL", &pid]).status().await.unwrap().success());
+    child.wait().await.unwrap();
+
+    let conn = rusqlite::Connection::open(data_dir.join("history.sqlite3")).unwrap();
+    let mut per_round: HashMap<i64, i64> = HashMap::new();
+    let tables: Vec<String> = conn
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE 'pings_%'")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    for table in tables {
+        let mut stmt = conn.prepare(&format!("SELECT ts, count(*) FROM {table} GROUP BY ts")).unwrap();
+        for row in stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))).unwrap() {
+            let (ts, n) = row.unwrap();
+            per_round.insert(ts, n);
+        }
+    }
+    // Every round is whole or absent (a tick's rows are one transaction), and the kept ones are the oldest.
+    let kept: Vec<bool> = acked.iter().map(|(ts, _)| per_round.get(ts).copied().unwrap_or(0) == 500).collect();
+    assert!(per_round.values().all(|n| *n == 500), "a round is never half kept: {per_round:?}");
+    let oldest_lost_ms = acked
+        .iter()
+        .zip(&kept)
+        .filter(|(_, kept)| !**kept)
+        .map(|((_, acked_at), _)| killed_at - acked_at)
+        .max()
+        .unwrap_or(0);
+    eprintln!(
+        "kill -9: {} of {} rounds kept; the oldest lost round was acknowledged {oldest_lost_ms} ms before the kill",
+        kept.iter().filter(|k| **k).count(),
+        kept.len()
+    );
+    assert!(kept.iter().any(|k| *k), "history was being written");
+    assert!(
+        oldest_lost_ms <= KILL_FLUSH_BOUND_MS,
+        "a ping acknowledged {oldest_lost_ms} ms before the kill is missing (bound {KILL_FLUSH_BOUND_MS} ms)"
+    );
+}
