@@ -209,10 +209,16 @@ pub struct Config {
     #[arg(long, env = "PULSEMAP_HISTORY_DAYS", default_value_t = 7)]
     pub history_days: u32,
 
-    /// History rows held in memory while the database is slow or away (about 150 bytes each); past this,
-    /// new rows are refused and counted (`pulsemap_history_rows_dropped`). The live map never waits.
+    /// History rows held in memory while the database is slow or away (about 150 bytes each), and with Redis
+    /// also in the history stream; past this, new rows are refused and counted
+    /// (`pulsemap_history_rows_dropped`). The live map never waits.
     #[arg(long, env = "PULSEMAP_HISTORY_BACKLOG_ROWS", default_value_t = 2_000_000)]
     pub history_backlog_rows: u64,
+
+    /// With Redis and `--database-url`: a history stream entry another instance's writer read and has not
+    /// acknowledged for this long is taken over (that writer died or stalled).
+    #[arg(long, env = "PULSEMAP_HISTORY_CLAIM_SECS", default_value_t = 30)]
+    pub history_claim_secs: u64,
 
     /// Keep no history at all (no file, no database; `/api/history/*` answers 503).
     #[arg(long, env = "PULSEMAP_NO_HISTORY", default_value_t = false)]

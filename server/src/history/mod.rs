@@ -19,6 +19,7 @@ pub mod fill;
 pub(crate) mod postgres;
 pub(crate) mod replay;
 pub(crate) mod sqlite;
+pub(crate) mod stream;
 mod writer;
 
 use std::{
@@ -33,11 +34,12 @@ use futures::future::BoxFuture;
 use prometheus_client::metrics::{counter::Counter, gauge::Gauge};
 use protocol::{driver::Ping, orders::OrderEvent};
 use tokio::{sync::mpsc, task::JoinHandle};
+use tokio_util::sync::CancellationToken;
 
 use crate::{config::Config, metrics::Metrics, state::order::Order};
 
 /// One accepted ping, as the engine applied it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct PingRow {
     pub driver_id: String,
     /// The fix's own time (the driver's clock): with the driver, what makes a ping unique.
@@ -72,7 +74,7 @@ impl PingRow {
 }
 
 /// One order event of the demand heat, as the engine applied it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct DemandRow {
     /// Unique per event: this process's tag in the high bits, a counter below.
     pub id: i64,
@@ -84,7 +86,7 @@ pub(crate) struct DemandRow {
 }
 
 /// One version of a delivery order (each change the store accepted).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct OrderRow {
     pub order_id: String,
     pub version: i64,
@@ -221,6 +223,8 @@ pub(crate) struct HistoryStats {
     pub batches_written: Counter,
     pub write_errors: Counter,
     pub write_seconds: Counter<f64, AtomicU64>,
+    /// History stream entries taken over from a writer that left them unacknowledged (Redis only).
+    pub entries_claimed: Counter,
 }
 
 impl HistoryStats {
@@ -247,6 +251,11 @@ impl HistoryStats {
             self.write_errors.clone(),
         );
         registry.register("history_write_seconds", "Time spent writing history batches.", self.write_seconds.clone());
+        registry.register(
+            "history_entries_claimed",
+            "History stream entries taken over from a writer that left them unacknowledged (Redis).",
+            self.entries_claimed.clone(),
+        );
     }
 }
 
@@ -363,20 +372,35 @@ pub(crate) struct History {
     /// Closed by [`History::finish`] once nothing more will be recorded.
     close: writer::Close,
     writer: JoinHandle<()>,
+    /// With Redis: this instance's consumer of the stream, stopped once the writer has put the queue on it.
+    consumer: Option<(CancellationToken, JoinHandle<()>)>,
 }
 
 impl History {
-    /// Writes what is queued, then stops the writer (bounded by `within`).
+    /// Writes what is queued (with Redis: onto the stream, and then what the stream holds into the store), then
+    /// stops (bounded by `within`).
     pub async fn finish(self, within: Duration) {
-        let History { close, writer, sink, .. } = self;
+        let History { close, writer, sink, consumer, .. } = self;
+        let deadline = tokio::time::Instant::now() + within;
         close.close();
         let backlog = sink.backlog.load(Ordering::Acquire);
         drop(sink);
-        match tokio::time::timeout(within, writer).await {
-            Ok(_) => tracing::info!(rows = backlog, "history written"),
-            Err(_) => tracing::warn!(
+        let written = tokio::time::timeout_at(deadline, writer).await.is_ok();
+        let consumed = match consumer {
+            Some((stop, task)) => {
+                stop.cancel();
+                tokio::time::timeout_at(deadline, task).await.is_ok()
+            }
+            None => true,
+        };
+        match (written, consumed) {
+            (true, true) => tracing::info!(rows = backlog, "history written"),
+            (false, _) => tracing::warn!(
                 rows = backlog,
                 "history could not be written within {within:?}: the rows still queued are lost"
+            ),
+            (true, false) => tracing::warn!(
+                "the history stream was not emptied within {within:?}: another instance's writer will write it"
             ),
         }
     }
@@ -401,11 +425,32 @@ pub(crate) async fn open(config: &Config, metrics: &mut Metrics) -> anyhow::Resu
     let backend = open_backend(config).await?;
     let stats = HistoryStats::default();
     metrics.register(|registry| stats.register(registry));
+    // With Redis and a shared database, rows go through the stream to the writers' group; otherwise straight in.
+    let (target, consumer): (Arc<dyn Backend>, _) = match (&config.redis_url, &config.database_url) {
+        (Some(url), Some(_)) => {
+            let client = redis::Client::open(url.as_str())?;
+            let conn = client.get_connection_manager().await?;
+            let keys = stream::StreamKeys::new(&config.redis_prefix);
+            let target = stream::Streamed::new(backend.clone(), conn, keys.clone(), config.history_backlog_rows);
+            let consumer = stream::Consumer {
+                store: backend.clone(),
+                client,
+                keys,
+                name: format!("{:016x}", fastrand::u64(..)),
+                claim_after: Duration::from_secs(config.history_claim_secs.max(1)),
+                stats: stats.clone(),
+            };
+            let stop = CancellationToken::new();
+            let task = tokio::spawn(consumer.run(stop.clone()));
+            (Arc::new(target), Some((stop, task)))
+        }
+        _ => (backend.clone(), None),
+    };
     let (tx, rx) = mpsc::unbounded_channel();
     let sink = Sink { tx, backlog: Arc::new(AtomicU64::new(0)), max_rows: config.history_backlog_rows, stats };
-    let (close, writer) = writer::spawn(backend.clone(), rx, sink.backlog.clone(), sink.stats.clone());
+    let (close, writer) = writer::spawn(target, rx, sink.backlog.clone(), sink.stats.clone());
     writer::spawn_retention(backend.clone(), config.history_days, close.token());
-    Ok(Some(History { backend, sink, close, writer }))
+    Ok(Some(History { backend, sink, close, writer, consumer }))
 }
 
 #[cfg(test)]

@@ -192,12 +192,34 @@ impl Postgres {
         let client = guard.as_mut().expect("connected");
         self.ensure_days(client, batch).await?;
         match copy_batch(client, &self.schema, batch, false).await {
-            Ok(()) => Ok(()),
+            Ok(()) => {}
             Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
                 tracing::debug!("history batch holds rows already kept; writing it around them");
-                copy_batch(client, &self.schema, batch, true).await.context("history write (skipping kept rows)")
+                copy_batch(client, &self.schema, batch, true).await.context("history write (skipping kept rows)")?
             }
-            Err(e) => Err(e).context("history write"),
+            Err(e) => return Err(e).context("history write"),
+        }
+        self.summarize(client, batch).await;
+        Ok(())
+    }
+
+    /// A BRIN index only narrows a scan over the block ranges it has summarised, and PostgreSQL summarises new
+    /// ones only when (auto)vacuum gets to them: after each batch the filled ranges of its days are summarised
+    /// (cheap: only ranges not yet summarised), so reads by heard time skip what they do not need from the start.
+    async fn summarize(&self, client: &Client, batch: &Batch) {
+        let mut days: Vec<Day> = by_day(&batch.pings, |p| p.ts).into_keys().collect();
+        days.extend(by_day(&batch.demand, |e| e.ts).into_keys());
+        days.sort_unstable();
+        days.dedup();
+        for day in days {
+            let (s, d) = (&self.schema, day.suffix());
+            let sql = format!(
+                "SELECT brin_summarize_new_values('{s}.pings_{d}_heard_idx'::regclass),
+                        brin_summarize_new_values('{s}.demand_{d}_heard_idx'::regclass)"
+            );
+            if let Err(e) = client.batch_execute(&sql).await {
+                tracing::debug!(error = %e, "could not summarise a day's BRIN indexes (reads are slower, not wrong)");
+            }
         }
     }
 }

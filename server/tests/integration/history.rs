@@ -540,3 +540,112 @@ async fn after_kill_9_the_embedded_history_holds_every_ping_acknowledged_a_flush
         "a ping acknowledged {oldest_lost_ms} ms before the kill is missing (bound {KILL_FLUSH_BOUND_MS} ms)"
     );
 }
+
+/// A ping row as an entry of the history stream carries it (the stream's JSON, read by the writers).
+fn wire_ping(driver: &str, ts: i64) -> Value {
+    json!({"driver_id": driver, "ts": ts, "heard_ms": ts + 5, "lat": 6.5, "lon": 3.35,
+           "accuracy_m": null, "speed_mps": null, "heading_deg": null})
+}
+
+#[tokio::test]
+async fn on_redis_the_writers_group_writes_every_row_once_and_takes_over_what_a_dead_writer_left() {
+    use redis::AsyncCommands;
+
+    let redis = RedisServer::start();
+    let pg = PgServer::start_own().unwrap();
+    let (prefix, schema) = (unique_prefix("hist"), unique_schema("group"));
+    let (stream, rows_key) = (format!("{prefix}:{{hist}}:stream"), format!("{prefix}:{{hist}}:rows"));
+    let mut conn = redis.connection().await;
+
+    // A writer that read an entry and died before writing it: the entry is pending to it, unacknowledged.
+    let left: Vec<Value> = (0..50).map(|i| wire_ping(&format!("dead-{i}"), now_ms() - 1_000)).collect();
+    let entry = json!({"pings": left, "demand": [], "orders": []}).to_string();
+    let _: () = conn.xgroup_create_mkstream(&stream, "writers", "0").await.unwrap();
+    let _: String = conn.xadd(&stream, "*", &[("n", "50"), ("b", entry.as_str())]).await.unwrap();
+    let _: i64 = conn.incr(&rows_key, 50).await.unwrap();
+    let options = redis::streams::StreamReadOptions::default().group("writers", "crashed-writer").count(10);
+    let read: redis::streams::StreamReadReply = conn.xread_options(&[&stream], &[">"], &options).await.unwrap();
+    assert_eq!(read.keys[0].ids.len(), 1, "the dead writer holds the entry");
+
+    let instance = |claim_secs: u64| {
+        let mut config = redis_config(&redis, &prefix);
+        config.database_url = Some(pg.url().to_string());
+        config.database_schema = schema.clone();
+        config.history_claim_secs = claim_secs;
+        config.rate_per_sec = 1_000.0;
+        config.rate_burst = 1_000;
+        config
+    };
+    let a = start(instance(1)).await;
+    let b = start(instance(1)).await;
+    let client = pg_client(&pg).await;
+    let count = |sql: String| {
+        let client = &client;
+        async move { client.query_one(&sql, &[]).await.map(|r| r.get::<_, i64>(0)).unwrap_or(-1) }
+    };
+    eventually(20, "the dead writer's entry taken over and written", || async {
+        (count(format!("SELECT count(*) FROM {schema}.pings WHERE driver_id LIKE 'dead-%'")).await == 50).then_some(())
+    })
+    .await;
+    assert!(
+        metric(&a, "pulsemap_history_entries_claimed_total").await
+            + metric(&b, "pulsemap_history_entries_claimed_total").await
+            >= 1.0
+    );
+
+    // Both instances take pings; the rows go through the stream, each written once by one of the writers.
+    let mut sent = 0;
+    for r in 0..20 {
+        let ts = now_ms();
+        let batch = |side: &str| {
+            Value::Array(
+                (0..100)
+                    .map(|d| json!({"driver_id": format!("{side}-{d}"), "lat": 6.45, "lon": 3.36, "ts": ts + r}))
+                    .collect(),
+            )
+        };
+        assert_eq!(post_json(&a, "/api/pings", &batch("a")).await.0, 202);
+        assert_eq!(post_json(&b, "/api/pings", &batch("b")).await.0, 202);
+        sent += 200;
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // PostgreSQL away: the entries wait in the stream (acknowledged only once written), then all go in.
+    pg.stop().unwrap();
+    for r in 0..10 {
+        let ts = now_ms();
+        let batch = Value::Array(
+            (0..100).map(|d| json!({"driver_id": format!("a-{d}"), "lat": 6.45, "lon": 3.36, "ts": ts + r})).collect(),
+        );
+        assert_eq!(post_json(&a, "/api/pings", &batch).await.0, 202, "the live path does not wait");
+        sent += 100;
+    }
+    eventually(10, "the rows wait in the stream while PostgreSQL is away", || async {
+        let held: i64 = redis.connection().await.get(&rows_key).await.unwrap_or(0);
+        (held > 0).then_some(())
+    })
+    .await;
+    pg.resume_from_stop().unwrap();
+    let client = pg_client(&pg).await;
+    let live = format!("SELECT count(*) FROM {schema}.pings WHERE driver_id NOT LIKE 'dead-%'");
+    let distinct = format!(
+        "SELECT count(*) FROM (SELECT DISTINCT driver_id, ts FROM {schema}.pings WHERE driver_id NOT LIKE 'dead-%') d"
+    );
+    eventually(60, "every row written once PostgreSQL is back", || async {
+        let n = client.query_one(&live, &[]).await.map(|r| r.get::<_, i64>(0)).unwrap_or(-1);
+        (n == sent).then_some(())
+    })
+    .await;
+    let distinct: i64 = client.query_one(&distinct, &[]).await.unwrap().get(0);
+    assert_eq!(distinct, sent, "none twice");
+    eventually(20, "the stream emptied and its count back to 0", || async {
+        let mut conn = redis.connection().await;
+        let len: i64 = conn.xlen(&stream).await.unwrap();
+        let held: i64 = conn.get(&rows_key).await.unwrap_or(0);
+        let pending: redis::streams::StreamPendingReply = conn.xpending(&stream, "writers").await.unwrap();
+        (len == 0 && held == 0 && pending.count() == 0).then_some(())
+    })
+    .await;
+    a.stop().await;
+    b.stop().await;
+    client.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).await.unwrap();
+}
