@@ -79,9 +79,17 @@ async fn conformance(backend: &dyn Backend) {
     backend.write(&other_day(yesterday_at)).await.unwrap();
 
     // Row for row, in the order the engine applied them.
-    let kept = backend.pings(at - HOUR, at + HOUR).await.unwrap();
+    let kept = backend.pings(at - HOUR, at + HOUR, None).await.unwrap();
     assert_eq!(kept.len(), 3_000);
     assert!(kept == sorted(batch.pings.clone()), "{} keeps the pings as written", backend.name());
+    // A replay's read: each driver's newest fix per 10 s step (fixes every second, heard 40 ms after).
+    let steps = Steps { origin_ms: at + 1, step_ms: 10_000 };
+    let newest = backend.pings(at - HOUR, at + HOUR, Some(steps)).await.unwrap();
+    let mut want: Vec<PingRow> =
+        batch.pings.iter().filter(|p| (p.ts - at) % 10_000 == 9_000 && p.ts - at < 60_000).cloned().collect();
+    want.sort_by(|a, b| (a.heard_ms, &a.driver_id).cmp(&(b.heard_ms, &b.driver_id)));
+    assert_eq!(newest.len(), 300, "{}: 50 drivers x 6 steps", backend.name());
+    assert!(newest == want, "{}: the newest fix of each driver in each step", backend.name());
     let one: Vec<PingRow> = batch.pings.iter().filter(|p| p.driver_id == "d-7").cloned().collect();
     assert_eq!(backend.driver_pings("d-7", at, at + 60_000).await.unwrap(), one);
     assert_eq!(backend.driver_pings("d-7", at + 10_000, at + 12_000).await.unwrap(), one[10..12].to_vec());
@@ -102,7 +110,7 @@ async fn conformance(backend: &dyn Backend) {
     overlapping.demand.clear();
     overlapping.orders.clear();
     backend.write(&overlapping).await.unwrap();
-    let kept = backend.pings(at - HOUR, at + HOUR).await.unwrap();
+    let kept = backend.pings(at - HOUR, at + HOUR, None).await.unwrap();
     assert_eq!(kept.len(), 3_000 + 30 * 50, "{}: no row twice", backend.name());
     assert_eq!(backend.demand(at - HOUR, at + HOUR).await.unwrap().len(), 2);
 
@@ -110,12 +118,12 @@ async fn conformance(backend: &dyn Backend) {
     assert_eq!(backend.days().await.unwrap(), vec![Day(today.0 - 1), today]);
     backend.drop_day(Day(today.0 - 1)).await.unwrap();
     assert_eq!(backend.days().await.unwrap(), vec![today]);
-    assert!(backend.pings(yesterday_at - HOUR, yesterday_at + HOUR).await.unwrap().is_empty());
+    assert!(backend.pings(yesterday_at - HOUR, yesterday_at + HOUR, None).await.unwrap().is_empty());
     assert!(backend.driver_pings("d-7", yesterday_at, yesterday_at + 60_000).await.unwrap().is_empty());
-    assert_eq!(backend.pings(at - HOUR, at + HOUR).await.unwrap().len(), 4_500);
+    assert_eq!(backend.pings(at - HOUR, at + HOUR, None).await.unwrap().len(), 4_500);
     // Writing to a day again after it was dropped makes its tables again.
     backend.write(&other_day(yesterday_at)).await.unwrap();
-    assert_eq!(backend.pings(yesterday_at - HOUR, yesterday_at + HOUR).await.unwrap().len(), 3_000);
+    assert_eq!(backend.pings(yesterday_at - HOUR, yesterday_at + HOUR, None).await.unwrap().len(), 3_000);
 }
 
 fn temp_dir(name: &str) -> std::path::PathBuf {
@@ -137,7 +145,7 @@ async fn sqlite_keeps_every_row_once_and_drops_days_whole() {
     // The file outlives the process's handle: opened again, it holds the same.
     let backend = sqlite::Sqlite::open(&dir, limits()).unwrap();
     let at = Day::of(now_ms()).0 * DAY_MS + 3 * HOUR;
-    assert_eq!(backend.pings(at - HOUR, at + HOUR).await.unwrap().len(), 4_500);
+    assert_eq!(backend.pings(at - HOUR, at + HOUR, None).await.unwrap().len(), 4_500);
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -179,11 +187,11 @@ async fn postgres_writes_again_once_the_database_returns() {
     backend.write(&fleet_batch(at)).await.unwrap();
     server.stop().unwrap();
     assert!(backend.write(&fleet_batch(at + 60_000)).await.is_err(), "a write fails while it is away");
-    assert!(backend.pings(at, at + 1).await.is_err());
+    assert!(backend.pings(at, at + 1, None).await.is_err());
     server.resume_from_stop().unwrap();
     // Both connections are made again on their next use.
     backend.write(&fleet_batch(at + 60_000)).await.unwrap();
-    assert_eq!(backend.pings(at - HOUR, at + HOUR).await.unwrap().len(), 6_000);
+    assert_eq!(backend.pings(at - HOUR, at + HOUR, None).await.unwrap().len(), 6_000);
 }
 
 #[test]

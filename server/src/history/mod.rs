@@ -131,8 +131,9 @@ pub(crate) trait Backend: Send + Sync {
     fn name(&self) -> &'static str;
     /// Writes the batch in one transaction; rows already kept are skipped, so a retried batch adds nothing.
     fn write<'a>(&'a self, batch: &'a Batch) -> Answer<'a, ()>;
-    /// Pings heard in `[from_ms, to_ms)`.
-    fn pings(&self, from_ms: i64, to_ms: i64) -> Answer<'_, Vec<PingRow>>;
+    /// Pings heard in `[from_ms, to_ms)`: every one, or with `per` only each driver's newest (by `ts`) in each
+    /// step (what a replay needs: a frame shows each driver where its newest fix put it).
+    fn pings(&self, from_ms: i64, to_ms: i64, per: Option<Steps>) -> Answer<'_, Vec<PingRow>>;
     /// One driver's pings with `ts` in `[from_ms, to_ms)`.
     fn driver_pings<'a>(&'a self, driver_id: &'a str, from_ms: i64, to_ms: i64) -> Answer<'a, Vec<PingRow>>;
     /// Demand events heard in `[from_ms, to_ms)`.
@@ -143,6 +144,42 @@ pub(crate) trait Backend: Send + Sync {
     fn days(&self) -> Answer<'_, Vec<Day>>;
     /// Drops one day of every table, whole.
     fn drop_day(&self, day: Day) -> Answer<'_, ()>;
+}
+
+/// The steps of a replay by the time rows were heard: step 0 is everything heard before `origin_ms`, step `k`
+/// is `[origin_ms + (k - 1) * step_ms, origin_ms + k * step_ms)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Steps {
+    pub origin_ms: i64,
+    pub step_ms: i64,
+}
+
+impl Steps {
+    pub fn of(self, heard_ms: i64) -> i64 {
+        if heard_ms < self.origin_ms {
+            0
+        } else {
+            (heard_ms - self.origin_ms) / self.step_ms + 1
+        }
+    }
+
+    /// Each driver's newest row (by `ts`, then heard) in each step, in the order heard: what a store's
+    /// per-table answers leave to merge (a step may straddle two days' tables).
+    pub fn keep_newest(self, mut rows: Vec<PingRow>) -> Vec<PingRow> {
+        rows.sort_by(|a, b| {
+            (&a.driver_id, self.of(a.heard_ms), b.ts, b.heard_ms).cmp(&(
+                &b.driver_id,
+                self.of(b.heard_ms),
+                a.ts,
+                a.heard_ms,
+            ))
+        });
+        rows.dedup_by(|later, kept| {
+            later.driver_id == kept.driver_id && self.of(later.heard_ms) == self.of(kept.heard_ms)
+        });
+        rows.sort_by(|a, b| (a.heard_ms, &a.driver_id, a.ts).cmp(&(b.heard_ms, &b.driver_id, b.ts)));
+        rows
+    }
 }
 
 /// A UTC day, as days since 1970-01-01.

@@ -26,7 +26,7 @@ use tokio_postgres::{
     Client, NoTls, Row,
 };
 
-use super::{by_day, Answer, Backend, Batch, Day, DemandRow, OrderRow, PingRow};
+use super::{by_day, Answer, Backend, Batch, Day, DemandRow, OrderRow, PingRow, Steps};
 use crate::state::cell::Cell;
 
 const TABLES: [&str; 3] = ["pings", "demand", "orders"];
@@ -401,16 +401,30 @@ impl Backend for Postgres {
         Box::pin(self.write_batch(batch))
     }
 
-    fn pings(&self, from_ms: i64, to_ms: i64) -> Answer<'_, Vec<PingRow>> {
+    fn pings(&self, from_ms: i64, to_ms: i64, per: Option<Steps>) -> Answer<'_, Vec<PingRow>> {
         Box::pin(async move {
-            let sql = format!(
-                "SELECT {PING_COLUMNS} FROM {}.pings
-                 WHERE heard >= $1 AND heard < $2 AND ts >= $3 AND ts < $4 ORDER BY heard, driver_id, ts",
-                self.schema
-            );
+            let (s, range) = (&self.schema, "heard >= $1 AND heard < $2 AND ts >= $3 AND ts < $4");
             let (ts_from, ts_to) = self.fix_times(from_ms, to_ms);
-            let rows = self.query(&sql, &[&time(from_ms), &time(to_ms), &ts_from, &ts_to]).await?;
-            Ok(rows.iter().map(ping_row).collect())
+            let (heard_from, heard_to) = (time(from_ms), time(to_ms));
+            let rows = match per {
+                None => {
+                    let sql = format!("SELECT {PING_COLUMNS} FROM {s}.pings WHERE {range}");
+                    self.query(&sql, &[&heard_from, &heard_to, &ts_from, &ts_to]).await?
+                }
+                Some(steps) => {
+                    let step = "CASE WHEN heard < $5 THEN 0
+                                ELSE floor(extract(epoch FROM heard - $5) * 1000 / $6::int8)::int8 + 1 END";
+                    let sql = format!(
+                        "SELECT DISTINCT ON (driver_id, {step}) {PING_COLUMNS} FROM {s}.pings WHERE {range}
+                         ORDER BY driver_id, {step}, ts DESC, heard DESC"
+                    );
+                    let (origin, step_ms) = (time(steps.origin_ms), steps.step_ms);
+                    self.query(&sql, &[&heard_from, &heard_to, &ts_from, &ts_to, &origin, &step_ms]).await?
+                }
+            };
+            let mut rows: Vec<PingRow> = rows.iter().map(ping_row).collect();
+            rows.sort_by(|a, b| (a.heard_ms, &a.driver_id, a.ts).cmp(&(b.heard_ms, &b.driver_id, b.ts)));
+            Ok(rows)
         })
     }
 

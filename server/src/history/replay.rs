@@ -16,7 +16,7 @@ use protocol::{
 };
 use tokio::sync::mpsc;
 
-use super::{Backend, DemandRow, Failure, PingRow};
+use super::{Backend, DemandRow, Failure, PingRow, Steps};
 use crate::state::{
     cell::Cell,
     heat::{HeatKey, HeatState, Increment},
@@ -98,7 +98,13 @@ impl HeatReplay {
             while loaded_to <= t {
                 let chunk_to = (loaded_to + CHUNK_MS).min(t + 1).max(loaded_to + 1);
                 let ping_from = loaded_to.max(self.from_ms - self.stale_ms);
-                let pings = if ping_from < chunk_to { backend.pings(ping_from, chunk_to).await? } else { Vec::new() };
+                // Of the pings, a frame needs each driver's newest before it: one per driver and step.
+                let steps = Steps { origin_ms: self.from_ms + 1, step_ms: self.step_ms };
+                let pings = if ping_from < chunk_to {
+                    backend.pings(ping_from, chunk_to, Some(steps)).await?
+                } else {
+                    Vec::new()
+                };
                 let demand = backend.demand(loaded_to, chunk_to).await?;
                 rows += (pings.len() + demand.len()) as u64;
                 model.apply(pings, demand);

@@ -18,7 +18,7 @@ use parking_lot::Mutex;
 use protocol::validate::Limits;
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::{by_day, Answer, Backend, Batch, Day, DemandRow, OrderRow, PingRow};
+use super::{by_day, Answer, Backend, Batch, Day, DemandRow, OrderRow, PingRow, Steps};
 use crate::state::cell::Cell;
 
 /// The three tables of a day, in the order they are created and dropped.
@@ -240,11 +240,29 @@ impl Backend for Sqlite {
         Box::pin(self.with_writer(move |w| w.write(&batch)))
     }
 
-    fn pings(&self, from_ms: i64, to_ms: i64) -> Answer<'_, Vec<PingRow>> {
+    fn pings(&self, from_ms: i64, to_ms: i64, per: Option<Steps>) -> Answer<'_, Vec<PingRow>> {
         let days = self.ping_days(from_ms, to_ms);
         Box::pin(self.read(move |conn| {
-            let sql = |t: &str| format!("SELECT {PING_COLUMNS} FROM {t} WHERE heard_ms >= ?1 AND heard_ms < ?2");
-            let mut rows = across_days(conn, days, "pings", sql, params![from_ms, to_ms], ping_row)?;
+            let range = "heard_ms >= ?1 AND heard_ms < ?2";
+            let rows = match per {
+                None => {
+                    let sql = |t: &str| format!("SELECT {PING_COLUMNS} FROM {t} WHERE {range}");
+                    across_days(conn, days, "pings", sql, params![from_ms, to_ms], ping_row)?
+                }
+                Some(steps) => {
+                    // SQLite takes the other columns of a max() from the row that holds the max.
+                    let sql = |t: &str| {
+                        format!(
+                            "SELECT driver_id, max(ts), heard_ms, lat, lon, accuracy_m, speed_mps, heading_deg FROM {t}
+                             WHERE {range}
+                             GROUP BY driver_id, CASE WHEN heard_ms < ?3 THEN 0 ELSE (heard_ms - ?3) / ?4 + 1 END"
+                        )
+                    };
+                    let params = params![from_ms, to_ms, steps.origin_ms, steps.step_ms];
+                    steps.keep_newest(across_days(conn, days, "pings", sql, params, ping_row)?)
+                }
+            };
+            let mut rows = rows;
             rows.sort_by(|a, b| (a.heard_ms, &a.driver_id, a.ts).cmp(&(b.heard_ms, &b.driver_id, b.ts)));
             Ok(rows)
         }))

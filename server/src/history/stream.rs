@@ -19,7 +19,7 @@ use redis::{
 };
 use tokio_util::sync::CancellationToken;
 
-use super::{writer::MAX_BATCH_ROWS, Answer, Backend, Batch, Day, DemandRow, HistoryStats, OrderRow, PingRow};
+use super::{writer::MAX_BATCH_ROWS, Answer, Backend, Batch, Day, DemandRow, HistoryStats, OrderRow, PingRow, Steps};
 
 /// The consumer group every instance's writer joins.
 const GROUP: &str = "writers";
@@ -103,8 +103,8 @@ impl Backend for Streamed {
         })
     }
 
-    fn pings(&self, from_ms: i64, to_ms: i64) -> Answer<'_, Vec<PingRow>> {
-        self.store.pings(from_ms, to_ms)
+    fn pings(&self, from_ms: i64, to_ms: i64, per: Option<Steps>) -> Answer<'_, Vec<PingRow>> {
+        self.store.pings(from_ms, to_ms, per)
     }
 
     fn driver_pings<'a>(&'a self, driver_id: &'a str, from_ms: i64, to_ms: i64) -> Answer<'a, Vec<PingRow>> {

@@ -155,6 +155,12 @@ fn start_server(args: &Args) -> anyhow::Result<Launched> {
     if let Scenario::Fanout { tick_ms, .. } = &args.scenario {
         extra.extend(["--tick-ms".into(), tick_ms.to_string()]);
     }
+    // The live scenarios measure the live paths, comparable from run to run; `history` measures what keeping
+    // history costs them. `--server-arg --data-dir ...` (or `--database-url ...`) keeps it here too.
+    let keeps_history = args.server_args.iter().any(|a| a == "--data-dir" || a == "--database-url");
+    if !keeps_history {
+        extra.push("--no-history".into());
+    }
     extra.extend(args.server_args.iter().cloned());
     Launched::start(&bin, &extra)
 }
