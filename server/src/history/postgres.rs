@@ -77,6 +77,13 @@ async fn connect(url: &str) -> anyhow::Result<Client> {
     Ok(client)
 }
 
+/// The readers' session: every history read is meant to go through an index (the heard time's BRIN, a
+/// driver's primary key), and on a day's partition freshly filled, before autovacuum has analysed it, the planner
+/// would scan the whole day instead, for each step of a replay.
+async fn as_reader(client: &Client) -> anyhow::Result<()> {
+    client.batch_execute("SET enable_seqscan = off").await.context("cannot set up the history reader")
+}
+
 impl Postgres {
     /// Connects (retrying for `within`), creates the schema and tables if missing, and reads the partitions.
     pub async fn connect(url: &str, schema: &str, within: Duration, limits: Limits) -> anyhow::Result<Postgres> {
@@ -126,6 +133,7 @@ impl Postgres {
             .context("cannot create the history tables in PostgreSQL")?;
         let days = list_days(&client, schema).await?;
         let reader = connect(url).await.context("cannot connect to PostgreSQL (--database-url)")?;
+        as_reader(&reader).await?;
         tracing::info!(schema, days = days.len(), "history: PostgreSQL");
         Ok(Postgres {
             url: url.to_string(),
@@ -145,7 +153,11 @@ impl Postgres {
         let mut guard = slot.lock().await;
         if guard.as_ref().is_none_or(Client::is_closed) {
             *guard = None;
-            *guard = Some(connect(&self.url).await.context("cannot reach PostgreSQL")?);
+            let client = connect(&self.url).await.context("cannot reach PostgreSQL")?;
+            if std::ptr::eq(slot, &self.reader) {
+                as_reader(&client).await?;
+            }
+            *guard = Some(client);
         }
         Ok(guard)
     }
