@@ -403,18 +403,21 @@ async fn postgres_away_under_load_loses_no_row_and_the_live_map_does_not_wait() 
     config.rate_per_sec = 1_000.0;
     config.rate_burst = 1_000;
     let server = start(config).await;
-    // 1,000 drivers ten times a second (10,000 pings/s) for 12 s; PostgreSQL is stopped from 3 s to 9 s.
-    let (drivers, rounds) = (1_000, 120);
+    // 1,000 drivers ten times a second (10,000 pings/s); PostgreSQL is stopped after 3 s for 6 s (the issue's
+    // 60 s: PULSEMAP_TEST_PG_OUTAGE_SECS=60), then 3 s more.
+    let outage_secs: u64 = std::env::var("PULSEMAP_TEST_PG_OUTAGE_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(6);
+    let (drivers, away, back) = (1_000, 30, 30 + outage_secs * 10);
+    let rounds = back + 30;
     let mut accepted = 0u64;
     let mut refused = 0u64;
     let mut online_while_away = Vec::new();
     let started = tokio::time::Instant::now();
     for r in 0..rounds {
         tokio::time::sleep_until(started + std::time::Duration::from_millis(100 * r)).await;
-        if r == 30 {
+        if r == away {
             pg.stop().unwrap();
         }
-        if r == 90 {
+        if r == back {
             pg.resume_from_stop().unwrap();
         }
         let (status, report) = post_json(&server, "/api/pings", &round(drivers, now_ms())).await;
@@ -422,16 +425,16 @@ async fn postgres_away_under_load_loses_no_row_and_the_live_map_does_not_wait() 
             202 => accepted += report["accepted"].as_u64().unwrap(),
             _ => refused += 1,
         }
-        if (40..85).contains(&r) && r % 15 == 0 {
+        if (away + 10..back - 5).contains(&r) && r % 15 == 0 {
             let (_, snapshot) = get(&server, &format!("/api/heat?layer=drivers&precision=6&bbox={LAGOS}")).await;
             online_while_away.push(snapshot["totals"]["drivers_online"].as_u64().unwrap());
         }
     }
     assert_eq!((accepted, refused), (drivers as u64 * rounds, 0), "every ping taken while the database was away");
-    assert_eq!(online_while_away, vec![1_000; 3], "the live map kept going");
+    assert!(!online_while_away.is_empty() && online_while_away.iter().all(|n| *n == 1_000), "{online_while_away:?}");
     let backlog_peak = metric(&server, "pulsemap_history_backlog_rows").await;
     // Written once it is back: every row, none twice, none dropped.
-    eventually(60, "the backlog written", || async {
+    eventually(60 + outage_secs, "the backlog written", || async {
         (metric(&server, "pulsemap_history_backlog_rows").await == 0.0).then_some(())
     })
     .await;
@@ -446,8 +449,8 @@ async fn postgres_away_under_load_loses_no_row_and_the_live_map_does_not_wait() 
         .unwrap()
         .get(0);
     eprintln!(
-        "postgres away 6 s under 10,000 pings/s: {accepted} accepted, {kept} kept, backlog {backlog_peak} rows at \
-         the end of the load"
+        "postgres away {outage_secs} s under 10,000 pings/s: {accepted} accepted, {kept} kept, backlog \
+         {backlog_peak} rows at the end of the load"
     );
     assert_eq!((kept, distinct), (accepted as i64, accepted as i64), "0 rows lost, none twice");
 }
