@@ -197,7 +197,7 @@ fn load(player: &Shared, s: ReplaySignals) {
             first += count;
             s.loaded.set(first);
         }
-        s.status.set("loaded".into());
+        s.status.set("ready".into());
     });
 }
 
