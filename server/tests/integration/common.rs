@@ -115,6 +115,29 @@ pub fn open_files_for(needed: u64, test: &str) -> bool {
     true
 }
 
+/// The real `pulsemap` binary: `--addr 127.0.0.1:0 --log-format json`, `data_dir` for its history, the test keys
+/// in its environment (never on its command line), then `args`; killed when dropped. Its JSON log, line by line.
+pub fn spawn_binary(
+    args: &[&str],
+    data_dir: &std::path::Path,
+) -> (tokio::process::Child, tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>) {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pulsemap"))
+        .args(["--addr", "127.0.0.1:0", "--log-format", "json"])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(args)
+        .env("PULSEMAP_FLEET_KEY", FLEET_KEY)
+        .env("PULSEMAP_SECRET", SECRET)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the pulsemap binary starts");
+    let lines = tokio::io::BufReader::new(child.stdout.take().expect("piped")).lines();
+    (child, lines)
+}
+
 /// Awaits `check` returning `Some` within `secs` seconds, polling.
 pub async fn eventually<T, F, Fut>(secs: u64, what: &str, mut check: F) -> T
 where

@@ -461,22 +461,8 @@ const KILL_FLUSH_BOUND_MS: i64 = 1_000;
 
 #[tokio::test]
 async fn after_kill_9_the_embedded_history_holds_every_ping_acknowledged_a_flush_before() {
-    use std::process::Stdio;
-    use tokio::io::AsyncBufReadExt;
-
     let data_dir = config().data_dir;
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pulsemap"))
-        .args(["--addr", "127.0.0.1:0", "--log-format", "json", "--rate-per-sec", "1000", "--rate-burst", "1000"])
-        .arg("--data-dir")
-        .arg(&data_dir)
-        .env("PULSEMAP_FLEET_KEY", FLEET_KEY)
-        .env("PULSEMAP_SECRET", SECRET)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("the pulsemap binary starts");
-    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let (mut child, mut lines) = spawn_binary(&["--rate-per-sec", "1000", "--rate-burst", "1000"], &data_dir);
     let addr = loop {
         let line = lines.next_line().await.unwrap().expect("the server logs its address");
         if let Some(addr) = protocol::ops::listening_addr(&line) {

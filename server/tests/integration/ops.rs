@@ -143,22 +143,9 @@ fn help_shows_no_secret() {
 /// counts, and the final log line says every accepted ping was aggregated, the in-flight one among the drained.
 #[tokio::test]
 async fn sigterm_on_the_binary_finishes_requests_in_flight_and_drains_the_queue() {
-    use std::process::Stdio;
-    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    let data_dir = config().data_dir;
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pulsemap"))
-        .args(["--addr", "127.0.0.1:0", "--tick-ms", "1000", "--log-format", "json"])
-        .arg("--data-dir")
-        .arg(&data_dir)
-        .env("PULSEMAP_FLEET_KEY", FLEET_KEY)
-        .env("PULSEMAP_SECRET", SECRET)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("the pulsemap binary starts");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let (mut child, mut lines) = spawn_binary(&["--tick-ms", "1000"], &config().data_dir);
     let mut next_entry = async || -> Option<Value> {
         let line = lines.next_line().await.unwrap()?;
         assert!(!line.contains(FLEET_KEY) && !line.contains(SECRET), "a secret in the log: {line}");
