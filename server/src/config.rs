@@ -187,6 +187,11 @@ pub struct Config {
     #[arg(long, env = "PULSEMAP_REDIS_CONNECT_SECS", default_value_t = 60)]
     pub redis_connect_secs: u64,
 
+    /// How long this instance's lease in Redis outlives its last renewal (renewed every fifth of it), in seconds:
+    /// once it lapses, a surviving instance takes its drivers out of the heat.
+    #[arg(long, env = "PULSEMAP_INSTANCE_LEASE_SECS", default_value_t = 5.0)]
+    pub instance_lease_secs: f64,
+
     /// Folder of the embedded history (`history.sqlite3`), created at start if missing. Relative paths are from
     /// the working directory. Not used with `--database-url`.
     #[arg(long, env = "PULSEMAP_DATA_DIR", default_value = "data")]
@@ -352,6 +357,11 @@ impl Config {
 
     pub fn stale_after_ms(&self) -> i64 {
         (self.stale_after_secs * 1000.0) as i64
+    }
+
+    /// The lease, at least half a second (a renewal every 100 ms is the most the store should see).
+    pub fn instance_lease(&self) -> Duration {
+        Duration::from_secs_f64(self.instance_lease_secs.max(0.5))
     }
 
     pub fn forget_after_ms(&self) -> i64 {

@@ -156,7 +156,7 @@ impl Engine {
             if !(change.moved || change.came_online) {
                 continue;
             }
-            self.record.record_presence(state);
+            self.record.record_presence(state, change.came_online);
             let driver_id = &state.fix.driver_id;
             if !self.tracking.watched(driver_id) {
                 continue;
@@ -186,11 +186,21 @@ impl Engine {
 
     fn apply_feed(&mut self, event: FeedEvent) {
         match event {
-            FeedEvent::Increments(increments) => {
+            FeedEvent::Tick { increments, claims } => {
                 for increment in increments {
                     self.heat.apply(increment);
                 }
+                // A driver another instance heard later is counted there: stop counting it here.
+                for claim in claims {
+                    let taken =
+                        self.presence.get(&claim.driver_id).is_some_and(|s| s.online && claim.takes(s.last_seen_ms));
+                    if let Some(state) = taken.then(|| self.presence.remove(&claim.driver_id)).flatten() {
+                        self.record.record(Increment::Driver { cell: state.cell, delta: -1 }, &mut self.heat);
+                        self.record.record_handed_off(&claim.driver_id);
+                    }
+                }
             }
+            FeedEvent::Rejoin => self.record.rejoin(&self.presence),
             FeedEvent::Reset(loaded) => {
                 // The store lost its data: start over from what it holds now, write back this instance's share
                 // (it comes back through the feed like any tick), and resync every viewer.
@@ -214,7 +224,7 @@ impl Engine {
         for (driver_id, cell, last_seen_ms) in went_offline {
             self.record.record(Increment::Driver { cell, delta: -1 }, &mut self.heat);
             if let Some(state) = self.presence.get(&driver_id) {
-                self.record.record_presence(state);
+                self.record.record_presence(state, false);
             }
             if self.tracking.watched(&driver_id) {
                 self.tracking.publish(&driver_id, &TrackMsg::Offline { driver_id: driver_id.clone(), last_seen_ms });

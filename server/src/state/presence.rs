@@ -106,6 +106,11 @@ impl PresenceMap {
         (change, state)
     }
 
+    /// Forgets a driver at once (another instance counts it now): its state, if it was known.
+    pub fn remove(&mut self, driver_id: &str) -> Option<DriverState> {
+        self.drivers.remove(driver_id)
+    }
+
     /// Online drivers within `radius_m` of a point, nearest first, at most `limit` (a scan: the embedded store's
     /// answer to what a shared store does with a geo index).
     pub fn near(&self, lat: f64, lon: f64, radius_m: f64, limit: usize) -> Vec<NearDriver> {

@@ -187,7 +187,7 @@ impl StateOfRecord for Embedded {
         heat.apply(increment);
     }
 
-    fn record_presence(&mut self, _: &DriverState) {}
+    fn record_presence(&mut self, _: &DriverState, _: bool) {}
 
     fn record_forgotten(&mut self, _: &str) {}
 

@@ -38,15 +38,22 @@ pub(crate) trait StateOfRecord: Send {
     /// A change to the heat: applied to `heat` at once, or kept for the tick's write and applied when it comes
     /// back through the [`Feed`] (never both).
     fn record(&mut self, increment: Increment, heat: &mut HeatState);
-    /// A driver's newest state (a new fix, or gone offline), for lookups on other instances.
-    fn record_presence(&mut self, state: &DriverState);
+    /// A driver's newest state (a new fix, or gone offline), for lookups on other instances; `came_online` when
+    /// this ping brought it online here (other instances counting it then hand it over).
+    fn record_presence(&mut self, state: &DriverState, came_online: bool);
     /// A driver this instance's presence forgot.
     fn record_forgotten(&mut self, driver_id: &str);
+    /// A driver another instance heard later: this one stopped counting it (its `-1` is recorded apart) and
+    /// leaves its presence to that instance.
+    fn record_handed_off(&mut self, _driver_id: &str) {}
     /// Ends a tick: what it recorded is written (retried while the store is away, merged with later ticks).
     fn end_tick(&mut self);
     /// After the store lost its data: this instance's whole share (its online drivers, their fixes, its orders
     /// still in the window) replaces whatever it had not written yet.
     fn reseed(&mut self, presence: &PresenceMap);
+    /// After another instance took this one's share over (its lease had lapsed while it lived): its drivers are
+    /// written again from presence.
+    fn rejoin(&mut self, _presence: &PresenceMap) {}
 }
 
 /// Tracking across instances: each instance tells the others a driver's fixes only while a socket elsewhere
@@ -66,11 +73,32 @@ pub(crate) trait TrackingBus: Send + Sync {
 /// What another instance did, in the order this instance must apply it.
 #[derive(Debug)]
 pub(crate) enum FeedEvent {
-    /// One tick of some instance (this one included).
-    Increments(Vec<Increment>),
+    /// One tick of some instance (this one included): its heat changes, and the drivers another instance
+    /// claimed (they came online there).
+    Tick { increments: Vec<Increment>, claims: Vec<Claim> },
+    /// Another instance took this one's share over (its lease had lapsed): write its drivers again.
+    Rejoin,
     /// The store lost its data (Redis restarted without persistence): the heat as it now is. The engine starts
     /// over from it and writes back its own share ([`StateOfRecord::reseed`]).
     Reset(Vec<Increment>),
+}
+
+/// A driver another instance heard and counts now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Claim {
+    pub driver_id: String,
+    /// When that instance heard it (server clock, unix ms).
+    pub heard_ms: i64,
+    /// Whether that instance wins a tie (heard at the same millisecond): a fixed order of instances, so exactly
+    /// one of two keeps the driver.
+    pub wins_ties: bool,
+}
+
+impl Claim {
+    /// Whether a driver this instance last heard at `heard_here_ms` is the claimer's now.
+    pub fn takes(&self, heard_here_ms: i64) -> bool {
+        self.heard_ms > heard_here_ms || (self.heard_ms == heard_here_ms && self.wins_ties)
+    }
 }
 
 /// A tracking message another instance heard (and delivered to its own trackers) for a driver tracked here.

@@ -128,6 +128,7 @@ pub fn spawn_binary(
         .arg(data_dir)
         .args(args)
         .env("PULSEMAP_FLEET_KEY", FLEET_KEY)
+        .env("PULSEMAP_ADMIN_KEY", ADMIN_KEY)
         .env("PULSEMAP_SECRET", SECRET)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::inherit())
@@ -136,6 +137,19 @@ pub fn spawn_binary(
         .expect("the pulsemap binary starts");
     let lines = tokio::io::BufReader::new(child.stdout.take().expect("piped")).lines();
     (child, lines)
+}
+
+/// [`spawn_binary`], once it listens: the child and its address (the rest of its log is read and dropped).
+pub async fn spawn_listening(args: &[&str], data_dir: &std::path::Path) -> (tokio::process::Child, String) {
+    let (child, mut lines) = spawn_binary(args, data_dir);
+    let addr = loop {
+        let line = lines.next_line().await.unwrap().expect("the server logs its address");
+        if let Some(addr) = protocol::ops::listening_addr(&line) {
+            break addr.to_string();
+        }
+    };
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, addr)
 }
 
 /// Awaits `check` returning `Some` within `secs` seconds, polling.

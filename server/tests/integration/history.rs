@@ -462,14 +462,7 @@ const KILL_FLUSH_BOUND_MS: i64 = 1_000;
 #[tokio::test]
 async fn after_kill_9_the_embedded_history_holds_every_ping_acknowledged_a_flush_before() {
     let data_dir = config().data_dir;
-    let (mut child, mut lines) = spawn_binary(&["--rate-per-sec", "1000", "--rate-burst", "1000"], &data_dir);
-    let addr = loop {
-        let line = lines.next_line().await.unwrap().expect("the server logs its address");
-        if let Some(addr) = protocol::ops::listening_addr(&line) {
-            break addr.to_string();
-        }
-    };
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let (mut child, addr) = spawn_listening(&["--rate-per-sec", "1000", "--rate-burst", "1000"], &data_dir).await;
     // 500 drivers every 50 ms (10,000 pings/s), each round's acknowledgement time noted, killed mid-stream.
     let client = reqwest::Client::new();
     let mut acked: Vec<(i64, i64)> = Vec::new();

@@ -9,6 +9,7 @@ mod fuzz;
 mod heat;
 mod history;
 mod ingest;
+mod leases;
 mod load;
 mod ops;
 mod orders;

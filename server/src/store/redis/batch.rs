@@ -14,10 +14,11 @@ use crate::{
         heat::Increment,
         window::{LONGEST_WINDOW_SLOTS, SLOT_MS},
     },
+    store::Claim,
 };
 
 /// Entries the stream keeps (approximately): far more than instances write in the time a restart takes.
-const STREAM_MAXLEN: u64 = 100_000;
+pub(super) const STREAM_MAXLEN: u64 = 100_000;
 /// How long an order slot lives in Redis: the longest window, and a minute's margin.
 pub(crate) const ORDER_TTL_MS: i64 = LONGEST_WINDOW_SLOTS * SLOT_MS + 60_000;
 /// GEO sets cannot hold latitudes beyond this (Web Mercator's limit).
@@ -32,6 +33,12 @@ pub(crate) struct TickBatch {
     fixes: HashMap<String, DriverFix>,
     /// Drivers forgotten (offline long enough): removed from presence.
     forgotten: HashSet<String>,
+    /// Where this instance now counts a driver (`None`: nowhere), for the instance's attribution hash: what a
+    /// survivor takes away if this instance's lease lapses.
+    counted: HashMap<String, Option<Cell>>,
+    /// Drivers that came online here this tick, with when they were heard: other instances still counting them
+    /// hand them over (the driver moved, say by a load balancer; whoever heard it last counts it).
+    claimed: HashMap<String, i64>,
 }
 
 impl TickBatch {
@@ -49,11 +56,40 @@ impl TickBatch {
 
     pub fn forget(&mut self, driver_id: &str) {
         self.fixes.remove(driver_id);
+        self.claimed.remove(driver_id);
         self.forgotten.insert(driver_id.to_string());
     }
 
+    /// Where the driver is counted by this instance now (`None`: not at all).
+    pub fn count(&mut self, driver_id: &str, cell: Option<Cell>) {
+        self.counted.insert(driver_id.to_string(), cell);
+    }
+
+    /// The driver came online here (heard at `heard_ms`): others counting it hand it over.
+    pub fn claim(&mut self, driver_id: &str, heard_ms: i64) {
+        self.claimed.insert(driver_id.to_string(), heard_ms);
+    }
+
+    /// Another instance heard the driver last: this one stops counting it and leaves its presence (the other
+    /// instance's now) alone.
+    pub fn hand_off(&mut self, driver_id: &str) {
+        self.fixes.remove(driver_id);
+        self.claimed.remove(driver_id);
+        self.count(driver_id, None);
+    }
+
+    /// Drops everything but the orders (the drivers' part is about to be written again from presence).
+    pub fn keep_orders_only(&mut self) {
+        *self = TickBatch { orders: std::mem::take(&mut self.orders), ..TickBatch::default() };
+    }
+
     pub fn is_empty(&self) -> bool {
-        self.drivers.is_empty() && self.orders.is_empty() && self.fixes.is_empty() && self.forgotten.is_empty()
+        self.drivers.is_empty()
+            && self.orders.is_empty()
+            && self.fixes.is_empty()
+            && self.forgotten.is_empty()
+            && self.counted.is_empty()
+            && self.claimed.is_empty()
     }
 
     /// Adds a later batch to this one (while Redis is unreachable, ticks pile up as one batch: bounded by cells
@@ -71,6 +107,8 @@ impl TickBatch {
         for id in later.forgotten {
             self.forget(&id);
         }
+        self.counted.extend(later.counted);
+        self.claimed.extend(later.claimed);
     }
 }
 
@@ -83,6 +121,9 @@ pub(crate) struct StreamEntry {
     /// `(finest cell, slot, orders)`.
     #[serde(default)]
     pub o: Vec<(String, i64, u64)>,
+    /// `(driver, heard ms)`: drivers that came online at the writing instance.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub c: Vec<(String, i64)>,
 }
 
 impl StreamEntry {
@@ -94,6 +135,16 @@ impl StreamEntry {
             Some(Increment::Order { cell: Cell::parse(cell)?, slot: *slot, count: u32::try_from(*n).ok()? })
         });
         drivers.chain(orders).collect()
+    }
+
+    /// The drivers the writing instance claimed, as another instance reads them.
+    pub fn claims(&self, writer_wins_ties: bool) -> Vec<Claim> {
+        let claim = |(driver_id, heard_ms): &(String, i64)| Claim {
+            driver_id: driver_id.clone(),
+            heard_ms: *heard_ms,
+            wins_ties: writer_wins_ties,
+        };
+        self.c.iter().map(claim).collect()
     }
 }
 
@@ -155,8 +206,31 @@ pub(crate) fn tick_pipeline(keys: &Keys, instance: &str, batch: &TickBatch) -> r
         let ids: Vec<&String> = batch.forgotten.iter().collect();
         pipe.cmd("HDEL").arg(keys.presence()).arg(&ids).ignore();
         pipe.cmd("ZREM").arg(keys.geo()).arg(&ids).ignore();
+        pipe.cmd("HDEL").arg(keys.owner()).arg(&ids).ignore();
     }
-    if !entry.d.is_empty() || !entry.o.is_empty() {
+    let (counted, uncounted): (Vec<_>, Vec<_>) = batch.counted.iter().partition(|(_, cell)| cell.is_some());
+    if !counted.is_empty() {
+        let mut hset = redis::cmd("HSET");
+        hset.arg(keys.counted(instance));
+        for (driver_id, cell) in counted {
+            hset.arg(driver_id).arg(cell.expect("partitioned").as_str());
+        }
+        pipe.add_command(hset).ignore();
+    }
+    if !uncounted.is_empty() {
+        let ids: Vec<&String> = uncounted.into_iter().map(|(id, _)| id).collect();
+        pipe.cmd("HDEL").arg(keys.counted(instance)).arg(ids).ignore();
+    }
+    if !batch.claimed.is_empty() {
+        let mut hset = redis::cmd("HSET");
+        hset.arg(keys.owner());
+        for (driver_id, heard_ms) in &batch.claimed {
+            hset.arg(driver_id).arg(instance);
+            entry.c.push((driver_id.clone(), *heard_ms));
+        }
+        pipe.add_command(hset).ignore();
+    }
+    if !entry.d.is_empty() || !entry.o.is_empty() || !entry.c.is_empty() {
         pipe.cmd("XADD")
             .arg(keys.stream())
             .arg("MAXLEN")
@@ -228,7 +302,7 @@ mod tests {
         let names: Vec<String> = pipe.cmd_iter().map(first).collect();
         // A zero change writes nothing; the offline driver leaves the GEO set.
         assert_eq!(names, ["HINCRBY", "HINCRBY", "PEXPIRE", "SADD", "HSET", "GEOADD", "ZREM", "XADD"], "{names:?}");
-        let entry = StreamEntry { d: vec![(a.as_str().into(), 2)], o: vec![(b.as_str().into(), 7, 1)] };
+        let entry = StreamEntry { d: vec![(a.as_str().into(), 2)], o: vec![(b.as_str().into(), 7, 1)], c: Vec::new() };
         assert_eq!(
             entry.increments(),
             vec![Increment::Driver { cell: a, delta: 2 }, Increment::Order { cell: b, slot: 7, count: 1 }]

@@ -92,6 +92,7 @@ pub(super) async fn load(
 pub(super) async fn read_stream(
     client: redis::Client,
     keys: Keys,
+    instance: String,
     mut from: String,
     stats: RedisStats,
     epoch: Epoch,
@@ -165,10 +166,12 @@ pub(super) async fn read_stream(
                 }
             };
             backoff.reset();
-            for (id, entry) in entries {
+            for (id, writer, entry) in entries {
                 from = id;
                 stats.stream_entries.inc();
-                if engine.send(FeedEvent::Increments(entry.increments())).await.is_err() {
+                let claims = if writer == instance { Vec::new() } else { entry.claims(writer > instance) };
+                let event = FeedEvent::Tick { increments: entry.increments(), claims };
+                if engine.send(event).await.is_err() {
                     return; // the engine stopped
                 }
             }
@@ -179,15 +182,15 @@ pub(super) async fn read_stream(
 /// An XREAD reply: per stream, its entries as `(id, fields)`.
 type XreadReply = Vec<(String, Vec<(String, HashMap<String, String>)>)>;
 
-/// `(id, entry)` pairs of an XREAD reply for one stream.
-pub(super) fn parse_xread(value: Value) -> Vec<(String, StreamEntry)> {
+/// `(id, writing instance, entry)` of an XREAD reply for one stream.
+pub(super) fn parse_xread(value: Value) -> Vec<(String, String, StreamEntry)> {
     let parsed: XreadReply = redis::from_redis_value(value).unwrap_or_default();
     parsed
         .into_iter()
         .flat_map(|(_, entries)| entries)
-        .map(|(id, fields)| {
+        .map(|(id, mut fields)| {
             let entry = fields.get("d").and_then(|d| serde_json::from_str(d).ok()).unwrap_or_default();
-            (id, entry)
+            (id, fields.remove("i").unwrap_or_default(), entry)
         })
         .collect()
 }
@@ -215,9 +218,9 @@ mod tests {
         ])]);
         let parsed = parse_xread(reply);
         assert_eq!(parsed.len(), 2);
-        assert_eq!(parsed[0].0, "1-0");
+        assert_eq!((parsed[0].0.as_str(), parsed[0].1.as_str()), ("1-0", "x"));
         let cell = Cell::parse("s14m2x7q").unwrap();
-        assert_eq!(parsed[0].1.increments(), vec![Increment::Driver { cell, delta: 1 }]);
-        assert_eq!((parsed[1].0.as_str(), parsed[1].1.increments().len()), ("2-0", 0), "a broken entry is skipped");
+        assert_eq!(parsed[0].2.increments(), vec![Increment::Driver { cell, delta: 1 }]);
+        assert_eq!((parsed[1].0.as_str(), parsed[1].2.increments().len()), ("2-0", 0), "a broken entry is skipped");
     }
 }

@@ -12,6 +12,11 @@ impl Keys {
         Keys { prefix: prefix.trim_end_matches(':').to_string() }
     }
 
+    /// What every key starts with (before its `:`).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     /// The partition a cell's counts live in: its two-letter geohash prefix, used as a Redis Cluster hash tag so a
     /// partition's keys share a slot.
     pub fn partition(cell: Cell) -> String {
@@ -101,6 +106,32 @@ impl Keys {
     /// The channel of one order's changes (with an empty id: what every such channel starts with).
     pub fn order_channel(&self, order_id: &str) -> String {
         format!("{}:ord:{order_id}", self.prefix)
+    }
+
+    /// Every instance that has written here and not yet been reaped.
+    pub fn instances(&self) -> String {
+        format!("{}:instances", self.prefix)
+    }
+
+    /// An instance's lease: renewed about every second, it lapses a few seconds after the instance stops.
+    pub fn lease(&self, instance: &str) -> String {
+        format!("{}:lease:{instance}", self.prefix)
+    }
+
+    /// What an instance counts in the heat: driver -> the finest cell it is counted in.
+    pub fn counted(&self, instance: &str) -> String {
+        format!("{}:counted:{instance}", self.prefix)
+    }
+
+    /// Driver -> the instance that heard it last (whose lapse takes it offline).
+    pub fn owner(&self) -> String {
+        format!("{}:owner", self.prefix)
+    }
+
+    /// Set when an instance's share was taken over (by whom): an instance that finds its own must write its
+    /// share again.
+    pub fn reaped(&self, instance: &str) -> String {
+        format!("{}:reaped:{instance}", self.prefix)
     }
 
     /// Bumped whenever a claim comes or goes, so instances re-read the claims only when they changed.

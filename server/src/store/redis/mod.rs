@@ -8,6 +8,8 @@
 //!   tick grow with the cells that changed, never with the pings.
 //! - **Every instance applies every tick exactly once** ([`feed`]), its own included, by reading the stream in
 //!   order from the id it loaded at.
+//! - **Leases** ([`lease`]): what an instance counts is attributed to it; when its lease lapses (a crash), one
+//!   survivor takes its drivers out of the heat through the stream, so every instance applies it once.
 //! - **Tracking** ([`tracking`]) and **lookups** ([`lookups`]) as the other two seams.
 //!
 //! [`keys`] names every key; [`stats`] is what the store reports on `/metrics`.
@@ -15,6 +17,7 @@
 mod batch;
 mod feed;
 mod keys;
+mod lease;
 mod lookups;
 mod orders;
 mod stats;
@@ -85,6 +88,10 @@ async fn start(url: &str, config: &Config) -> anyhow::Result<(Store, RedisStats)
     tracing::info!(url, prefix = %config.redis_prefix, cells = loaded.len(), stream_id = %loaded_id, "loaded the heat from Redis");
     let instance = format!("{:016x}", fastrand::u64(..));
 
+    // The lease first: a survivor never sees this instance's share without it.
+    let lease = lease::Lease::new(keys.clone(), instance.clone(), config.instance_lease(), stats.clone());
+    lease.renew(&mut conn).await?;
+    let (heat_tx, heat) = mpsc::channel(1024);
     let (writer_tx, batches) = mpsc::unbounded_channel();
     // The writer's own connection: WATCH state is per connection.
     let writer_conn = client.get_connection_manager_with_config(fail_fast(Duration::from_secs(5))).await?;
@@ -95,7 +102,10 @@ async fn start(url: &str, config: &Config) -> anyhow::Result<(Store, RedisStats)
         stats.clone(),
         epoch.clone(),
         batches,
+        heat_tx.clone(),
+        lease.clone(),
     ));
+    tokio::spawn(lease.keep(conn.clone(), writer_tx.downgrade()));
     let (publications, pending) = mpsc::unbounded_channel();
     tokio::spawn(tracking::publish(conn.clone(), stats.clone(), pending));
     let (watching, watch_requests) = mpsc::unbounded_channel();
@@ -116,8 +126,15 @@ async fn start(url: &str, config: &Config) -> anyhow::Result<(Store, RedisStats)
         publications.clone(),
         watching,
     );
-    let (heat_tx, heat) = mpsc::channel(1024);
-    tokio::spawn(feed::read_stream(client.clone(), keys.clone(), loaded_id, stats.clone(), epoch, heat_tx));
+    tokio::spawn(feed::read_stream(
+        client.clone(),
+        keys.clone(),
+        instance.clone(),
+        loaded_id,
+        stats.clone(),
+        epoch,
+        heat_tx,
+    ));
     let tracked_elsewhere = Arc::new(parking_lot::RwLock::new(HashSet::new()));
     let tracked_here = Arc::new(parking_lot::Mutex::new(HashSet::new()));
     tokio::spawn(tracking::refresh_tracked(
@@ -151,7 +168,7 @@ async fn start(url: &str, config: &Config) -> anyhow::Result<(Store, RedisStats)
     let lookups = lookups::RedisLookups { conn, keys, stats: stats.clone(), stale_ms: config.stale_after_ms() };
     let store = Store {
         name: "redis",
-        record: Box::new(writer::RedisRecord::new(writer_tx)),
+        record: Box::new(writer::RedisRecord::new(writer_tx, stats.clone())),
         feed: Feed { loaded, heat: Some(heat), tracking: Some(tracking) },
         bus: Arc::new(bus),
         lookups: Arc::new(lookups),

@@ -22,6 +22,14 @@ pub(crate) struct RedisStats {
     pub track_channels: Gauge,
     /// Drivers tracked on any instance, as of the last registry read.
     pub tracked_drivers: Gauge,
+    /// Other instances whose lapsed lease this one found, and whose drivers it took out of the heat.
+    pub instances_reaped: Counter,
+    /// Drivers those takeovers took out of the heat.
+    pub drivers_reaped: Counter,
+    /// Times this instance found its own share taken over (its lease had lapsed) and wrote its drivers again.
+    pub rejoins: Counter,
+    /// Drivers this instance stopped counting because another instance heard them later.
+    pub drivers_handed_off: Counter,
 }
 
 impl RedisStats {
@@ -58,6 +66,26 @@ impl RedisStats {
             "redis_tracked_drivers",
             "Drivers tracked on any instance (only their fixes are published).",
             self.tracked_drivers.clone(),
+        );
+        registry.register(
+            "redis_instances_reaped",
+            "Other instances whose lease lapsed and whose drivers this instance took out of the heat.",
+            self.instances_reaped.clone(),
+        );
+        registry.register(
+            "redis_drivers_reaped",
+            "Drivers taken out of the heat with a lapsed instance's share, by this instance.",
+            self.drivers_reaped.clone(),
+        );
+        registry.register(
+            "redis_rejoins",
+            "Times this instance found its share taken over (its lease had lapsed) and wrote its drivers again.",
+            self.rejoins.clone(),
+        );
+        registry.register(
+            "redis_drivers_handed_off",
+            "Drivers this instance stopped counting because another instance heard them later.",
+            self.drivers_handed_off.clone(),
         );
     }
 }

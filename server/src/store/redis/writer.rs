@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 use super::{
     batch::{tick_pipeline, TickBatch},
     keys::Keys,
+    lease::Lease,
     stats::RedisStats,
     Epoch,
 };
@@ -25,16 +26,21 @@ use crate::{
         presence::{DriverState, PresenceMap},
         window::{slot_of, LONGEST_WINDOW_SLOTS},
     },
-    store::StateOfRecord,
+    store::{FeedEvent, StateOfRecord},
     task::Backoff,
 };
 
-/// What the engine hands the writer.
+/// What the engine (and the lease) hand the writer.
 #[derive(Debug)]
 pub(super) enum WriterMsg {
     Tick(TickBatch),
     /// This instance's whole share of the state after a reset; replaces whatever was pending.
     Reseed(TickBatch),
+    /// This instance's drivers after a survivor took its share over (its lease had lapsed): replaces the drivers'
+    /// part of whatever was pending (the orders in it were never written, so they stay).
+    Rejoin(TickBatch),
+    /// The lease saw this instance's share taken over: find out before writing anything more.
+    Check,
 }
 
 /// The engine's side: the tick being built and where finished ticks go.
@@ -44,11 +50,32 @@ pub(super) struct RedisRecord {
     /// The orders this instance took that are still inside the longest window: its share to write back if Redis
     /// loses its data.
     own_orders: HashMap<(Cell, i64), u32>,
+    /// Where each driver counted here was last written as counted (so the attribution is written on a change of
+    /// cell, not on every fix).
+    counted: HashMap<String, Cell>,
+    stats: RedisStats,
 }
 
 impl RedisRecord {
-    pub fn new(writer: mpsc::UnboundedSender<WriterMsg>) -> RedisRecord {
-        RedisRecord { batch: TickBatch::default(), writer, own_orders: HashMap::new() }
+    pub fn new(writer: mpsc::UnboundedSender<WriterMsg>, stats: RedisStats) -> RedisRecord {
+        RedisRecord { batch: TickBatch::default(), writer, own_orders: HashMap::new(), counted: HashMap::new(), stats }
+    }
+
+    /// This instance's drivers, as a batch that writes them from nothing (counts, fixes, attribution, claims).
+    fn drivers_share(&mut self, presence: &PresenceMap) -> TickBatch {
+        let mut share = TickBatch::default();
+        self.counted.clear();
+        for state in presence.states() {
+            let id = &state.fix.driver_id;
+            if state.online {
+                share.record(Increment::Driver { cell: state.cell, delta: 1 });
+                share.count(id, Some(state.cell));
+                share.claim(id, state.last_seen_ms);
+                self.counted.insert(id.clone(), state.cell);
+            }
+            share.fix(state.to_fix());
+        }
+        share
     }
 }
 
@@ -61,12 +88,31 @@ impl StateOfRecord for RedisRecord {
         self.batch.record(increment);
     }
 
-    fn record_presence(&mut self, state: &DriverState) {
+    fn record_presence(&mut self, state: &DriverState, came_online: bool) {
         self.batch.fix(state.to_fix());
+        let id = &state.fix.driver_id;
+        if state.online {
+            if self.counted.get(id) != Some(&state.cell) {
+                self.counted.insert(id.clone(), state.cell);
+                self.batch.count(id, Some(state.cell));
+            }
+            if came_online {
+                self.batch.claim(id, state.last_seen_ms);
+            }
+        } else if self.counted.remove(id).is_some() {
+            self.batch.count(id, None);
+        }
     }
 
     fn record_forgotten(&mut self, driver_id: &str) {
+        self.counted.remove(driver_id);
         self.batch.forget(driver_id);
+    }
+
+    fn record_handed_off(&mut self, driver_id: &str) {
+        self.stats.drivers_handed_off.inc();
+        self.counted.remove(driver_id);
+        self.batch.hand_off(driver_id);
     }
 
     fn end_tick(&mut self) {
@@ -77,22 +123,38 @@ impl StateOfRecord for RedisRecord {
     }
 
     fn reseed(&mut self, presence: &PresenceMap) {
-        let mut share = TickBatch::default();
-        for state in presence.states() {
-            if state.online {
-                share.record(Increment::Driver { cell: state.cell, delta: 1 });
-            }
-            share.fix(state.to_fix());
-        }
+        let mut share = self.drivers_share(presence);
         for ((cell, slot), count) in &self.own_orders {
             share.record(Increment::Order { cell: *cell, slot: *slot, count: *count });
         }
         self.batch = TickBatch::default();
         let _ = self.writer.send(WriterMsg::Reseed(share));
     }
+
+    fn rejoin(&mut self, presence: &PresenceMap) {
+        let share = self.drivers_share(presence);
+        // The tick in progress: its orders are kept, its drivers are in the share.
+        let mut pending = std::mem::take(&mut self.batch);
+        pending.keep_orders_only();
+        let _ = self.writer.send(WriterMsg::Tick(pending));
+        let _ = self.writer.send(WriterMsg::Rejoin(share));
+    }
 }
 
-/// Writes tick batches in order until the engine drops its sender and everything it handed over is written.
+/// What the guard before a write found.
+enum Guard {
+    Written,
+    /// Redis lost its data, or another epoch began.
+    Lost,
+    /// A survivor took this instance's share over.
+    Reaped,
+    /// The transaction did not run: something watched changed in between.
+    Aborted,
+}
+
+/// Writes tick batches in order until the engine drops its sender and everything it handed over is written; then
+/// gives this instance's share up (so the others take its drivers offline at once, not after its lease).
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn write_ticks(
     mut conn: ConnectionManager,
     keys: Keys,
@@ -100,14 +162,20 @@ pub(super) async fn write_ticks(
     stats: RedisStats,
     epoch: Epoch,
     mut batches: mpsc::UnboundedReceiver<WriterMsg>,
+    engine: mpsc::Sender<FeedEvent>,
+    lease: Lease,
 ) {
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-    // Set when the epoch changed under us: ticks wait (they are part of the coming reseed).
+    // Set when the epoch changed under us or the share was taken over: ticks wait (they are part of the coming
+    // reseed or rejoin).
     let mut lost = false;
+    // Set when the lease asked for a look even if nothing is to be written.
+    let mut check = false;
     let mut batch = TickBatch::default();
     loop {
         // Take what is queued; block only when there is nothing (allowed) to write.
-        let next = if batch.is_empty() || lost { batches.recv().await } else { batches.try_recv().ok() };
+        let idle = (batch.is_empty() && !check) || lost;
+        let next = if idle { batches.recv().await } else { batches.try_recv().ok() };
         match next {
             Some(WriterMsg::Tick(later)) => {
                 batch.merge(later);
@@ -118,34 +186,67 @@ pub(super) async fn write_ticks(
                 lost = false;
                 continue;
             }
-            None if batch.is_empty() || lost => return, // the engine stopped and nothing can be written
+            Some(WriterMsg::Rejoin(share)) => {
+                batch.keep_orders_only();
+                batch.merge(share);
+                lost = false;
+                continue;
+            }
+            Some(WriterMsg::Check) => {
+                check = true;
+                continue;
+            }
+            None if idle => break, // the engine stopped and nothing can be written
             None => {}
         }
+        check = false;
         let started = std::time::Instant::now();
         let expected = epoch.lock().clone();
         let pipe = tick_pipeline(&keys, &instance, &batch);
-        stats.pipeline_commands.inc_by(pipe.cmd_iter().count() as u64);
-        stats.round_trips.inc_by(2);
+        let reaped = keys.reaped(&instance);
         let guarded = async {
-            let _: () = redis::cmd("WATCH").arg(keys.epoch()).query_async(&mut conn).await?;
-            let current: Option<String> = redis::cmd("GET").arg(keys.epoch()).query_async(&mut conn).await?;
-            if current.as_deref() != Some(expected.as_str()) {
+            let _: () = redis::cmd("WATCH").arg(keys.epoch()).arg(&reaped).query_async(&mut conn).await?;
+            let (current, taken): (Option<String>, Option<String>) =
+                redis::cmd("MGET").arg(keys.epoch()).arg(&reaped).query_async(&mut conn).await?;
+            if current.as_deref() != Some(expected.as_str()) || taken.is_some() || batch.is_empty() {
                 let _: () = redis::cmd("UNWATCH").query_async(&mut conn).await?;
-                return Ok(false);
+                if current.as_deref() != Some(expected.as_str()) {
+                    return Ok(Guard::Lost);
+                }
+                if let Some(by) = taken {
+                    // Only this task clears the mark, so a takeover is answered once.
+                    let _: () = redis::cmd("DEL").arg(&reaped).query_async(&mut conn).await?;
+                    tracing::warn!(by = %by, "this instance's lease had lapsed and its drivers were taken over; writing them again");
+                    return Ok(Guard::Reaped);
+                }
+                return Ok(Guard::Written);
             }
+            stats.pipeline_commands.inc_by(pipe.cmd_iter().count() as u64);
+            stats.round_trips.inc_by(2);
             let reply: Value = pipe.query_async(&mut conn).await?;
-            Ok::<bool, redis::RedisError>(!matches!(reply, Value::Nil))
+            // An aborted transaction: the epoch or the mark changed since the WATCH; the next round finds out which.
+            Ok::<Guard, redis::RedisError>(if matches!(reply, Value::Nil) { Guard::Aborted } else { Guard::Written })
         };
         match guarded.await {
-            Ok(false) => {
+            Ok(Guard::Lost) => {
                 // Redis lost its data (or another epoch began): hold everything until the reseed.
                 tracing::warn!("Redis lost its data; waiting for this instance's reseed");
                 lost = true;
             }
-            Ok(true) => {
+            Ok(Guard::Aborted) => {}
+            Ok(Guard::Reaped) => {
+                stats.rejoins.inc();
+                lost = true;
+                if engine.send(FeedEvent::Rejoin).await.is_err() {
+                    break;
+                }
+            }
+            Ok(Guard::Written) => {
                 stats.set_up(true);
-                stats.flushes.inc();
-                stats.flush_seconds.inc_by(started.elapsed().as_secs_f64());
+                if !batch.is_empty() {
+                    stats.flushes.inc();
+                    stats.flush_seconds.inc_by(started.elapsed().as_secs_f64());
+                }
                 backoff.reset();
                 batch = TickBatch::default();
             }
@@ -158,4 +259,6 @@ pub(super) async fn write_ticks(
             }
         }
     }
+    batches.close();
+    lease.give_up(&mut conn).await;
 }

@@ -1,0 +1,191 @@
+//! Instance leases: what a crashed instance counted does not stay in the heat.
+//!
+//! Every instance holds `{p}:lease:{instance}`, renewed every fifth of `--instance-lease-secs`, and lists itself
+//! in `{p}:instances`. What it counts is attributed to it in `{p}:counted:{instance}` (driver -> finest cell,
+//! written in the same transaction as the counts). Every instance looks at the others' leases at each renewal;
+//! when one has lapsed, the [`TAKE_OVER`] script (atomic, so exactly one survivor does it) takes that instance's
+//! drivers out of their cells and appends the change to the stream, the path of a normal tick, so every instance
+//! applies it once. Drivers the lapsed instance heard last (`{p}:owner`) also go offline in presence and leave
+//! the GEO set; drivers heard since by another instance stay as that one wrote them.
+//!
+//! An instance that was only slow (its lease lapsed while it lived) finds the mark `{p}:reaped:{instance}`
+//! before its next write (the writer watches it), drops the drivers' part of what it had not written, and writes
+//! its drivers again from its presence ([`super::writer`]). On a clean stop an instance gives its share up itself.
+
+use std::time::Duration;
+
+use redis::{aio::ConnectionManager, Script};
+use tokio::sync::mpsc;
+
+use super::{batch::STREAM_MAXLEN, keys::Keys, stats::RedisStats, writer::WriterMsg};
+use crate::clock::now_ms;
+
+/// How long the mark of a takeover waits for its instance to come back and see it.
+const REAPED_MARK_MS: u64 = 24 * 3_600_000;
+
+/// Takes a lapsed instance's share over, if its lease is (still) gone and nobody did it first.
+/// KEYS: lease, counted, owner, presence, geo, stream, sockets, reaped mark, instances.
+/// ARGV: the instance, the key prefix, the taker, the stream's length, the mark's life (ms), `1` to give one's own
+/// share up whatever the lease. Returns the drivers taken out of the heat, or -1 when there was nothing to do.
+const TAKE_OVER: &str = r#"
+if redis.call('SISMEMBER', KEYS[9], ARGV[1]) == 0 then return -1 end
+if ARGV[6] ~= '1' and redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
+local counted = redis.call('HGETALL', KEYS[2])
+local sums, cells = {}, {}
+for i = 1, #counted, 2 do
+  local driver, cell = counted[i], counted[i + 1]
+  if sums[cell] == nil then
+    sums[cell] = 0
+    cells[#cells + 1] = cell
+  end
+  sums[cell] = sums[cell] - 1
+  local owner = redis.call('HGET', KEYS[3], driver)
+  if owner == false or owner == ARGV[1] then
+    redis.call('HDEL', KEYS[3], driver)
+    local fix = redis.call('HGET', KEYS[4], driver)
+    if fix then
+      redis.call('HSET', KEYS[4], driver, (string.gsub(fix, '"online":true', '"online":false')))
+    end
+    redis.call('ZREM', KEYS[5], driver)
+  end
+end
+local parts = {}
+for _, cell in ipairs(cells) do
+  redis.call('HINCRBY', ARGV[2] .. ':{' .. string.sub(cell, 1, 2) .. '}:d', cell, sums[cell])
+  parts[#parts + 1] = '["' .. cell .. '",' .. sums[cell] .. ']'
+end
+if #parts > 0 then
+  redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[4], '*', 'i', ARGV[3], 'd', '{"d":[' .. table.concat(parts, ',') .. ']}')
+end
+local sockets = redis.call('HGETALL', KEYS[7])
+for i = 1, #sockets, 2 do
+  if sockets[i + 1] == ARGV[1] then redis.call('HDEL', KEYS[7], sockets[i]) end
+end
+redis.call('DEL', KEYS[2])
+redis.call('SREM', KEYS[9], ARGV[1])
+if ARGV[6] ~= '1' then redis.call('SET', KEYS[8], ARGV[3], 'PX', ARGV[5]) end
+return #counted / 2
+"#;
+
+/// This instance's lease and the takeover of others'.
+#[derive(Clone)]
+pub(super) struct Lease {
+    keys: Keys,
+    instance: String,
+    lease: Duration,
+    take_over: Script,
+    stats: RedisStats,
+}
+
+impl Lease {
+    pub fn new(keys: Keys, instance: String, lease: Duration, stats: RedisStats) -> Lease {
+        Lease { keys, instance, lease, take_over: Script::new(TAKE_OVER), stats }
+    }
+
+    /// Takes the lease (or renews it) and lists this instance: done before anything is written, so no survivor
+    /// sees this instance's share without its lease.
+    pub async fn renew(&self, conn: &mut ConnectionManager) -> redis::RedisResult<()> {
+        redis::pipe()
+            .cmd("SET")
+            .arg(self.keys.lease(&self.instance))
+            .arg(now_ms())
+            .arg("PX")
+            .arg(self.lease.as_millis() as u64)
+            .ignore()
+            .cmd("SADD")
+            .arg(self.keys.instances())
+            .arg(&self.instance)
+            .ignore()
+            .query_async(conn)
+            .await
+    }
+
+    async fn take_over(&self, conn: &mut ConnectionManager, lapsed: &str, own: bool) -> redis::RedisResult<i64> {
+        let k = &self.keys;
+        self.take_over
+            .key(k.lease(lapsed))
+            .key(k.counted(lapsed))
+            .key(k.owner())
+            .key(k.presence())
+            .key(k.geo())
+            .key(k.stream())
+            .key(k.sockets())
+            .key(k.reaped(lapsed))
+            .key(k.instances())
+            .arg(lapsed)
+            .arg(k.prefix())
+            .arg(&self.instance)
+            .arg(STREAM_MAXLEN)
+            .arg(REAPED_MARK_MS)
+            .arg(if own { "1" } else { "0" })
+            .invoke_async(conn)
+            .await
+    }
+
+    /// One round: renew, tell the writer if this instance's share was taken over, take over lapsed instances'.
+    async fn round(
+        &self,
+        conn: &mut ConnectionManager,
+        writer: &mpsc::WeakUnboundedSender<WriterMsg>,
+    ) -> redis::RedisResult<()> {
+        self.renew(conn).await?;
+        let (instances, marked): (Vec<String>, bool) = redis::pipe()
+            .cmd("SMEMBERS")
+            .arg(self.keys.instances())
+            .cmd("EXISTS")
+            .arg(self.keys.reaped(&self.instance))
+            .query_async(conn)
+            .await?;
+        if let Some(writer) = writer.upgrade().filter(|_| marked) {
+            let _ = writer.send(WriterMsg::Check);
+        }
+        let others: Vec<&String> = instances.iter().filter(|i| **i != self.instance).collect();
+        if others.is_empty() {
+            return Ok(());
+        }
+        let mut alive = redis::pipe();
+        for other in &others {
+            alive.cmd("EXISTS").arg(self.keys.lease(other));
+        }
+        let alive: Vec<bool> = alive.query_async(conn).await?;
+        for (other, _) in others.iter().zip(alive).filter(|(_, alive)| !alive) {
+            let drivers = self.take_over(conn, other, false).await?;
+            if drivers >= 0 {
+                self.stats.instances_reaped.inc();
+                self.stats.drivers_reaped.inc_by(drivers as u64);
+                tracing::warn!(instance = %other, drivers, "an instance's lease lapsed: took its drivers out of the heat");
+            }
+        }
+        Ok(())
+    }
+
+    /// Renews the lease and watches the others' until the writer stops (holding no sender of its own, so the
+    /// writer ends when the engine does).
+    pub async fn keep(self, mut conn: ConnectionManager, writer: mpsc::WeakUnboundedSender<WriterMsg>) {
+        let mut every = tokio::time::interval(self.lease / 5);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            if writer.upgrade().is_none_or(|w| w.is_closed()) {
+                return;
+            }
+            if let Err(error) = self.round(&mut conn, &writer).await {
+                self.stats.errors.inc();
+                tracing::warn!(%error, "the instance lease could not be renewed; retrying");
+            }
+        }
+    }
+
+    /// On a clean stop, after the last write: gives this instance's drivers up at once.
+    pub async fn give_up(&self, conn: &mut ConnectionManager) {
+        let released = async {
+            let _: () = redis::cmd("DEL").arg(self.keys.lease(&self.instance)).query_async(conn).await?;
+            self.take_over(conn, &self.instance, true).await
+        };
+        match tokio::time::timeout(Duration::from_secs(5), released).await {
+            Ok(Ok(drivers)) => tracing::info!(drivers = drivers.max(0), "gave this instance's drivers up"),
+            Ok(Err(error)) => tracing::warn!(%error, "could not give this instance's drivers up; its lease will lapse"),
+            Err(_) => tracing::warn!("giving this instance's drivers up timed out; its lease will lapse"),
+        }
+    }
+}
