@@ -38,12 +38,20 @@ use crate::{
     store::{Lookups, Store, StoreUnavailable},
 };
 
+/// What joining a driver's tracking stream gives: the state now, every message after it, and a future that
+/// resolves once the other instances publish the driver's messages to this one.
+pub(crate) type Joined = (TrackMsg, broadcast::Receiver<Arc<TrackFrame>>, futures::future::BoxFuture<'static, ()>);
+
+/// The longest a join waits for the other instances to know of it.
+const JOIN_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// A question for the engine, answered on `reply`.
 enum Command {
     /// The cells of `key` inside `bbox` (`tiles`: the box's covering tiles), as of the last tick.
     Snapshot { key: HeatKey, bbox: BBox, tiles: Vec<Cell>, reply: oneshot::Sender<HeatSnapshot> },
-    /// Join a driver's tracking stream: the state now, then every message after it.
-    Track { driver_id: String, reply: oneshot::Sender<(TrackMsg, broadcast::Receiver<Arc<TrackFrame>>)> },
+    /// Join a driver's tracking stream: the state now, then every message after it, and when other instances
+    /// know of the join.
+    Track { driver_id: String, reply: oneshot::Sender<Joined> },
     /// A driver's last fix, as this instance knows it.
     Driver { driver_id: String, reply: oneshot::Sender<Option<DriverFix>> },
     /// Online drivers within `radius_m` of a point, nearest first, at most `limit`.
@@ -93,12 +101,17 @@ impl EngineHandle {
         &self,
         driver_id: String,
     ) -> Result<(TrackMsg, broadcast::Receiver<Arc<TrackFrame>>), Unanswered> {
-        let (now, updates) = self.ask(|reply| Command::Track { driver_id, reply }).await?;
+        let (now, updates, joined) = self.ask(|reply| Command::Track { driver_id, reply }).await?;
         let now = match now {
-            TrackMsg::Unknown { driver_id } => match self.lookups.last_fix(&driver_id).await {
-                Ok(Some(fix)) => TrackMsg::Fix(fix),
-                Ok(None) | Err(_) => TrackMsg::Unknown { driver_id },
-            },
+            TrackMsg::Unknown { driver_id } => {
+                // Heard elsewhere: once the instance hearing it publishes to us, its last fix is read, so no fix
+                // falls between the two (bounded: a store that does not answer leaves the gap, never a hang).
+                let _ = tokio::time::timeout(JOIN_WAIT, joined).await;
+                match self.lookups.last_fix(&driver_id).await {
+                    Ok(Some(fix)) => TrackMsg::Fix(fix),
+                    Ok(None) | Err(_) => TrackMsg::Unknown { driver_id },
+                }
+            }
             known => known,
         };
         Ok((now, updates))

@@ -305,12 +305,12 @@ impl Engine {
                 let _ = reply.send(snapshot);
             }
             Command::Track { driver_id, reply } => {
-                let rx = self.tracking.join(&driver_id);
+                let (rx, joined) = self.tracking.join(&driver_id);
                 let now = match self.presence.get(&driver_id) {
                     Some(state) => TrackMsg::Fix(state.to_fix()),
                     None => TrackMsg::Unknown { driver_id },
                 };
-                let _ = reply.send((now, rx));
+                let _ = reply.send((now, rx, joined));
             }
             Command::Driver { driver_id, reply } => {
                 let _ = reply.send(self.presence.get(&driver_id).map(|s| s.to_fix()));

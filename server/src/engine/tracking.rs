@@ -4,6 +4,7 @@
 use std::{collections::HashMap, sync::Arc};
 
 use axum::extract::ws::Utf8Bytes;
+use futures::future::BoxFuture;
 use protocol::track::TrackMsg;
 use tokio::sync::broadcast;
 
@@ -100,15 +101,15 @@ impl Tracking {
         }
     }
 
-    /// A new tracker of the driver here: its stream from now on.
-    pub fn join(&mut self, driver_id: &str) -> broadcast::Receiver<Arc<TrackFrame>> {
+    /// A new tracker of the driver here: its stream from now on, and when other instances know of it.
+    pub fn join(&mut self, driver_id: &str) -> (broadcast::Receiver<Arc<TrackFrame>>, BoxFuture<'static, ()>) {
         if let Some(tx) = self.trackers.get(driver_id) {
-            return tx.subscribe();
+            return (tx.subscribe(), self.bus.joined(driver_id));
         }
         self.bus.follow(driver_id);
         let (tx, rx) = broadcast::channel(TRACK_BUFFER);
         self.trackers.insert(driver_id.to_string(), tx);
-        rx
+        (rx, self.bus.joined(driver_id))
     }
 
     /// Stops listening for drivers whose last tracker here left.

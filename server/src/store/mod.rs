@@ -68,6 +68,11 @@ pub(crate) trait TrackingBus: Send + Sync {
     fn follow(&self, driver_id: &str);
     /// The last socket here tracking the driver left.
     fn unfollow(&self, driver_id: &str);
+    /// Resolves once the instances that may hear the driver know a socket here follows it (so they publish its
+    /// fixes), or at once if this one alone can.
+    fn joined(&self, _driver_id: &str) -> BoxFuture<'static, ()> {
+        Box::pin(std::future::ready(()))
+    }
 }
 
 /// What another instance did, in the order this instance must apply it.

@@ -442,3 +442,35 @@ async fn a_crashed_instances_tracking_claims_lapse() {
     assert_eq!(left, 0, "removed from Redis");
     a.stop().await;
 }
+
+/// A tracker that joins on B while its driver pings A gets the first fix A hears after the join: B's claim is
+/// out (subscribed, written, announced) before the tracker's first message, and A publishes from the
+/// announcement on, not from its next registry read (every 250 ms, which used to leave that gap).
+#[tokio::test]
+async fn a_tracker_joining_on_another_instance_misses_no_fix_after_its_first_message() {
+    let redis = RedisServer::start();
+    let prefix = unique_prefix("join");
+    let a = start(redis_config(&redis, &prefix)).await;
+    let b = start(redis_config(&redis, &prefix)).await;
+    let drivers: Vec<String> = (0..10).map(|i| format!("join-{i}")).collect();
+    let first: Vec<Value> = drivers.iter().map(|d| ping(d, 6.50, 3.37)).collect();
+    post_json(&a, "/api/pings", &Value::Array(first)).await;
+    eventually(10, "B knows A's drivers", || async { (get(&b, "/api/drivers/join-9").await.0 == 200).then_some(()) })
+        .await;
+    for (i, driver) in drivers.iter().enumerate() {
+        let mut tracker = Socket::connect(&b, &format!("/ws/track/{driver}")).await;
+        let hello = tracker.next().await;
+        assert_eq!((hello["type"].as_str(), hello["lat"].as_f64()), (Some("fix"), Some(6.50)), "{hello}");
+        // The very next fix, sent the moment the tracker is told where the driver is.
+        let lat = 6.51 + 0.001 * i as f64;
+        post_json(&a, "/api/pings", &json!([ping(driver, lat, 3.38)])).await;
+        let next = tracker.try_next(Duration::from_secs(3)).await;
+        assert_eq!(
+            next.as_ref().and_then(|m| m["lat"].as_f64()),
+            Some(lat),
+            "tracker {i} missed the first fix after joining: {next:?}"
+        );
+    }
+    a.stop().await;
+    b.stop().await;
+}

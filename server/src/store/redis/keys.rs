@@ -134,6 +134,11 @@ impl Keys {
         format!("{}:reaped:{instance}", self.prefix)
     }
 
+    /// Pub/sub channel of new tracking claims (`driver|instance`): a publishing instance learns of one at once.
+    pub fn tracked_news(&self) -> String {
+        format!("{}:tracked:news", self.prefix)
+    }
+
     /// Bumped whenever a claim comes or goes, so instances re-read the claims only when they changed.
     pub fn tracked_version(&self) -> String {
         format!("{}:tracked:version", self.prefix)

@@ -137,6 +137,7 @@ async fn start(url: &str, config: &Config) -> anyhow::Result<(Store, RedisStats)
     ));
     let tracked_elsewhere = Arc::new(parking_lot::RwLock::new(HashSet::new()));
     let tracked_here = Arc::new(parking_lot::Mutex::new(HashSet::new()));
+    let news = tracking::News::default();
     tokio::spawn(tracking::refresh_tracked(
         conn.clone(),
         keys.clone(),
@@ -144,6 +145,7 @@ async fn start(url: &str, config: &Config) -> anyhow::Result<(Store, RedisStats)
         stats.clone(),
         tracked_here.clone(),
         tracked_elsewhere.clone(),
+        news.clone(),
     ));
     let (following, requests) = mpsc::unbounded_channel();
     let (tracking_tx, tracking) = mpsc::unbounded_channel();
@@ -154,6 +156,7 @@ async fn start(url: &str, config: &Config) -> anyhow::Result<(Store, RedisStats)
         stats.clone(),
         requests,
         tracking_tx,
+        (tracked_elsewhere.clone(), news),
     ));
     let bus = tracking::RedisBus {
         keys: keys.clone(),
@@ -164,6 +167,7 @@ async fn start(url: &str, config: &Config) -> anyhow::Result<(Store, RedisStats)
         publications,
         tracked_elsewhere,
         tracked_here,
+        announced: parking_lot::Mutex::new(std::collections::HashMap::new()),
     };
     let lookups = lookups::RedisLookups { conn, keys, stats: stats.clone(), stale_ms: config.stale_after_ms() };
     let store = Store {

@@ -302,7 +302,7 @@ impl Orders for RedisOrders {
     }
 
     fn watch(&self, order_id: &str) {
-        let _ = self.watching.send(Subscription::Start(self.keys.order_channel(order_id)));
+        let _ = self.watching.send(Subscription::Start(self.keys.order_channel(order_id), None));
     }
 
     fn unwatch(&self, order_id: &str) {

@@ -6,7 +6,7 @@
 use std::{collections::HashSet, time::Duration};
 
 use futures::StreamExt;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use super::stats::RedisStats;
 use crate::task::Backoff;
@@ -14,7 +14,9 @@ use crate::task::Backoff;
 /// What a subscriber's owner asks of it: a channel (by its full name) to follow or to leave.
 #[derive(Debug)]
 pub(super) enum Subscription {
-    Start(String),
+    /// Follow, and (if asked) say so once Redis has confirmed the subscription: nothing published after that is
+    /// missed.
+    Start(String, Option<oneshot::Sender<()>>),
     Stop(String),
 }
 
@@ -52,9 +54,12 @@ pub(super) async fn run(
                 request = requests.recv() => {
                     let Some(request) = request else { return };
                     ok = match request {
-                        Subscription::Start(channel) => {
+                        Subscription::Start(channel, subscribed) => {
                             let result = sink.subscribe(&channel).await;
                             wanted.insert(channel);
+                            if let (Ok(()), Some(subscribed)) = (&result, subscribed) {
+                                let _ = subscribed.send(());
+                            }
                             result.is_ok()
                         }
                         Subscription::Stop(channel) => {

@@ -4,15 +4,21 @@
 //!
 //! Fixes go to `{prefix}:trk:{driver}`; an instance subscribes to a driver's channel only while one of its
 //! sockets tracks that driver, and publishes a fix only when a socket on another instance does (known from the
-//! registry, which each instance re-reads only when its version key moves).
+//! registry, which each instance re-reads only when its version key moves, and from the news channel, on which a new
+//! claim is announced once its subscription is in place).
 
-use std::{collections::HashSet, sync::Arc, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
+use futures::future::BoxFuture;
 use parking_lot::{Mutex, RwLock};
 use redis::{aio::ConnectionManager, AsyncCommands};
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{
     keys::Keys,
@@ -26,8 +32,11 @@ use crate::{
 
 /// How long an instance's claim to track a driver lasts without a refresh (a crashed instance's claims lapse).
 const TRACK_CLAIM_MS: i64 = 5_000;
-/// How often the tracked registry is refreshed (and so how soon another instance starts publishing a driver).
+/// How often the tracked registry is refreshed (claims that lapse or go are seen within one refresh; new ones
+/// come at once, as news).
 const TRACK_REFRESH: Duration = Duration::from_millis(250);
+/// The longest a new claim waits for its subscription before it is written anyway.
+const SUBSCRIBE_WAIT: Duration = Duration::from_secs(1);
 
 /// Claims are renewed every this many refreshes (a claim lasts `TRACK_CLAIM_MS`, 20 refreshes).
 const TRACK_RENEW_EVERY: u32 = 4;
@@ -61,23 +70,37 @@ pub(super) struct RedisBus {
     pub tracked_elsewhere: Arc<RwLock<HashSet<String>>>,
     /// Drivers tracked by this instance's sockets (the claims it renews).
     pub tracked_here: Arc<Mutex<HashSet<String>>>,
+    /// Per driver followed here: whether its claim is out (subscribed, written and announced).
+    pub announced: Mutex<HashMap<String, watch::Receiver<bool>>>,
 }
 
 impl RedisBus {
-    /// Adds or removes this instance's claim on a driver at once (and bumps the version), so the instance that
-    /// hears the driver starts or stops publishing within one registry refresh.
-    fn claim(&self, driver_id: &str, claimed: bool) {
+    /// Adds or removes this instance's claim on a driver at once (and bumps the version). A new claim waits for
+    /// the subscription to the driver's channel (so nothing published after the claim is missed), and is
+    /// announced on the news channel: the instance that hears the driver publishes from then on, not from its
+    /// next registry refresh. `announced` says when that is done.
+    fn claim(
+        &self,
+        driver_id: &str,
+        subscribed: Option<oneshot::Receiver<()>>,
+        announced: Option<watch::Sender<bool>>,
+    ) {
         let mut conn = self.conn.clone();
         let (key, member) = (self.keys.tracked(), format!("{driver_id}|{}", self.instance));
-        let version = self.keys.tracked_version();
+        let (version, news) = (self.keys.tracked_version(), self.keys.tracked_news());
         tokio::spawn(async move {
             let mut pipe = redis::pipe();
-            if claimed {
-                pipe.zadd(key, member, now_ms() + TRACK_CLAIM_MS).ignore();
+            if let Some(subscribed) = subscribed {
+                let _ = tokio::time::timeout(SUBSCRIBE_WAIT, subscribed).await;
+                pipe.atomic().zadd(key, &member, now_ms() + TRACK_CLAIM_MS).ignore();
+                pipe.incr(version, 1).ignore().publish(news, &member).ignore();
             } else {
-                pipe.zrem(key, member).ignore();
+                pipe.atomic().zrem(key, member).ignore().incr(version, 1).ignore();
             }
-            let _: Result<(), _> = pipe.incr(version, 1).ignore().query_async(&mut conn).await;
+            let _: Result<(), _> = pipe.query_async(&mut conn).await;
+            if let Some(announced) = announced {
+                let _ = announced.send(true);
+            }
         });
     }
 }
@@ -94,16 +117,33 @@ impl TrackingBus for RedisBus {
 
     fn follow(&self, driver_id: &str) {
         self.tracked_here.lock().insert(driver_id.to_string());
-        let _ = self.following.send(Subscription::Start(self.keys.track_channel(driver_id)));
-        self.claim(driver_id, true);
+        let (subscribed, when_subscribed) = oneshot::channel();
+        let (announced, when_announced) = watch::channel(false);
+        self.announced.lock().insert(driver_id.to_string(), when_announced);
+        let _ = self.following.send(Subscription::Start(self.keys.track_channel(driver_id), Some(subscribed)));
+        self.claim(driver_id, Some(when_subscribed), Some(announced));
     }
 
     fn unfollow(&self, driver_id: &str) {
         self.tracked_here.lock().remove(driver_id);
+        self.announced.lock().remove(driver_id);
         let _ = self.following.send(Subscription::Stop(self.keys.track_channel(driver_id)));
-        self.claim(driver_id, false);
+        self.claim(driver_id, None, None);
+    }
+
+    fn joined(&self, driver_id: &str) -> BoxFuture<'static, ()> {
+        let announced = self.announced.lock().get(driver_id).cloned();
+        Box::pin(async move {
+            if let Some(mut announced) = announced {
+                let _ = announced.wait_for(|done| *done).await;
+            }
+        })
     }
 }
+
+/// New claims announced on the news channel, by driver, with when they were heard: a registry read that began
+/// before that may not hold them, so they are kept beside it until a later read.
+pub(super) type News = Arc<Mutex<HashMap<String, Instant>>>;
 
 /// Keeps this instance's claims in the tracked registry alive and learns who tracks whom. Every
 /// `TRACK_REFRESH` it drops lapsed claims and reads the registry's version; only when the version moved (a claim
@@ -116,6 +156,7 @@ pub(super) async fn refresh_tracked(
     stats: RedisStats,
     here: Arc<Mutex<HashSet<String>>>,
     elsewhere: Arc<RwLock<HashSet<String>>>,
+    news: News,
 ) {
     let mut every = tokio::time::interval(TRACK_REFRESH);
     let mut seen_version: Option<Option<u64>> = None;
@@ -156,6 +197,7 @@ pub(super) async fn refresh_tracked(
             continue;
         }
         stats.round_trips.inc();
+        let read_at = Instant::now();
         let Ok(claims) = conn.zrange::<_, Vec<String>>(keys.tracked(), 0, -1).await else {
             stats.errors.inc();
             continue;
@@ -166,8 +208,14 @@ pub(super) async fn refresh_tracked(
         stats.tracked_drivers.set(anywhere.len() as i64);
         // Fixes of drivers tracked only here are delivered here: publishing them would send each one to Redis
         // and back for nothing.
-        *elsewhere.write() =
+        let mut now_elsewhere: HashSet<String> =
             claims.iter().filter(|(_, by)| *by != instance).map(|(driver, _)| driver.to_string()).collect();
+        // News heard before the read is in it (a claim is written before it is announced); news heard since may
+        // not be.
+        let mut recent = news.lock();
+        recent.retain(|_, heard| *heard > read_at);
+        now_elsewhere.extend(recent.keys().cloned());
+        *elsewhere.write() = now_elsewhere;
     }
 }
 
@@ -200,9 +248,20 @@ pub(super) async fn follow_tracked(
     stats: RedisStats,
     requests: mpsc::UnboundedReceiver<Subscription>,
     engine: mpsc::UnboundedSender<Relayed>,
+    (elsewhere, news): (Arc<RwLock<HashSet<String>>>, News),
 ) {
     let (prefix, own, gauge) = (keys.track_prefix(), envelope_head(&instance), stats.track_channels.clone());
+    let news_channel = keys.tracked_news();
     let on_message = move |channel: &str, payload: String| {
+        if channel == news_channel {
+            // Another instance's sockets now follow this driver: publish its messages from now on.
+            if let Some((driver_id, by)) = payload.rsplit_once('|').filter(|(_, by)| *by != instance) {
+                tracing::trace!(driver_id, by, "a new tracking claim");
+                news.lock().insert(driver_id.to_string(), Instant::now());
+                elsewhere.write().insert(driver_id.to_string());
+            }
+            return;
+        }
         let Some(driver_id) = channel.strip_prefix(&prefix) else { return };
         if payload.starts_with(&own) {
             return;
@@ -212,7 +271,7 @@ pub(super) async fn follow_tracked(
             let _ = engine.send(Relayed { driver_id: driver_id.to_string(), text });
         }
     };
-    subscriber::run(client, "tracking", Vec::new(), stats, requests, on_message, |n| {
+    subscriber::run(client, "tracking", vec![keys.tracked_news()], stats, requests, on_message, |n| {
         gauge.set(n as i64);
     })
     .await;
