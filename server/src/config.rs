@@ -179,6 +179,11 @@ pub struct Config {
     #[arg(long, env = "PULSEMAP_REDIS_URL")]
     pub redis_url: Option<String>,
 
+    /// Redis Cluster seed nodes (`host:port[,host:port...]`): run as one of many instances on this cluster
+    /// instead of one Redis (`--redis-url`).
+    #[arg(long, env = "PULSEMAP_REDIS_CLUSTER", conflicts_with = "redis_url")]
+    pub redis_cluster: Option<String>,
+
     /// Prefix of every Redis key and channel, so several deployments (or tests) can share one Redis.
     #[arg(long, env = "PULSEMAP_REDIS_PREFIX", default_value = "pulsemap")]
     pub redis_prefix: String,
@@ -357,6 +362,11 @@ impl Config {
 
     pub fn stale_after_ms(&self) -> i64 {
         (self.stale_after_secs * 1000.0) as i64
+    }
+
+    /// Whether instances share their state (through one Redis or a Redis Cluster).
+    pub fn shared_store(&self) -> bool {
+        self.redis_url.is_some() || self.redis_cluster.is_some()
     }
 
     /// The lease, at least half a second (a renewal every 100 ms is the most the store should see).

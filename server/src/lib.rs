@@ -151,7 +151,7 @@ async fn assemble(config: Config, addr: SocketAddr) -> anyhow::Result<Assembled>
         config.max_share_ttl(),
     )?;
     if source == auth::SecretSource::Generated {
-        let redis_note = if config.redis_url.is_some() { " Other instances will not accept them." } else { "" };
+        let redis_note = if config.shared_store() { " Other instances will not accept them." } else { "" };
         tracing::warn!(
             "no PULSEMAP_SECRET: made a random one for this process, so driver tokens and share links end when \
              it stops.{redis_note} Set PULSEMAP_SECRET (32+ bytes, the same on every instance) to keep them."
@@ -163,7 +163,7 @@ async fn assemble(config: Config, addr: SocketAddr) -> anyhow::Result<Assembled>
     let mut metrics = Metrics::new();
     let mut store = store::open(&config, &mut metrics).await?;
     let history = history::open(&config, &mut metrics).await?;
-    if history.is_some() && config.redis_url.is_some() && config.database_url.is_none() {
+    if history.is_some() && config.shared_store() && config.database_url.is_none() {
         tracing::warn!(
             "history goes to this instance's own SQLite file: with several instances each keeps only its own \
              drivers. Give every instance the same --database-url to keep the whole city's."

@@ -18,6 +18,7 @@ pub mod history;
 pub mod ingest;
 pub mod launch;
 pub mod postgres;
+pub mod redis_cluster;
 pub mod system;
 pub mod track;
 

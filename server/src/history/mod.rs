@@ -463,15 +463,15 @@ pub(crate) async fn open(config: &Config, metrics: &mut Metrics) -> anyhow::Resu
     let stats = HistoryStats::default();
     metrics.register(|registry| stats.register(registry));
     // With Redis and a shared database, rows go through the stream to the writers' group; otherwise straight in.
-    let (target, consumer): (Arc<dyn Backend>, _) = match (&config.redis_url, &config.database_url) {
-        (Some(url), Some(_)) => {
-            let client = redis::Client::open(url.as_str())?;
-            let conn = client.get_connection_manager().await?;
+    let endpoint = crate::store::redis::Endpoint::from_config(config)?;
+    let (target, consumer): (Arc<dyn Backend>, _) = match (endpoint, &config.database_url) {
+        (Some(endpoint), Some(_)) => {
+            let conn = endpoint.managed(Duration::from_secs(5)).await?;
             let keys = stream::StreamKeys::new(&config.redis_prefix);
             let target = stream::Streamed::new(backend.clone(), conn, keys.clone(), config.history_backlog_rows);
             let consumer = stream::Consumer {
                 store: backend.clone(),
-                client,
+                endpoint,
                 keys,
                 name: format!("{:016x}", fastrand::u64(..)),
                 claim_after: Duration::from_secs(config.history_claim_secs.max(1)),

@@ -13,13 +13,13 @@
 use std::{sync::Arc, time::Duration};
 
 use redis::{
-    aio::ConnectionManager,
     streams::{StreamAutoClaimOptions, StreamAutoClaimReply, StreamId, StreamReadOptions, StreamReadReply},
     AsyncCommands, Script,
 };
 use tokio_util::sync::CancellationToken;
 
 use super::{writer::MAX_BATCH_ROWS, Answer, Backend, Batch, Day, DemandRow, HistoryStats, OrderRow, PingRow, Steps};
+use crate::store::redis::{Conn, Endpoint};
 
 /// The consumer group every instance's writer joins.
 const GROUP: &str = "writers";
@@ -72,14 +72,14 @@ fn decode(entry: &StreamId) -> Option<Batch> {
 /// The store as an instance on Redis sees it: writes go onto the stream, reads to the store itself.
 pub(crate) struct Streamed {
     pub store: Arc<dyn Backend>,
-    conn: ConnectionManager,
+    conn: Conn,
     keys: StreamKeys,
     max_rows: u64,
     add: Script,
 }
 
 impl Streamed {
-    pub fn new(store: Arc<dyn Backend>, conn: ConnectionManager, keys: StreamKeys, max_rows: u64) -> Streamed {
+    pub fn new(store: Arc<dyn Backend>, conn: Conn, keys: StreamKeys, max_rows: u64) -> Streamed {
         Streamed { store, conn, keys, max_rows, add: Script::new(ADD) }
     }
 }
@@ -131,7 +131,7 @@ impl Backend for Streamed {
 /// This instance's consumer in the writers' group.
 pub(crate) struct Consumer {
     pub store: Arc<dyn Backend>,
-    pub client: redis::Client,
+    pub endpoint: Endpoint,
     pub keys: StreamKeys,
     pub name: String,
     pub claim_after: Duration,
@@ -144,7 +144,7 @@ impl Consumer {
         let mut backoff = crate::task::Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         let mut conn = loop {
             // A connection of its own: a blocking XREADGROUP would stall other commands.
-            match self.client.get_multiplexed_async_connection().await {
+            match self.endpoint.dedicated().await {
                 Ok(conn) => break conn,
                 Err(e) => {
                     tracing::warn!(error = %e, "the history writer cannot reach Redis; retrying");
@@ -198,11 +198,7 @@ impl Consumer {
         }
     }
 
-    async fn read(
-        &self,
-        conn: &mut redis::aio::MultiplexedConnection,
-        block_ms: Option<usize>,
-    ) -> redis::RedisResult<Vec<StreamId>> {
+    async fn read(&self, conn: &mut Conn, block_ms: Option<usize>) -> redis::RedisResult<Vec<StreamId>> {
         let mut options = StreamReadOptions::default().group(GROUP, &self.name).count(READ_COUNT);
         if let Some(ms) = block_ms {
             options = options.block(ms);
@@ -212,11 +208,7 @@ impl Consumer {
     }
 
     /// Entries read by another consumer more than `claim_after` ago and never acknowledged.
-    async fn claim(
-        &self,
-        conn: &mut redis::aio::MultiplexedConnection,
-        from: &mut String,
-    ) -> redis::RedisResult<Vec<StreamId>> {
+    async fn claim(&self, conn: &mut Conn, from: &mut String) -> redis::RedisResult<Vec<StreamId>> {
         let idle_ms = self.claim_after.as_millis() as u64;
         let options = StreamAutoClaimOptions::default().count(READ_COUNT);
         let reply: StreamAutoClaimReply =
@@ -230,7 +222,7 @@ impl Consumer {
     }
 
     /// Writes the entries (retrying until written), then acknowledges and deletes them.
-    async fn write(&self, conn: &mut redis::aio::MultiplexedConnection, entries: Vec<StreamId>) {
+    async fn write(&self, conn: &mut Conn, entries: Vec<StreamId>) {
         let ids: Vec<String> = entries.iter().map(|e| e.id.clone()).collect();
         let mut batch = Batch::default();
         let mut unreadable = 0;

@@ -253,10 +253,11 @@ pub(crate) struct Store {
     pub written: Option<JoinHandle<()>>,
 }
 
-/// The embedded store, or Redis when `--redis-url` is given (retrying for `--redis-connect-secs`).
+/// The embedded store, or Redis when `--redis-url` or `--redis-cluster` is given (retrying for
+/// `--redis-connect-secs`).
 pub(crate) async fn open(config: &Config, metrics: &mut Metrics) -> anyhow::Result<Store> {
-    match &config.redis_url {
+    match redis::Endpoint::from_config(config)? {
         None => Ok(memory::open()),
-        Some(_) => redis::open(config, Duration::from_secs(config.redis_connect_secs), metrics).await,
+        Some(endpoint) => redis::open(endpoint, config, Duration::from_secs(config.redis_connect_secs), metrics).await,
     }
 }

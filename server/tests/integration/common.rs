@@ -286,6 +286,45 @@ pub fn unique_prefix(name: &str) -> String {
     format!("test-{name}-{:08x}", fastrand::u32(..))
 }
 
+/// Where instances share their state in a test: one Redis, or a real Redis Cluster.
+pub enum Shared {
+    One(RedisServer),
+    Cluster(tools::redis_cluster::RedisCluster),
+}
+
+impl Shared {
+    pub fn one() -> Shared {
+        Shared::One(RedisServer::start())
+    }
+
+    /// A cluster of three masters (`REDIS_CLUSTER` when set).
+    pub fn cluster() -> Shared {
+        Shared::Cluster(tools::redis_cluster::RedisCluster::start(3, 0).expect("a Redis Cluster starts"))
+    }
+
+    /// Test defaults on it, under `prefix` (from [`unique_prefix`]).
+    pub fn config(&self, prefix: &str) -> Config {
+        match self {
+            Shared::One(redis) => redis_config(redis, prefix),
+            Shared::Cluster(cluster) => {
+                let mut config = config();
+                config.redis_cluster = Some(cluster.seeds());
+                config.redis_prefix = prefix.to_string();
+                config.redis_connect_secs = 10;
+                config
+            }
+        }
+    }
+
+    /// The binary's flags for it.
+    pub fn args(&self) -> [String; 2] {
+        match self {
+            Shared::One(redis) => ["--redis-url".into(), redis.url()],
+            Shared::Cluster(cluster) => ["--redis-cluster".into(), cluster.seeds()],
+        }
+    }
+}
+
 /// Test defaults on a shared Redis, under `prefix` (from [`unique_prefix`]).
 pub fn redis_config(redis: &RedisServer, prefix: &str) -> Config {
     let mut config = config();

@@ -12,8 +12,8 @@ const LAGOS: &str = "6.30,3.20,6.75,3.60";
 const LEASE_SECS: f64 = 2.0;
 const STALE_SECS: f64 = 5.0;
 
-fn lease_config(redis: &RedisServer, prefix: &str) -> pulsemap::Config {
-    let mut config = redis_config(redis, prefix);
+fn lease_config(shared: &Shared, prefix: &str) -> pulsemap::Config {
+    let mut config = shared.config(prefix);
     config.instance_lease_secs = LEASE_SECS;
     config.stale_after_secs = STALE_SECS;
     config
@@ -64,12 +64,12 @@ async fn send_pings(addr: &str, pings: &Value) {
 }
 
 /// The real binary on the Redis, with the lease and staleness of these tests: the child and its address.
-async fn spawn_instance(redis: &RedisServer, prefix: &str) -> (tokio::process::Child, String) {
+async fn spawn_instance(shared: &Shared, prefix: &str) -> (tokio::process::Child, String) {
     let (lease, stale) = (LEASE_SECS.to_string(), STALE_SECS.to_string());
-    let url = redis.url();
+    let [flag, at] = shared.args();
     let args = [
-        "--redis-url",
-        &url,
+        flag.as_str(),
+        &at,
         "--redis-prefix",
         prefix,
         "--instance-lease-secs",
@@ -110,11 +110,19 @@ fn keep_pinging(addr: String, fleet: Vec<(String, f64, f64)>) -> tokio::task::Jo
 
 #[tokio::test]
 async fn a_killed_instances_drivers_leave_the_heat_of_every_survivor() {
-    let redis = RedisServer::start();
+    killed_instance(Shared::one()).await;
+}
+
+#[tokio::test]
+async fn on_a_cluster_a_killed_instances_drivers_leave_the_heat_of_every_survivor() {
+    killed_instance(Shared::cluster()).await;
+}
+
+async fn killed_instance(shared: Shared) {
     let prefix = unique_prefix("crash");
-    let (mut a, a_addr) = spawn_instance(&redis, &prefix).await;
-    let b = start(lease_config(&redis, &prefix)).await;
-    let c = start(lease_config(&redis, &prefix)).await;
+    let (mut a, a_addr) = spawn_instance(&shared, &prefix).await;
+    let b = start(lease_config(&shared, &prefix)).await;
+    let c = start(lease_config(&shared, &prefix)).await;
     let (b_addr, c_addr) = (b.addr.to_string(), c.addr.to_string());
 
     // 50 drivers on A (heard once), 10 on B that stay online.
@@ -170,10 +178,18 @@ async fn a_killed_instances_drivers_leave_the_heat_of_every_survivor() {
 
 #[tokio::test]
 async fn a_stalled_instance_loses_its_drivers_and_writes_them_again_when_it_wakes() {
-    let redis = RedisServer::start();
+    stalled_instance(Shared::one()).await;
+}
+
+#[tokio::test]
+async fn on_a_cluster_a_stalled_instance_loses_its_drivers_and_writes_them_again_when_it_wakes() {
+    stalled_instance(Shared::cluster()).await;
+}
+
+async fn stalled_instance(shared: Shared) {
     let prefix = unique_prefix("stall");
-    let (mut a, a_addr) = spawn_instance(&redis, &prefix).await;
-    let b = start(lease_config(&redis, &prefix)).await;
+    let (mut a, a_addr) = spawn_instance(&shared, &prefix).await;
+    let b = start(lease_config(&shared, &prefix)).await;
     let b_addr = b.addr.to_string();
     let on_a = fleet("stall-a", 20, 0.0);
     let pinger = keep_pinging(a_addr.clone(), on_a.clone());
@@ -212,10 +228,18 @@ async fn a_stalled_instance_loses_its_drivers_and_writes_them_again_when_it_wake
 
 #[tokio::test]
 async fn a_driver_moved_to_another_instance_is_counted_once_by_whoever_heard_it_last() {
-    let redis = RedisServer::start();
+    moved_driver(Shared::one()).await;
+}
+
+#[tokio::test]
+async fn on_a_cluster_a_driver_moved_to_another_instance_is_counted_once_by_whoever_heard_it_last() {
+    moved_driver(Shared::cluster()).await;
+}
+
+async fn moved_driver(shared: Shared) {
     let prefix = unique_prefix("moved");
-    let a = start(lease_config(&redis, &prefix)).await;
-    let b = start(lease_config(&redis, &prefix)).await;
+    let a = start(lease_config(&shared, &prefix)).await;
+    let b = start(lease_config(&shared, &prefix)).await;
     let (a_addr, b_addr) = (a.addr.to_string(), b.addr.to_string());
     let stops = [(6.45, 3.35), (6.52, 3.38), (6.60, 3.30)];
     // The driver on A, then the load balancer sends it to B, then back to A.
@@ -247,10 +271,18 @@ async fn a_driver_moved_to_another_instance_is_counted_once_by_whoever_heard_it_
 
 #[tokio::test]
 async fn an_instance_that_stops_cleanly_gives_its_drivers_up_at_once() {
-    let redis = RedisServer::start();
+    clean_stop(Shared::one()).await;
+}
+
+#[tokio::test]
+async fn on_a_cluster_an_instance_that_stops_cleanly_gives_its_drivers_up_at_once() {
+    clean_stop(Shared::cluster()).await;
+}
+
+async fn clean_stop(shared: Shared) {
     let prefix = unique_prefix("clean");
-    let a = start(lease_config(&redis, &prefix)).await;
-    let b = start(lease_config(&redis, &prefix)).await;
+    let a = start(lease_config(&shared, &prefix)).await;
+    let b = start(lease_config(&shared, &prefix)).await;
     let b_addr = b.addr.to_string();
     let on_a = fleet("clean-a", 5, 0.0);
     send_pings(&a.addr.to_string(), &pings_of(&on_a)).await;

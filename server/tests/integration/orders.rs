@@ -98,9 +98,17 @@ async fn listed(home: &Running, ids: &[&str]) {
 
 /// Two instances on one (throwaway or `REDIS_URL`) Redis: orders and customers go to the first, drivers to the
 /// second, so every message crosses instances.
-async fn on_redis(name: &str, tweak: impl Fn(&mut pulsemap::Config)) -> (RedisServer, Running, Running) {
-    let redis = RedisServer::start();
-    let mut config = redis_config(&redis, &unique_prefix(name));
+async fn on_redis(name: &str, tweak: impl Fn(&mut pulsemap::Config)) -> (Shared, Running, Running) {
+    on_shared(Shared::one(), name, tweak).await
+}
+
+/// The same on a real Redis Cluster.
+async fn on_cluster(name: &str, tweak: impl Fn(&mut pulsemap::Config)) -> (Shared, Running, Running) {
+    on_shared(Shared::cluster(), name, tweak).await
+}
+
+async fn on_shared(redis: Shared, name: &str, tweak: impl Fn(&mut pulsemap::Config)) -> (Shared, Running, Running) {
+    let mut config = redis.config(&unique_prefix(name));
     config.offer_secs = dispatch_config().offer_secs;
     tweak(&mut config);
     let a = start(config.clone()).await;
@@ -310,6 +318,14 @@ async fn on_redis_the_nearest_driver_gets_the_offer_and_the_customer_follows_it_
 }
 
 #[tokio::test]
+async fn on_a_cluster_the_nearest_driver_gets_the_offer_and_the_customer_follows_it_to_the_door() {
+    let (_cluster, a, b) = on_cluster("nearest", |_| {}).await;
+    the_nearest_driver_gets_the_offer_and_the_customer_follows_the_delivery_to_the_door(&a, &b).await;
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
 async fn embedded_a_refused_or_lapsed_offer_goes_to_the_next_driver() {
     let server = embedded(|c| c.offer_secs = 0.5).await;
     a_refused_offer_goes_to_the_next_driver_and_a_lapsed_one_too(&server, &server).await;
@@ -353,6 +369,14 @@ async fn embedded_cancel_and_accept_race_and_exactly_one_wins() {
 #[tokio::test]
 async fn on_redis_cancel_and_accept_race_and_exactly_one_wins() {
     let (_redis, a, b) = on_redis("cancel", |_| {}).await;
+    cancel_and_accept_race_and_exactly_one_wins(&a, &b).await;
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn on_a_cluster_cancel_and_accept_race_and_exactly_one_wins() {
+    let (_cluster, a, b) = on_cluster("cancel", |_| {}).await;
     cancel_and_accept_race_and_exactly_one_wins(&a, &b).await;
     a.stop().await;
     b.stop().await;

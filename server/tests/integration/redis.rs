@@ -31,10 +31,18 @@ fn content(snapshot: &Value) -> (Value, Value) {
 
 #[tokio::test]
 async fn pings_into_one_instance_show_up_on_the_other_and_tracking_follows() {
-    let redis = RedisServer::start();
+    two_instances(Shared::one()).await;
+}
+
+#[tokio::test]
+async fn on_a_cluster_pings_into_one_instance_show_up_on_the_other_and_tracking_follows() {
+    two_instances(Shared::cluster()).await;
+}
+
+async fn two_instances(shared: Shared) {
     let prefix = unique_prefix("two");
-    let a = start(redis_config(&redis, &prefix)).await;
-    let b = start(redis_config(&redis, &prefix)).await;
+    let a = start(shared.config(&prefix)).await;
+    let b = start(shared.config(&prefix)).await;
 
     let mut viewer = Socket::connect(&b, "/ws/heat").await;
     viewer.send(&json!({"type": "subscribe", "layer": "drivers", "precision": 7, "bbox": lagos()})).await;
@@ -77,20 +85,10 @@ async fn pings_into_one_instance_show_up_on_the_other_and_tracking_follows() {
     );
 
     // B listens on exactly the channel of the driver its socket tracks, and drops it when the socket goes.
-    let mut conn = redis.connection().await;
-    let channels: Vec<String> =
-        redis::cmd("PUBSUB").arg("CHANNELS").arg(format!("{prefix}:trk:*")).query_async(&mut conn).await.unwrap();
-    assert_eq!(channels, vec![format!("{prefix}:trk:moving-1")]);
+    assert_eq!(channels(&shared, &prefix).await, vec![format!("{prefix}:trk:moving-1")]);
     drop(tracker);
-    eventually(10, "the channel is released", || {
-        let (mut conn, pattern) = (conn.clone(), format!("{prefix}:trk:*"));
-        async move {
-            let channels: Vec<String> =
-                redis::cmd("PUBSUB").arg("CHANNELS").arg(pattern).query_async(&mut conn).await.unwrap();
-            channels.is_empty().then_some(())
-        }
-    })
-    .await;
+    eventually(10, "the channel is released", || async { channels(&shared, &prefix).await.is_empty().then_some(()) })
+        .await;
 
     // Orders posted to B count on A, and driver lookups work from either side.
     let now = now_ms();
@@ -120,22 +118,15 @@ async fn pings_into_one_instance_show_up_on_the_other_and_tracking_follows() {
         (metric(&a, "pulsemap_redis_tracked_drivers").await == 0.0).then_some(())
     })
     .await;
-    // Nobody tracks anyone now: pings cost no PUBLISH.
-    let publishes = |info: String| -> u64 {
-        info.lines()
-            .find_map(|l| l.strip_prefix("cmdstat_publish:calls="))
-            .and_then(|rest| rest.split(',').next()?.parse().ok())
-            .unwrap_or(0)
-    };
-    let before: String = redis::cmd("INFO").arg("commandstats").query_async(&mut conn).await.unwrap();
+    // Nobody tracks anyone now: pings cost no PUBLISH (SPUBLISH on a cluster), on any node.
+    let before = publishes(&shared).await;
     post_json(&a, "/api/pings", &json!([ping("moving-1", 6.52, 3.39), ping("still-3", 6.6, 3.3)])).await;
     eventually(10, "the pings aggregated", || async {
         (metric(&a, "pulsemap_pings_aggregated_total").await >= 9.0).then_some(())
     })
     .await;
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let after: String = redis::cmd("INFO").arg("commandstats").query_async(&mut conn).await.unwrap();
-    assert_eq!(publishes(after), publishes(before), "no PUBLISH for untracked drivers");
+    assert_eq!(publishes(&shared).await, before, "no PUBLISH for untracked drivers");
     let (_, health) = get(&b, "/healthz").await;
     assert_eq!((health["store"].as_str(), health["redis"].as_str()), (Some("redis"), Some("up")));
     a.stop().await;
@@ -144,10 +135,18 @@ async fn pings_into_one_instance_show_up_on_the_other_and_tracking_follows() {
 
 #[tokio::test]
 async fn a_restarted_instance_loads_the_window_and_resumes_without_gap_or_double_count() {
-    let redis = RedisServer::start();
+    restarted_instance(Shared::one()).await;
+}
+
+#[tokio::test]
+async fn on_a_cluster_a_restarted_instance_loads_the_window_and_resumes_without_gap_or_double_count() {
+    restarted_instance(Shared::cluster()).await;
+}
+
+async fn restarted_instance(shared: Shared) {
     let prefix = unique_prefix("restart");
-    let a = start(redis_config(&redis, &prefix)).await;
-    let b = start(redis_config(&redis, &prefix)).await;
+    let a = start(shared.config(&prefix)).await;
+    let b = start(shared.config(&prefix)).await;
     let now = now_ms();
     post_json(&a, "/api/pings", &json!([ping("r-1", 6.50, 3.37), ping("r-2", 6.45, 3.40)])).await;
     post_json(&a, "/api/orders/events", &json!([{"lat": 6.44, "lon": 3.41, "ts": now - 120_000}])).await;
@@ -172,7 +171,7 @@ async fn a_restarted_instance_loads_the_window_and_resumes_without_gap_or_double
         tokio::time::sleep(Duration::from_millis(60)).await;
     }
     post_json(&a, "/api/pings", &json!([ping("r-1", 6.52, 3.39)])).await;
-    let b2 = start(redis_config(&redis, &prefix)).await;
+    let b2 = start(shared.config(&prefix)).await;
     // Once A's last tick is in, both views are the same, cell by cell; r-1's last move is in both.
     let r1_cell = geohash(6.52, 3.39, 7);
     for layer in ["drivers", "orders"] {
@@ -200,8 +199,16 @@ async fn a_restarted_instance_loads_the_window_and_resumes_without_gap_or_double
 
 #[tokio::test]
 async fn nearest_drivers_come_in_the_same_order_from_both_stores() {
-    let redis = RedisServer::start();
-    let shared = start(redis_config(&redis, &unique_prefix("near"))).await;
+    nearest_drivers(Shared::one()).await;
+}
+
+#[tokio::test]
+async fn on_a_cluster_nearest_drivers_come_in_the_same_order_as_from_the_embedded_store() {
+    nearest_drivers(Shared::cluster()).await;
+}
+
+async fn nearest_drivers(store: Shared) {
+    let shared = start(store.config(&unique_prefix("near"))).await;
     let embedded = start(config()).await;
     let pings = json!([
         ping("n-far", 6.60, 3.30),
@@ -448,10 +455,18 @@ async fn a_crashed_instances_tracking_claims_lapse() {
 /// announcement on, not from its next registry read (every 250 ms, which used to leave that gap).
 #[tokio::test]
 async fn a_tracker_joining_on_another_instance_misses_no_fix_after_its_first_message() {
-    let redis = RedisServer::start();
+    joining_tracker(Shared::one()).await;
+}
+
+#[tokio::test]
+async fn on_a_cluster_a_tracker_joining_on_another_instance_misses_no_fix_after_its_first_message() {
+    joining_tracker(Shared::cluster()).await;
+}
+
+async fn joining_tracker(shared: Shared) {
     let prefix = unique_prefix("join");
-    let a = start(redis_config(&redis, &prefix)).await;
-    let b = start(redis_config(&redis, &prefix)).await;
+    let a = start(shared.config(&prefix)).await;
+    let b = start(shared.config(&prefix)).await;
     let drivers: Vec<String> = (0..10).map(|i| format!("join-{i}")).collect();
     let first: Vec<Value> = drivers.iter().map(|d| ping(d, 6.50, 3.37)).collect();
     post_json(&a, "/api/pings", &Value::Array(first)).await;
@@ -473,4 +488,44 @@ async fn a_tracker_joining_on_another_instance_misses_no_fix_after_its_first_mes
     }
     a.stop().await;
     b.stop().await;
+}
+
+/// The tracking channels subscribed to under `prefix` (sharded on a cluster: asked of every master), sorted.
+async fn channels(shared: &Shared, prefix: &str) -> Vec<String> {
+    let pattern = format!("{prefix}:trk:*");
+    let mut found: Vec<String> = match shared {
+        Shared::One(redis) => {
+            redis::cmd("PUBSUB").arg("CHANNELS").arg(&pattern).query_async(&mut redis.connection().await).await.unwrap()
+        }
+        Shared::Cluster(cluster) => cluster
+            .masters()
+            .into_iter()
+            .flat_map(|port| {
+                let listed = cluster.cli(port, &["PUBSUB", "SHARDCHANNELS", &pattern]).unwrap_or_default();
+                listed.lines().map(str::to_string).filter(|l| !l.is_empty()).collect::<Vec<_>>()
+            })
+            .collect(),
+    };
+    found.sort();
+    found
+}
+
+/// PUBLISH and SPUBLISH calls so far, on every node.
+async fn publishes(shared: &Shared) -> u64 {
+    let count = |info: String| -> u64 {
+        info.lines()
+            .filter_map(|l| l.strip_prefix("cmdstat_publish:calls=").or(l.strip_prefix("cmdstat_spublish:calls=")))
+            .filter_map(|rest| rest.split(',').next()?.parse::<u64>().ok())
+            .sum()
+    };
+    match shared {
+        Shared::One(redis) => {
+            count(redis::cmd("INFO").arg("commandstats").query_async(&mut redis.connection().await).await.unwrap())
+        }
+        Shared::Cluster(cluster) => cluster
+            .masters()
+            .into_iter()
+            .map(|port| count(cluster.cli(port, &["INFO", "commandstats"]).unwrap_or_default()))
+            .sum(),
+    }
 }

@@ -286,7 +286,7 @@ mod tests {
 
     #[test]
     fn one_transaction_writes_counts_presence_and_the_stream_entry() {
-        let keys = Keys::new("t");
+        let keys = Keys::new("t", false);
         let (a, b) = (Cell::at(6.50, 3.30), Cell::at(6.60, 3.40));
         let mut batch = TickBatch::default();
         batch.record(Increment::Driver { cell: a, delta: 2 });

@@ -10,7 +10,7 @@ use std::{
 use redis::Value;
 use tokio::sync::mpsc;
 
-use super::{batch::StreamEntry, keys::Keys, stats::RedisStats, Epoch};
+use super::{batch::StreamEntry, conn::Endpoint, keys::Keys, stats::RedisStats, Epoch};
 use crate::{
     clock::now_ms,
     state::{
@@ -90,7 +90,7 @@ pub(super) async fn load(
 
 /// Follows the stream from `from`, handing each entry's increments to the engine in order.
 pub(super) async fn read_stream(
-    client: redis::Client,
+    endpoint: Endpoint,
     keys: Keys,
     instance: String,
     mut from: String,
@@ -102,8 +102,7 @@ pub(super) async fn read_stream(
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     'connect: loop {
         // A dedicated connection: a blocking XREAD would stall every other command sharing it.
-        let config = redis::AsyncConnectionConfig::new().set_response_timeout(None);
-        let mut conn = match client.get_multiplexed_async_connection_with_config(&config).await {
+        let mut conn = match endpoint.dedicated().await {
             Ok(conn) => conn,
             Err(error) => {
                 tracing::warn!(%error, "stream reader cannot connect to Redis; retrying");

@@ -4,12 +4,18 @@ use crate::state::cell::Cell;
 
 #[derive(Debug, Clone)]
 pub(crate) struct Keys {
+    /// What every key starts with: the prefix, or on a cluster `{prefix}`, a hash tag that puts every key of the
+    /// state in one slot (so transactions and scripts never cross slots).
     prefix: String,
+    /// What every channel starts with: the plain prefix, so sharded channels spread over the shards.
+    channels: String,
 }
 
 impl Keys {
-    pub fn new(prefix: &str) -> Keys {
-        Keys { prefix: prefix.trim_end_matches(':').to_string() }
+    pub fn new(prefix: &str, cluster: bool) -> Keys {
+        let plain = prefix.trim_end_matches(':').to_string();
+        let prefix = if cluster { format!("{{{plain}}}") } else { plain.clone() };
+        Keys { prefix, channels: plain }
     }
 
     /// What every key starts with (before its `:`).
@@ -60,7 +66,7 @@ impl Keys {
 
     /// What every tracking channel's name starts with.
     pub fn track_prefix(&self) -> String {
-        format!("{}:trk:", self.prefix)
+        format!("{}:trk:", self.channels)
     }
 
     /// When a driver's share links were last revoked (unix ms), kept as long as a link can live.
@@ -100,12 +106,12 @@ impl Keys {
 
     /// The channel of messages for driver sockets on one instance.
     pub fn inbox(&self, instance: &str) -> String {
-        format!("{}:inbox:{instance}", self.prefix)
+        format!("{}:inbox:{instance}", self.channels)
     }
 
     /// The channel of one order's changes (with an empty id: what every such channel starts with).
     pub fn order_channel(&self, order_id: &str) -> String {
-        format!("{}:ord:{order_id}", self.prefix)
+        format!("{}:ord:{order_id}", self.channels)
     }
 
     /// Every instance that has written here and not yet been reaped.
@@ -136,7 +142,7 @@ impl Keys {
 
     /// Pub/sub channel of new tracking claims (`driver|instance`): a publishing instance learns of one at once.
     pub fn tracked_news(&self) -> String {
-        format!("{}:tracked:news", self.prefix)
+        format!("{}:tracked:news", self.channels)
     }
 
     /// Bumped whenever a claim comes or goes, so instances re-read the claims only when they changed.
@@ -151,7 +157,7 @@ mod tests {
 
     #[test]
     fn a_partitions_keys_share_its_hash_tag() {
-        let keys = Keys::new("pm:");
+        let keys = Keys::new("pm:", false);
         let cell = Cell::at(6.5244, 3.3792);
         let partition = Keys::partition(cell);
         assert_eq!(partition, "s1");
@@ -160,5 +166,9 @@ mod tests {
         assert_eq!(keys.track_channel("drv-1"), "pm:trk:drv-1");
         assert!(keys.track_channel("drv-1").starts_with(&keys.track_prefix()));
         assert_eq!(keys.partitions(), "pm:regions", "the key name stays what running deployments have");
+        // On a cluster every key is in the prefix's slot (the first hash tag wins); channels are spread.
+        let cluster = Keys::new("pm", true);
+        assert_eq!(cluster.drivers(&partition), "{pm}:{s1}:d");
+        assert_eq!((cluster.presence().as_str(), cluster.track_channel("d1").as_str()), ("{pm}:presence", "pm:trk:d1"));
     }
 }

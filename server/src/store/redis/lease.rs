@@ -14,10 +14,10 @@
 
 use std::time::Duration;
 
-use redis::{aio::ConnectionManager, Script};
+use redis::Script;
 use tokio::sync::mpsc;
 
-use super::{batch::STREAM_MAXLEN, keys::Keys, stats::RedisStats, writer::WriterMsg};
+use super::{batch::STREAM_MAXLEN, conn::Conn, keys::Keys, stats::RedisStats, writer::WriterMsg};
 use crate::clock::now_ms;
 
 /// How long the mark of a takeover waits for its instance to come back and see it.
@@ -84,7 +84,7 @@ impl Lease {
 
     /// Takes the lease (or renews it) and lists this instance: done before anything is written, so no survivor
     /// sees this instance's share without its lease.
-    pub async fn renew(&self, conn: &mut ConnectionManager) -> redis::RedisResult<()> {
+    pub async fn renew(&self, conn: &mut Conn) -> redis::RedisResult<()> {
         redis::pipe()
             .cmd("SET")
             .arg(self.keys.lease(&self.instance))
@@ -100,7 +100,7 @@ impl Lease {
             .await
     }
 
-    async fn take_over(&self, conn: &mut ConnectionManager, lapsed: &str, own: bool) -> redis::RedisResult<i64> {
+    async fn take_over(&self, conn: &mut Conn, lapsed: &str, own: bool) -> redis::RedisResult<i64> {
         let k = &self.keys;
         self.take_over
             .key(k.lease(lapsed))
@@ -123,11 +123,7 @@ impl Lease {
     }
 
     /// One round: renew, tell the writer if this instance's share was taken over, take over lapsed instances'.
-    async fn round(
-        &self,
-        conn: &mut ConnectionManager,
-        writer: &mpsc::WeakUnboundedSender<WriterMsg>,
-    ) -> redis::RedisResult<()> {
+    async fn round(&self, conn: &mut Conn, writer: &mpsc::WeakUnboundedSender<WriterMsg>) -> redis::RedisResult<()> {
         self.renew(conn).await?;
         let (instances, marked): (Vec<String>, bool) = redis::pipe()
             .cmd("SMEMBERS")
@@ -161,7 +157,7 @@ impl Lease {
 
     /// Renews the lease and watches the others' until the writer stops (holding no sender of its own, so the
     /// writer ends when the engine does).
-    pub async fn keep(self, mut conn: ConnectionManager, writer: mpsc::WeakUnboundedSender<WriterMsg>) {
+    pub async fn keep(self, mut conn: Conn, writer: mpsc::WeakUnboundedSender<WriterMsg>) {
         let mut every = tokio::time::interval(self.lease / 5);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -177,7 +173,7 @@ impl Lease {
     }
 
     /// On a clean stop, after the last write: gives this instance's drivers up at once.
-    pub async fn give_up(&self, conn: &mut ConnectionManager) {
+    pub async fn give_up(&self, conn: &mut Conn) {
         let released = async {
             let _: () = redis::cmd("DEL").arg(self.keys.lease(&self.instance)).query_async(conn).await?;
             self.take_over(conn, &self.instance, true).await

@@ -8,9 +8,9 @@ use protocol::{
     geo::distance_m,
     track::{DriverFix, NearDriver},
 };
-use redis::{aio::ConnectionManager, AsyncCommands};
+use redis::AsyncCommands;
 
-use super::{keys::Keys, stats::RedisStats};
+use super::{conn::Conn, keys::Keys, stats::RedisStats};
 use crate::{
     clock::now_ms,
     state::presence::nearest_first,
@@ -18,7 +18,7 @@ use crate::{
 };
 
 pub(super) struct RedisLookups {
-    pub conn: ConnectionManager,
+    pub conn: Conn,
     pub keys: Keys,
     pub stats: RedisStats,
     /// Presence entries not refreshed for this long belong to drivers gone stale.

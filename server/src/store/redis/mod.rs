@@ -15,6 +15,7 @@
 //! [`keys`] names every key; [`stats`] is what the store reports on `/metrics`.
 
 mod batch;
+mod conn;
 mod feed;
 mod keys;
 mod lease;
@@ -32,22 +33,27 @@ use tokio::sync::mpsc;
 
 use super::{Feed, Store};
 use crate::{config::Config, metrics::Metrics};
-use keys::Keys;
+pub(crate) use conn::{Conn, Endpoint};
 use stats::RedisStats;
 
 /// The epoch this instance writes under, shared by its writer and its stream reader.
 type Epoch = Arc<parking_lot::Mutex<String>>;
 
 /// Connects to Redis, retrying with backoff for `connect_for` before giving up with the last error.
-pub(crate) async fn open(config: &Config, connect_for: Duration, metrics: &mut Metrics) -> anyhow::Result<Store> {
-    let url = config.redis_url.as_deref().expect("open is called with a Redis URL");
+pub(crate) async fn open(
+    endpoint: Endpoint,
+    config: &Config,
+    connect_for: Duration,
+    metrics: &mut Metrics,
+) -> anyhow::Result<Store> {
+    let url = endpoint.describe();
     let retries = ExponentialBuilder::new()
         .with_min_delay(Duration::from_millis(200))
         .with_max_delay(Duration::from_secs(5))
         .with_jitter()
         .without_max_times()
         .with_total_delay(Some(connect_for));
-    let store = (|| start(url, config))
+    let store = (|| start(&endpoint, config))
         .retry(retries)
         .notify(|error, wait| {
             tracing::warn!(%error, retry_in_ms = wait.as_millis() as u64, "Redis is not reachable yet");
@@ -65,27 +71,18 @@ pub(crate) async fn open(config: &Config, connect_for: Duration, metrics: &mut M
 
 /// Connects, loads the current heat and the stream id it corresponds to, and starts the writer, the stream
 /// reader, the tracking registry, publisher and subscriber.
-async fn start(url: &str, config: &Config) -> anyhow::Result<(Store, RedisStats)> {
-    let client = redis::Client::open(url).map_err(|e| anyhow::anyhow!("bad Redis URL {url}: {e}"))?;
-    // Fail fast while Redis is away (the writer keeps the tick and retries on its own schedule) instead of the
-    // default, which holds a command for ~9 s of internal retries.
-    let fail_fast = |response_timeout| {
-        redis::aio::ConnectionManagerConfig::new()
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_millis(500))
-            .set_connection_timeout(Some(Duration::from_secs(1)))
-            .set_response_timeout(Some(response_timeout))
-    };
-    let mut conn = client
-        .get_connection_manager_with_config(fail_fast(Duration::from_secs(2)))
+async fn start(endpoint: &Endpoint, config: &Config) -> anyhow::Result<(Store, RedisStats)> {
+    let url = endpoint.describe();
+    let mut conn = endpoint
+        .managed(Duration::from_secs(2))
         .await
         .map_err(|e| anyhow::anyhow!("cannot connect to Redis at {url}: {e}"))?;
-    let keys = Keys::new(&config.redis_prefix);
+    let keys = endpoint.keys(&config.redis_prefix);
     let stats = RedisStats::default();
     stats.set_up(true);
     let epoch: Epoch = Arc::new(parking_lot::Mutex::new(feed::establish_epoch(&mut conn, &keys).await?));
     let (loaded, loaded_id) = feed::load(&mut conn, &keys).await?;
-    tracing::info!(url, prefix = %config.redis_prefix, cells = loaded.len(), stream_id = %loaded_id, "loaded the heat from Redis");
+    tracing::info!(%url, prefix = %config.redis_prefix, cells = loaded.len(), stream_id = %loaded_id, "loaded the heat from Redis");
     let instance = format!("{:016x}", fastrand::u64(..));
 
     // The lease first: a survivor never sees this instance's share without it.
@@ -94,7 +91,7 @@ async fn start(url: &str, config: &Config) -> anyhow::Result<(Store, RedisStats)
     let (heat_tx, heat) = mpsc::channel(1024);
     let (writer_tx, batches) = mpsc::unbounded_channel();
     // The writer's own connection: WATCH state is per connection.
-    let writer_conn = client.get_connection_manager_with_config(fail_fast(Duration::from_secs(5))).await?;
+    let writer_conn = endpoint.managed(Duration::from_secs(5)).await?;
     let written = tokio::spawn(writer::write_ticks(
         writer_conn,
         keys.clone(),
@@ -107,11 +104,11 @@ async fn start(url: &str, config: &Config) -> anyhow::Result<(Store, RedisStats)
     ));
     tokio::spawn(lease.keep(conn.clone(), writer_tx.downgrade()));
     let (publications, pending) = mpsc::unbounded_channel();
-    tokio::spawn(tracking::publish(conn.clone(), stats.clone(), pending));
+    tokio::spawn(tracking::publish(conn.clone(), endpoint.publish(), stats.clone(), pending));
     let (watching, watch_requests) = mpsc::unbounded_channel();
     let (mail_tx, mail) = mpsc::unbounded_channel();
     tokio::spawn(orders::follow_mail(
-        client.clone(),
+        endpoint.clone(),
         keys.clone(),
         instance.clone(),
         stats.clone(),
@@ -127,7 +124,7 @@ async fn start(url: &str, config: &Config) -> anyhow::Result<(Store, RedisStats)
         watching,
     );
     tokio::spawn(feed::read_stream(
-        client.clone(),
+        endpoint.clone(),
         keys.clone(),
         instance.clone(),
         loaded_id,
@@ -150,7 +147,7 @@ async fn start(url: &str, config: &Config) -> anyhow::Result<(Store, RedisStats)
     let (following, requests) = mpsc::unbounded_channel();
     let (tracking_tx, tracking) = mpsc::unbounded_channel();
     tokio::spawn(tracking::follow_tracked(
-        client,
+        endpoint.clone(),
         keys.clone(),
         instance.clone(),
         stats.clone(),
@@ -168,6 +165,7 @@ async fn start(url: &str, config: &Config) -> anyhow::Result<(Store, RedisStats)
         tracked_elsewhere,
         tracked_here,
         announced: parking_lot::Mutex::new(std::collections::HashMap::new()),
+        publish: endpoint.publish(),
     };
     let lookups = lookups::RedisLookups { conn, keys, stats: stats.clone(), stale_ms: config.stale_after_ms() };
     let store = Store {

@@ -13,12 +13,13 @@
 //! compare-and-sets in turn, never one transaction over both).
 
 use futures::FutureExt;
-use redis::{aio::ConnectionManager, AsyncCommands, Script};
+use redis::{AsyncCommands, Script};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 
 use super::{
+    conn::{Conn, Endpoint},
     keys::Keys,
     stats::RedisStats,
     subscriber::{self, Subscription},
@@ -71,7 +72,7 @@ struct Scripts {
 }
 
 pub(super) struct RedisOrders {
-    pub conn: ConnectionManager,
+    pub conn: Conn,
     pub keys: Keys,
     pub instance: String,
     /// [`envelope_head`] of this instance: its own order messages come back to it and are skipped.
@@ -109,7 +110,7 @@ fn parse_hold(text: &str) -> Option<Hold> {
 
 impl RedisOrders {
     pub fn new(
-        conn: ConnectionManager,
+        conn: Conn,
         keys: Keys,
         instance: String,
         stats: RedisStats,
@@ -127,7 +128,7 @@ impl RedisOrders {
         RedisOrders { conn, keys, instance, head, stats, publications, watching, scripts }
     }
 
-    fn conn(&self) -> ConnectionManager {
+    fn conn(&self) -> Conn {
         self.stats.round_trips.inc();
         self.conn.clone()
     }
@@ -313,7 +314,7 @@ impl Orders for RedisOrders {
 /// This instance's subscriptions for the delivery loop: its inbox always, and the channel of every order a
 /// customer here watches; what arrives goes to dispatch as [`Mail`].
 pub(super) async fn follow_mail(
-    client: redis::Client,
+    endpoint: Endpoint,
     keys: Keys,
     instance: String,
     stats: RedisStats,
@@ -338,7 +339,7 @@ pub(super) async fn follow_mail(
             }
         }
     };
-    subscriber::run(client, "orders", vec![inbox], stats, requests, on_message, |_| {}).await;
+    subscriber::run(endpoint, "orders", vec![inbox], stats, requests, on_message, |_| {}).await;
 }
 
 #[cfg(test)]

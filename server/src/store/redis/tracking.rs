@@ -15,12 +15,13 @@ use std::{
 
 use futures::future::BoxFuture;
 use parking_lot::{Mutex, RwLock};
-use redis::{aio::ConnectionManager, AsyncCommands};
+use redis::AsyncCommands;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{
+    conn::{Conn, Endpoint},
     keys::Keys,
     stats::RedisStats,
     subscriber::{self, Subscription},
@@ -60,7 +61,7 @@ pub(super) struct RedisBus {
     pub instance: String,
     /// [`envelope_head`] of this instance.
     pub head: String,
-    pub conn: ConnectionManager,
+    pub conn: Conn,
     /// The subscriber's requests: a driver's channel to follow or leave.
     pub following: mpsc::UnboundedSender<Subscription>,
     /// `(channel, payload)` to PUBLISH; a task pipelines whatever is pending.
@@ -72,6 +73,8 @@ pub(super) struct RedisBus {
     pub tracked_here: Arc<Mutex<HashSet<String>>>,
     /// Per driver followed here: whether its claim is out (subscribed, written and announced).
     pub announced: Mutex<HashMap<String, watch::Receiver<bool>>>,
+    /// PUBLISH, or SPUBLISH on a cluster.
+    pub publish: &'static str,
 }
 
 impl RedisBus {
@@ -88,16 +91,22 @@ impl RedisBus {
         let mut conn = self.conn.clone();
         let (key, member) = (self.keys.tracked(), format!("{driver_id}|{}", self.instance));
         let (version, news) = (self.keys.tracked_version(), self.keys.tracked_news());
+        let publish = self.publish;
         tokio::spawn(async move {
-            let mut pipe = redis::pipe();
+            let (mut pipe, mut announce) = (redis::pipe(), redis::pipe());
             if let Some(subscribed) = subscribed {
                 let _ = tokio::time::timeout(SUBSCRIBE_WAIT, subscribed).await;
                 pipe.atomic().zadd(key, &member, now_ms() + TRACK_CLAIM_MS).ignore();
-                pipe.incr(version, 1).ignore().publish(news, &member).ignore();
+                pipe.incr(version, 1).ignore();
+                // Announced after the transaction (on a cluster the channel's shard is not the registry's).
+                announce.cmd(publish).arg(news).arg(&member).ignore();
             } else {
                 pipe.atomic().zrem(key, member).ignore().incr(version, 1).ignore();
             }
             let _: Result<(), _> = pipe.query_async(&mut conn).await;
+            if !announce.is_empty() {
+                let _: Result<(), _> = announce.query_async(&mut conn).await;
+            }
             if let Some(announced) = announced {
                 let _ = announced.send(true);
             }
@@ -150,7 +159,7 @@ pub(super) type News = Arc<Mutex<HashMap<String, Instant>>>;
 /// came or went) does it read the whole registry: re-writing and re-reading every claim at each refresh made the
 /// registry most of Redis's work under tracking load.
 pub(super) async fn refresh_tracked(
-    mut conn: ConnectionManager,
+    mut conn: Conn,
     keys: Keys,
     instance: String,
     stats: RedisStats,
@@ -221,15 +230,16 @@ pub(super) async fn refresh_tracked(
 
 /// Publishes tracking messages: one at once when idle, everything pending in one pipeline under load.
 pub(super) async fn publish(
-    mut conn: ConnectionManager,
+    mut conn: Conn,
+    command: &'static str,
     stats: RedisStats,
     mut pending: mpsc::UnboundedReceiver<(String, String)>,
 ) {
     while let Some((channel, payload)) = pending.recv().await {
         let mut pipe = redis::pipe();
-        pipe.cmd("PUBLISH").arg(channel).arg(payload).ignore();
+        pipe.cmd(command).arg(channel).arg(payload).ignore();
         while let Ok((channel, payload)) = pending.try_recv() {
-            pipe.cmd("PUBLISH").arg(channel).arg(payload).ignore();
+            pipe.cmd(command).arg(channel).arg(payload).ignore();
         }
         stats.round_trips.inc();
         // A fix lost while Redis is away is superseded by the driver's next one.
@@ -242,7 +252,7 @@ pub(super) async fn publish(
 /// Keeps this instance's Redis subscriptions to exactly the drivers its sockets track, and forwards what
 /// arrives on them (skipping this instance's own messages, which went to its trackers directly).
 pub(super) async fn follow_tracked(
-    client: redis::Client,
+    endpoint: Endpoint,
     keys: Keys,
     instance: String,
     stats: RedisStats,
@@ -271,7 +281,7 @@ pub(super) async fn follow_tracked(
             let _ = engine.send(Relayed { driver_id: driver_id.to_string(), text });
         }
     };
-    subscriber::run(client, "tracking", vec![keys.tracked_news()], stats, requests, on_message, |n| {
+    subscriber::run(endpoint, "tracking", vec![keys.tracked_news()], stats, requests, on_message, |n| {
         gauge.set(n as i64);
     })
     .await;

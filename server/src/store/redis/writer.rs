@@ -8,11 +8,12 @@
 
 use std::{collections::HashMap, time::Duration};
 
-use redis::{aio::ConnectionManager, Value};
+use redis::Value;
 use tokio::sync::mpsc;
 
 use super::{
     batch::{tick_pipeline, TickBatch},
+    conn::Conn,
     keys::Keys,
     lease::Lease,
     stats::RedisStats,
@@ -156,7 +157,7 @@ enum Guard {
 /// gives this instance's share up (so the others take its drivers offline at once, not after its lease).
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn write_ticks(
-    mut conn: ConnectionManager,
+    mut conn: Conn,
     keys: Keys,
     instance: String,
     stats: RedisStats,
