@@ -64,6 +64,10 @@ impl RedisCluster {
                 .args(["--cluster-node-timeout", "2000", "--save", "", "--appendonly", "no"])
                 .arg("--dir")
                 .arg(&dir)
+                .arg("--logfile")
+                .arg(dir.join(format!("{port}.log")))
+                .arg("--dbfilename")
+                .arg(format!("dump-{port}.rdb"))
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
@@ -90,6 +94,20 @@ impl RedisCluster {
             bail!("redis-cli --cluster create failed: {}", String::from_utf8_lossy(&created.stdout));
         }
         cluster.wait_ok(Duration::from_secs(30))?;
+        // A replica that has not synced yet cannot take over (its data is "too old"): wait until each has.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for (port, _) in &cluster.own {
+            loop {
+                let info = cli(*port, &["INFO", "replication"]).unwrap_or_default();
+                if info.contains("role:master") || info.contains("master_link_status:up") {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    bail!("the replica on port {port} did not sync with its master:\n{info}");
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
         Ok(cluster)
     }
 
@@ -110,7 +128,8 @@ impl RedisCluster {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                bail!("the cluster did not reach cluster_state:ok within {within:?}");
+                let seen = live.first().map(|p| cli(*p, &["CLUSTER", "NODES"]).unwrap_or_default()).unwrap_or_default();
+                bail!("the cluster did not reach cluster_state:ok within {within:?}; a node sees:\n{seen}");
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -133,6 +152,26 @@ impl RedisCluster {
     pub fn masters(&self) -> Vec<u16> {
         let live = self.own.iter().find(|(_, c)| c.is_some()).map(|(p, _)| *p);
         live.map(|p| self.masters_seen_by(p)).unwrap_or_default()
+    }
+
+    /// The master serving `key`'s slot now (as a live node of its own sees it).
+    pub fn master_for(&self, key: &str) -> Option<u16> {
+        let live = self.own.iter().find(|(_, c)| c.is_some()).map(|(p, _)| *p)?;
+        let slot: u16 = cli(live, &["CLUSTER", "KEYSLOT", key]).ok()?.trim().parse().ok()?;
+        let nodes = cli(live, &["CLUSTER", "NODES"]).ok()?;
+        nodes.lines().find_map(|line| {
+            let fields: Vec<&str> = line.split(' ').collect();
+            let serves = fields.iter().skip(8).any(|range| {
+                let mut ends = range.split('-').map(|n| n.parse::<u16>());
+                match (ends.next(), ends.next()) {
+                    (Some(Ok(from)), Some(Ok(to))) => (from..=to).contains(&slot),
+                    (Some(Ok(only)), None) => only == slot,
+                    _ => false,
+                }
+            });
+            let master = fields.get(2).is_some_and(|f| f.contains("master") && !f.contains("fail"));
+            (serves && master).then(|| fields.get(1)?.split([':', '@']).nth(1)?.parse().ok()).flatten()
+        })
     }
 
     /// `redis-cli` against one node of its own.
@@ -162,7 +201,9 @@ impl Drop for RedisCluster {
             }
         }
         if let Some(dir) = &self.dir {
-            let _ = std::fs::remove_dir_all(dir);
+            if std::env::var_os("PULSEMAP_KEEP_CLUSTER").is_none() {
+                let _ = std::fs::remove_dir_all(dir);
+            }
         }
     }
 }

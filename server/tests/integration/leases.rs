@@ -294,3 +294,163 @@ async fn clean_stop(shared: Shared) {
     assert_eq!(metric(&b, "pulsemap_redis_instances_reaped_total").await, 0.0, "given up, not taken over");
     b.stop().await;
 }
+
+/// Puts every key under `prefix` back as `snapshot` holds it (and drops the ones made since): what a failover to
+/// a replica that had not received the latest writes does to the data.
+async fn roll_back(conn: &mut redis::aio::MultiplexedConnection, prefix: &str, snapshot: &[(String, Vec<u8>, i64)]) {
+    let now: Vec<String> = redis::cmd("KEYS").arg(format!("{prefix}:*")).query_async(conn).await.unwrap();
+    let mut pipe = redis::pipe();
+    pipe.atomic();
+    for key in now {
+        pipe.cmd("DEL").arg(key).ignore();
+    }
+    for (key, dump, ttl) in snapshot {
+        pipe.cmd("RESTORE").arg(key).arg((*ttl).max(0)).arg(dump.as_slice()).ignore();
+    }
+    let _: () = pipe.query_async(conn).await.unwrap();
+}
+
+async fn snapshot_keys(conn: &mut redis::aio::MultiplexedConnection, prefix: &str) -> Vec<(String, Vec<u8>, i64)> {
+    let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{prefix}:*")).query_async(conn).await.unwrap();
+    let mut taken = Vec::new();
+    for key in keys {
+        let dump: Vec<u8> = redis::cmd("DUMP").arg(&key).query_async(conn).await.unwrap();
+        let ttl: i64 = redis::cmd("PTTL").arg(&key).query_async(conn).await.unwrap();
+        taken.push((key, dump, ttl));
+    }
+    taken
+}
+
+/// Writes Redis acknowledged and then lost (as a failover to a replica that had not received them loses them):
+/// the instance whose write count jumps back starts the heat over, every instance writes its share again, and
+/// every view, a newly started instance's too, is the fleet's real positions.
+#[tokio::test]
+async fn writes_acknowledged_and_then_lost_are_found_and_every_view_comes_back_to_the_truth() {
+    let redis = RedisServer::start();
+    let shared = Shared::One(redis);
+    let Shared::One(redis) = &shared else { unreachable!() };
+    let prefix = unique_prefix("lostw");
+    let a = start(lease_config(&shared, &prefix)).await;
+    let b = start(lease_config(&shared, &prefix)).await;
+    let (a_addr, b_addr) = (a.addr.to_string(), b.addr.to_string());
+    let before = fleet("lost", 30, 0.0);
+    send_pings(&a_addr, &pings_of(&before)).await;
+    let expected = (cells_of(&positions(&before)), 30);
+    eventually(10, "B counts the fleet", || async { (drivers(&b_addr).await == expected).then_some(()) }).await;
+    let mut conn = redis.connection().await;
+    let snapshot = snapshot_keys(&mut conn, &prefix).await;
+
+    // The fleet moves; both instances apply it; then Redis loses it.
+    let after = fleet("lost", 30, 0.05);
+    send_pings(&a_addr, &pings_of(&after)).await;
+    let truth = (cells_of(&positions(&after)), 30);
+    eventually(10, "B applies the move", || async { (drivers(&b_addr).await == truth).then_some(()) }).await;
+    roll_back(&mut conn, &prefix, &snapshot).await;
+
+    // The drivers keep pinging where they are.
+    let pinger = keep_pinging(a_addr.clone(), after.clone());
+    // An instance that starts now loads what Redis holds.
+    let c = start(lease_config(&shared, &prefix)).await;
+    let c_addr = c.addr.to_string();
+    for addr in [&a_addr, &b_addr, &c_addr] {
+        eventually(20, "every view is the truth", || async { (drivers(addr).await == truth).then_some(()) }).await;
+    }
+    assert_eq!(metric(&a, "pulsemap_redis_repairs_total").await, 1.0, "A found its writes lost, once");
+    pinger.abort();
+    a.stop().await;
+    b.stop().await;
+    c.stop().await;
+}
+
+/// A 3+3 Redis Cluster loses the master that holds the state while two instances take a moving fleet: they keep
+/// taking pings, follow the promoted replica, repair what the failover lost, and their heat (and a new
+/// instance's) comes back to the fleet's real positions.
+#[tokio::test]
+async fn on_a_cluster_a_killed_master_fails_over_and_every_view_converges_to_the_truth() {
+    let mut cluster = tools::redis_cluster::RedisCluster::start_own(3, 1).expect("a 3+3 Redis Cluster starts");
+    let seeds = cluster.seeds();
+    let prefix = unique_prefix("failover");
+    let config = || {
+        let mut config = config();
+        config.redis_cluster = Some(seeds.clone());
+        config.redis_prefix = prefix.clone();
+        config.redis_connect_secs = 10;
+        config.stale_after_secs = 30.0;
+        config
+    };
+    let a = start(config()).await;
+    let b = start(config()).await;
+    let (a_addr, b_addr) = (a.addr.to_string(), b.addr.to_string());
+    let moved = |name: &str, round: u32, shift: f64| -> Vec<(String, f64, f64)> {
+        fleet(name, 50, shift).into_iter().map(|(id, lat, lon)| (id, lat + 0.0007 * f64::from(round), lon)).collect()
+    };
+    let both = |round: u32| (moved("fo-a", round, 0.0), moved("fo-b", round, 0.05));
+    let truth_of = |round: u32| {
+        let (on_a, on_b) = both(round);
+        let mut all = positions(&on_a);
+        all.extend(positions(&on_b));
+        (cells_of(&all), 100)
+    };
+    let send = |round: u32| {
+        let (on_a, on_b) = both(round);
+        let (a_addr, b_addr) = (a_addr.clone(), b_addr.clone());
+        async move {
+            send_pings(&a_addr, &pings_of(&on_a)).await;
+            send_pings(&b_addr, &pings_of(&on_b)).await;
+        }
+    };
+    send(0).await;
+    for addr in [&a_addr, &b_addr] {
+        eventually(20, "both count the fleet", || async { (drivers(addr).await == truth_of(0)).then_some(()) }).await;
+    }
+    let state_master = cluster.master_for(&format!("{{{prefix}}}")).expect("a master holds the state");
+    // The fleet moves every 100 ms; the state's master dies in the middle of it.
+    for round in 1..=10 {
+        send(round).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let killed = Instant::now();
+    cluster.kill(state_master);
+    let last = 40;
+    for round in 11..=last {
+        send(round).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let moving_until = killed.elapsed();
+    let promoted = eventually(30, "a replica takes the state over", || async {
+        cluster.master_for(&format!("{{{prefix}}}")).filter(|port| *port != state_master)
+    })
+    .await;
+    let promoted_after = killed.elapsed();
+    cluster.wait_ok(Duration::from_secs(30)).expect("the cluster is whole again");
+    // The drivers stay where they are now, pinging: the truth.
+    let pinger_a = keep_pinging(a_addr.clone(), both(last).0);
+    let pinger_b = keep_pinging(b_addr.clone(), both(last).1);
+    for addr in [&a_addr, &b_addr] {
+        eventually(30, "every view converges to the truth", || async {
+            (drivers(addr).await == truth_of(last)).then_some(())
+        })
+        .await;
+    }
+    let converged = killed.elapsed();
+    let c = start(config()).await;
+    let c_addr = c.addr.to_string();
+    eventually(30, "a new instance loads the truth", || async {
+        (drivers(&c_addr).await == truth_of(last)).then_some(())
+    })
+    .await;
+    let repairs = metric(&a, "pulsemap_redis_repairs_total").await + metric(&b, "pulsemap_redis_repairs_total").await;
+    eprintln!(
+        "failover: master {state_master} killed, replica {promoted} serving the state {:.1} s after; the fleet moved \
+         for {:.1} s after the kill; both views equal the truth {:.1} s after the kill; repairs {repairs}",
+        promoted_after.as_secs_f64(),
+        moving_until.as_secs_f64(),
+        converged.as_secs_f64()
+    );
+    assert!(converged <= Duration::from_secs(30), "converged within 30 s of the kill");
+    pinger_a.abort();
+    pinger_b.abort();
+    a.stop().await;
+    b.stop().await;
+    c.stop().await;
+}

@@ -230,6 +230,8 @@ pub(crate) fn tick_pipeline(keys: &Keys, instance: &str, batch: &TickBatch) -> r
         }
         pipe.add_command(hset).ignore();
     }
+    // The one reply the transaction gives: this instance's write count.
+    pipe.cmd("INCR").arg(keys.seq(instance));
     if !entry.d.is_empty() || !entry.o.is_empty() || !entry.c.is_empty() {
         pipe.cmd("XADD")
             .arg(keys.stream())
@@ -301,7 +303,11 @@ mod tests {
         };
         let names: Vec<String> = pipe.cmd_iter().map(first).collect();
         // A zero change writes nothing; the offline driver leaves the GEO set.
-        assert_eq!(names, ["HINCRBY", "HINCRBY", "PEXPIRE", "SADD", "HSET", "GEOADD", "ZREM", "XADD"], "{names:?}");
+        assert_eq!(
+            names,
+            ["HINCRBY", "HINCRBY", "PEXPIRE", "SADD", "HSET", "GEOADD", "ZREM", "INCR", "XADD"],
+            "{names:?}"
+        );
         let entry = StreamEntry { d: vec![(a.as_str().into(), 2)], o: vec![(b.as_str().into(), 7, 1)], c: Vec::new() };
         assert_eq!(
             entry.increments(),

@@ -39,6 +39,46 @@ pub(super) async fn establish_epoch(
     redis::cmd("GET").arg(keys.epoch()).query_async(conn).await
 }
 
+/// Clears the heat's state (counts, order slots, presence, GEO set, attribution, write counts) and begins a new
+/// epoch, in one script: every instance then reloads (nothing) and writes its whole share again, the repair of
+/// a Redis that lost its data. Used when writes were lost without the data going (a failover to a replica that
+/// had not received them): starting over is the one way back to counts every instance agrees on.
+/// KEYS: regions, presence, geo, owner, instances, epoch. ARGV: prefix, new epoch, first and last order slot.
+const START_OVER: &str = r#"
+for _, pt in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  redis.call('DEL', ARGV[1] .. ':{' .. pt .. '}:d')
+  for slot = tonumber(ARGV[3]), tonumber(ARGV[4]) do
+    redis.call('DEL', ARGV[1] .. ':{' .. pt .. '}:o:' .. slot)
+  end
+end
+for _, instance in ipairs(redis.call('SMEMBERS', KEYS[5])) do
+  redis.call('DEL', ARGV[1] .. ':counted:' .. instance, ARGV[1] .. ':seq:' .. instance)
+end
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
+redis.call('SET', KEYS[6], ARGV[2])
+return 1
+"#;
+
+pub(super) async fn start_over(
+    conn: &mut (impl redis::aio::ConnectionLike + Send),
+    keys: &Keys,
+) -> redis::RedisResult<()> {
+    let current = slot_of(now_ms());
+    redis::Script::new(START_OVER)
+        .key(keys.partitions())
+        .key(keys.presence())
+        .key(keys.geo())
+        .key(keys.owner())
+        .key(keys.instances())
+        .key(keys.epoch())
+        .arg(keys.prefix())
+        .arg(format!("{:016x}", fastrand::u64(..)))
+        .arg(current - LOADED_SLOTS - 2)
+        .arg(current + 2)
+        .invoke_async(conn)
+        .await
+}
+
 /// Reads the heat and the last stream id in one transaction, so the heat is exactly "as of" that id.
 pub(super) async fn load(
     conn: &mut (impl redis::aio::ConnectionLike + Send),
@@ -122,7 +162,7 @@ pub(super) async fn read_stream(
                     };
                     match reloaded.await {
                         Ok((fresh, loaded, id)) => {
-                            tracing::warn!(epoch = %fresh, "Redis lost its data: reloaded; reseeding this instance's share");
+                            tracing::warn!(epoch = %fresh, "Redis lost its data (or writes): reloaded; reseeding this instance's share");
                             *epoch.lock() = fresh;
                             from = id;
                             if engine.send(FeedEvent::Reset(loaded)).await.is_err() {

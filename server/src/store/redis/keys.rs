@@ -129,6 +129,12 @@ impl Keys {
         format!("{}:counted:{instance}", self.prefix)
     }
 
+    /// How many tick writes of an instance landed: each tick transaction increments it, so a reply that is not
+    /// the last one plus one means writes were lost (a failover) or doubled (a retried write that had run).
+    pub fn seq(&self, instance: &str) -> String {
+        format!("{}:seq:{instance}", self.prefix)
+    }
+
     /// Driver -> the instance that heard it last (whose lapse takes it offline).
     pub fn owner(&self) -> String {
         format!("{}:owner", self.prefix)

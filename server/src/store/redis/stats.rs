@@ -30,6 +30,8 @@ pub(crate) struct RedisStats {
     pub rejoins: Counter,
     /// Drivers this instance stopped counting because another instance heard them later.
     pub drivers_handed_off: Counter,
+    /// Times this instance found tick writes lost or doubled (its write count jumped) and started the heat over.
+    pub repairs: Counter,
 }
 
 impl RedisStats {
@@ -86,6 +88,11 @@ impl RedisStats {
             "redis_drivers_handed_off",
             "Drivers this instance stopped counting because another instance heard them later.",
             self.drivers_handed_off.clone(),
+        );
+        registry.register(
+            "redis_repairs",
+            "Times this instance found tick writes lost or doubled and started the heat over (every instance reseeds).",
+            self.repairs.clone(),
         );
     }
 }

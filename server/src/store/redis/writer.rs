@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 use super::{
     batch::{tick_pipeline, TickBatch},
     conn::Conn,
+    feed,
     keys::Keys,
     lease::Lease,
     stats::RedisStats,
@@ -144,7 +145,8 @@ impl StateOfRecord for RedisRecord {
 
 /// What the guard before a write found.
 enum Guard {
-    Written,
+    /// Written (or nothing to write), with this instance's write count after it.
+    Written(Option<i64>),
     /// Redis lost its data, or another epoch began.
     Lost,
     /// A survivor took this instance's share over.
@@ -173,6 +175,8 @@ pub(super) async fn write_ticks(
     // Set when the lease asked for a look even if nothing is to be written.
     let mut check = false;
     let mut batch = TickBatch::default();
+    // This instance's write count as the last transaction returned it.
+    let mut written: Option<i64> = None;
     loop {
         // Take what is queued; block only when there is nothing (allowed) to write.
         let idle = (batch.is_empty() && !check) || lost;
@@ -185,6 +189,8 @@ pub(super) async fn write_ticks(
             Some(WriterMsg::Reseed(reseed)) => {
                 batch = reseed;
                 lost = false;
+                // A new epoch counts this instance's writes from nothing.
+                written = None;
                 continue;
             }
             Some(WriterMsg::Rejoin(share)) => {
@@ -220,13 +226,19 @@ pub(super) async fn write_ticks(
                     tracing::warn!(by = %by, "this instance's lease had lapsed and its drivers were taken over; writing them again");
                     return Ok(Guard::Reaped);
                 }
-                return Ok(Guard::Written);
+                return Ok(Guard::Written(None));
             }
             stats.pipeline_commands.inc_by(pipe.cmd_iter().count() as u64);
             stats.round_trips.inc_by(2);
             let reply: Value = pipe.query_async(&mut conn).await?;
             // An aborted transaction: the epoch or the mark changed since the WATCH; the next round finds out which.
-            Ok::<Guard, redis::RedisError>(if matches!(reply, Value::Nil) { Guard::Aborted } else { Guard::Written })
+            Ok::<Guard, redis::RedisError>(match reply {
+                Value::Nil => Guard::Aborted,
+                Value::Array(replies) => {
+                    Guard::Written(replies.last().and_then(|n| redis::from_redis_value(n.clone()).ok()))
+                }
+                _ => Guard::Written(None),
+            })
         };
         match guarded.await {
             Ok(Guard::Lost) => {
@@ -242,7 +254,7 @@ pub(super) async fn write_ticks(
                     break;
                 }
             }
-            Ok(Guard::Written) => {
+            Ok(Guard::Written(count)) => {
                 stats.set_up(true);
                 if !batch.is_empty() {
                     stats.flushes.inc();
@@ -250,6 +262,23 @@ pub(super) async fn write_ticks(
                 }
                 backoff.reset();
                 batch = TickBatch::default();
+                match (written, count) {
+                    (Some(before), Some(now)) if now != before + 1 => {
+                        // Writes Redis acknowledged are gone (a replica promoted before it had them), or a retried
+                        // write had run twice: the counts are no longer what the instances applied.
+                        tracing::warn!(before, now, "tick writes were lost or doubled; starting the heat over");
+                        match feed::start_over(&mut conn, &keys).await {
+                            Ok(()) => {
+                                stats.repairs.inc();
+                                lost = true;
+                                written = None;
+                            }
+                            Err(error) => tracing::warn!(%error, "could not start the heat over; will try again"),
+                        }
+                    }
+                    (_, Some(now)) => written = Some(now),
+                    _ => {}
+                }
             }
             Err(error) => {
                 stats.errors.inc();
