@@ -137,15 +137,7 @@ impl RedisCluster {
 
     /// The ports of the masters that hold slots, as one node sees them (sorted).
     fn masters_seen_by(&self, port: u16) -> Vec<u16> {
-        let nodes = cli(port, &["CLUSTER", "NODES"]).unwrap_or_default();
-        let mut masters: Vec<u16> = nodes
-            .lines()
-            .filter(|l| l.split(' ').nth(2).is_some_and(|flags| flags.contains("master") && !flags.contains("fail")))
-            .filter(|l| l.split(' ').count() > 8)
-            .filter_map(|l| l.split(' ').nth(1)?.split(['@', ':']).nth(1)?.parse().ok())
-            .collect();
-        masters.sort_unstable();
-        masters
+        masters_in(&cli(port, &["CLUSTER", "NODES"]).unwrap_or_default())
     }
 
     /// The masters that hold slots now.
@@ -206,4 +198,37 @@ impl Drop for RedisCluster {
             }
         }
     }
+}
+
+/// The masters (ports) of the cluster a seed (`host:port`, comma-separated seeds: the first) belongs to.
+pub fn masters_of(seeds: &str) -> anyhow::Result<Vec<u16>> {
+    let seed = seeds.split(',').next().unwrap_or_default().trim_start_matches("redis://");
+    let port: u16 = seed.rsplit(':').next().unwrap_or_default().parse().context("a seed is host:port")?;
+    Ok(masters_in(&cli(port, &["CLUSTER", "NODES"])?))
+}
+
+/// The ports of the live masters holding slots in a `CLUSTER NODES` answer, sorted.
+fn masters_in(nodes: &str) -> Vec<u16> {
+    let mut masters: Vec<u16> = nodes
+        .lines()
+        .map(|l| l.split(' ').collect::<Vec<_>>())
+        .filter(|f| f.len() > 8 && f[2].contains("master") && !f[2].contains("fail"))
+        .filter_map(|f| f[1].split([':', '@']).nth(1)?.parse().ok())
+        .collect();
+    masters.sort_unstable();
+    masters
+}
+
+/// Commands each of `ports` has run so far (the sum of `INFO commandstats` calls).
+pub fn command_calls(ports: &[u16]) -> Vec<u64> {
+    ports
+        .iter()
+        .map(|port| {
+            cli(*port, &["INFO", "commandstats"])
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| l.split("calls=").nth(1)?.split(',').next()?.parse::<u64>().ok())
+                .sum()
+        })
+        .collect()
 }

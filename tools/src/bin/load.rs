@@ -32,6 +32,10 @@ struct Args {
     /// Run the server on this Redis instead of the embedded store (a fresh key prefix per run).
     #[arg(long, global = true)]
     redis_url: Option<String>,
+    /// Run the server on this Redis Cluster (seed `host:port`s), or `own` for a cluster of three masters this run
+    /// starts and removes; the result then has each master's commands and the busiest/quietest ratio.
+    #[arg(long, global = true, conflicts_with = "redis_url")]
+    redis_cluster: Option<String>,
     /// Extra argument for the server (repeat for several).
     #[arg(long = "server-arg", global = true, allow_hyphen_values = true)]
     server_args: Vec<String>,
@@ -144,13 +148,13 @@ enum HistoryStore {
 fn start_server(args: &Args) -> anyhow::Result<Launched> {
     let bin = server_bin(args)?;
     let mut extra = Vec::new();
-    if let Some(url) = &args.redis_url {
-        extra.extend([
-            "--redis-url".into(),
-            url.clone(),
-            "--redis-prefix".into(),
-            format!("load-{:08x}", fastrand::u32(..)),
-        ]);
+    let shared = match (&args.redis_url, &args.redis_cluster) {
+        (Some(url), _) => Some(("--redis-url", url.clone())),
+        (None, Some(seeds)) => Some(("--redis-cluster", seeds.clone())),
+        _ => None,
+    };
+    if let Some((flag, at)) = shared {
+        extra.extend([flag.into(), at, "--redis-prefix".into(), format!("load-{:08x}", fastrand::u32(..))]);
     }
     if let Scenario::Fanout { tick_ms, .. } = &args.scenario {
         extra.extend(["--tick-ms".into(), tick_ms.to_string()]);
@@ -351,9 +355,24 @@ async fn main() -> anyhow::Result<()> {
     }
     // The server inherits this limit: as many sockets as the hard limit allows, for both processes.
     let open_files = raise_open_files(1 << 20);
+    let mut args = args;
+    // A cluster of its own, kept for the run.
+    let own_cluster = match args.redis_cluster.as_deref() {
+        Some("own") => Some(tools::redis_cluster::RedisCluster::start_own(3, 0)?),
+        _ => None,
+    };
+    if let Some(cluster) = &own_cluster {
+        args.redis_cluster = Some(cluster.seeds());
+    }
+    let masters = args.redis_cluster.as_deref().map(tools::redis_cluster::masters_of).transpose()?;
+    let calls_before = masters.as_ref().map(|m| tools::redis_cluster::command_calls(m));
     let server = start_server(&args)?;
     let pid = server.pid();
-    let store = if args.redis_url.is_some() { "redis" } else { "embedded" };
+    let store = match (&args.redis_url, &args.redis_cluster) {
+        (Some(_), _) => "redis",
+        (None, Some(_)) => "redis-cluster",
+        _ => "embedded",
+    };
     println!(
         "pulsemap-load: {} cores, {:.1} GiB; server pid {pid} ({store} store) at {}; open-files limit {}",
         machine.cores, machine.memory_gib, server.url, open_files
@@ -523,11 +542,23 @@ async fn main() -> anyhow::Result<()> {
             })
         }
     };
+    let mut result = result;
+    if let (Some(masters), Some(before)) = (&masters, &calls_before) {
+        let after = tools::redis_cluster::command_calls(masters);
+        let per_master: Vec<u64> = after.iter().zip(before).map(|(a, b)| a.saturating_sub(*b)).collect();
+        let (busiest, quietest) =
+            (per_master.iter().max().copied().unwrap_or(0), per_master.iter().min().copied().unwrap_or(0));
+        let ratio = busiest as f64 / quietest.max(1) as f64;
+        println!("Redis Cluster commands per master over the run: {per_master:?} (ports {masters:?}); busiest/quietest {ratio:.1}");
+        result["cluster"] =
+            serde_json::json!({"masters": masters, "commands": per_master, "busiest_over_quietest": ratio});
+    }
     if let Some(parent) = args.out.parent() {
         std::fs::create_dir_all(parent)?;
     }
     std::fs::write(&args.out, serde_json::to_string_pretty(&result)?)?;
     println!("\nwrote {}", args.out.display());
     drop(server);
+    drop(own_cluster);
     Ok(())
 }
