@@ -246,9 +246,9 @@ impl Dispatch {
         let hold = self.orders.holds(&[driver_id.to_string()]).await?.pop().flatten();
         if let Some(crate::store::Hold::Job(order_id)) = hold {
             if let Some(order) = self.orders.get(&order_id).await?.filter(|o| o.state.has_driver()) {
+                self.watch_job(&order).await;
                 self.tell_driver(driver_id, &assigned(&order));
                 self.tell_driver(driver_id, &DriverServerMsg::Job { order_id, state: order.state });
-                self.watch_job(&order);
             }
         }
         Ok(DriverLink { driver_id: driver_id.to_string(), socket, messages })
@@ -303,7 +303,7 @@ impl Dispatch {
         for offer in offers.iter().filter(|o| o.driver_id != driver_id) {
             self.withdraw(&offer.driver_id, order_id, Reason::DriverAccepted).await;
         }
-        self.watch_job(&order);
+        self.watch_job(&order).await;
         Ok(order)
     }
 
@@ -781,11 +781,19 @@ impl Dispatch {
     }
 
     /// Follows the assigned driver's geofences here, unless this instance already does.
-    fn watch_job(self: &Arc<Self>, order: &Order) {
+    /// Follows the job's geofences; the driver's fixes are joined before this returns (before the driver is
+    /// told), so the watch sees the whole drive.
+    async fn watch_job(self: &Arc<Self>, order: &Order) {
+        let Some(driver_id) = order.driver_id.clone() else { return };
         if !self.watched_jobs.lock().insert(order.id.clone()) {
             return;
         }
-        tokio::spawn(watch::follow(self.clone(), order.id.clone()));
+        match Box::pin(self.engine.track(driver_id)).await {
+            Ok(tracked) => {
+                tokio::spawn(watch::follow(self.clone(), order.id.clone(), tracked));
+            }
+            Err(_) => self.job_unwatched(&order.id),
+        }
     }
 
     fn job_unwatched(&self, order_id: &str) {

@@ -13,12 +13,12 @@ use protocol::{
     orders::{AlertKind, OrderState, Reason},
     track::{DriverFix, TrackMsg},
 };
-use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::broadcast::{self, error::RecvError};
 
 use super::Dispatch;
 use crate::{
     clock::now_ms,
-    engine::FrameKind,
+    engine::{FrameKind, TrackFrame},
     state::{
         order::Order,
         trip::{Leg, LegWatch, Speed},
@@ -67,17 +67,21 @@ impl Job {
     }
 }
 
+/// The driver's tracking stream, joined before the driver is told the job is its own (so no fix of the drive
+/// comes before the watch).
+pub(super) type Tracked = (TrackMsg, broadcast::Receiver<Arc<TrackFrame>>);
+
 /// Follows one job's geofences until the order ends or passes to another driver (or the server stops).
-pub(super) async fn follow(dispatch: Arc<Dispatch>, order_id: String) {
-    if let Err(e) = Box::pin(run(&dispatch, &order_id)).await {
+pub(super) async fn follow(dispatch: Arc<Dispatch>, order_id: String, tracked: Tracked) {
+    if let Err(e) = Box::pin(run(&dispatch, &order_id, tracked)).await {
         tracing::debug!(%order_id, error = %e.message, "geofence watch ended");
     }
     dispatch.job_unwatched(&order_id);
 }
 
-async fn run(dispatch: &Arc<Dispatch>, order_id: &str) -> Result<(), protocol::problem::Problem> {
+async fn run(dispatch: &Arc<Dispatch>, order_id: &str, tracked: Tracked) -> Result<(), protocol::problem::Problem> {
     let Some(mut job) = Job::new(dispatch.get(order_id).await?) else { return Ok(()) };
-    let (now, mut fixes) = dispatch.engine.track(job.driver_id.clone()).await?;
+    let (now, mut fixes) = tracked;
     if let TrackMsg::Fix(fix) = now {
         check(dispatch, &mut job, &fix).await?;
     }

@@ -195,6 +195,10 @@ async fn stalled_instance(shared: Shared) {
     let pinger = keep_pinging(a_addr.clone(), on_a.clone());
     let expected = (cells_of(&positions(&on_a)), 20);
     eventually(10, "B counts A's drivers", || async { (drivers(&b_addr).await == expected).then_some(()) }).await;
+    // A driver's socket on A, taking offers.
+    let _socket = driver_socket(&a_addr, "stall-ws").await;
+    let registered = || socket_of(&shared, &prefix, "stall-ws");
+    let a_instance = eventually(10, "the socket is registered", || async { registered().await }).await;
 
     // A stops (as a process paused by the machine would) for longer than its lease.
     let pid = a.id().unwrap().to_string();
@@ -203,10 +207,13 @@ async fn stalled_instance(shared: Shared) {
         (drivers(&b_addr).await == (Vec::new(), 0)).then_some(())
     })
     .await;
+    assert_eq!(registered().await, None, "the takeover removed the stalled instance's socket registrations");
     assert!(tokio::process::Command::new("kill").args(["-CONT", &pid]).status().await.unwrap().success());
     // Awake, A finds its share taken over and writes its drivers again: each counted once, where it is.
     eventually(20, "A's drivers are back, once each", || async { (drivers(&b_addr).await == expected).then_some(()) })
         .await;
+    let back = eventually(10, "the socket takes offers again", || async { registered().await }).await;
+    assert_eq!(back, a_instance, "registered again to A");
     let a_metrics = reqwest::Client::new()
         .get(format!("http://{a_addr}/metrics"))
         .bearer_auth(ADMIN_KEY)
@@ -453,4 +460,46 @@ async fn on_a_cluster_a_killed_master_fails_over_and_every_view_converges_to_the
     a.stop().await;
     b.stop().await;
     c.stop().await;
+}
+
+/// A driver's socket on the instance at `addr`, authenticated with a token the fleet minted.
+async fn driver_socket(
+    addr: &str,
+    driver_id: &str,
+) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
+    use futures::{SinkExt, StreamExt};
+    let body: Value = reqwest::Client::new()
+        .post(format!("http://{addr}/api/drivers/enter"))
+        .bearer_auth(ADMIN_KEY)
+        .json(&json!({"driver_id": driver_id}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws/driver")).await.unwrap();
+    let auth = json!({"type": "auth", "token": body["token"]}).to_string();
+    ws.send(tokio_tungstenite::tungstenite::Message::Text(auth.into())).await.unwrap();
+    let ready = ws.next().await.unwrap().unwrap();
+    assert!(ready.to_text().unwrap().contains("ready"), "{ready:?}");
+    ws
+}
+
+/// The instance whose socket of the driver takes offers, as Redis holds it.
+async fn socket_of(shared: &Shared, prefix: &str, driver_id: &str) -> Option<String> {
+    match shared {
+        Shared::One(redis) => redis::cmd("HGET")
+            .arg(format!("{prefix}:sockets"))
+            .arg(driver_id)
+            .query_async(&mut redis.connection().await)
+            .await
+            .unwrap(),
+        Shared::Cluster(cluster) => {
+            let key = format!("{{{prefix}}}:sockets");
+            let port = cluster.master_for(&key).expect("a master holds the state");
+            let value = cluster.cli(port, &["HGET", &key, driver_id]).unwrap_or_default();
+            Some(value.trim().to_string()).filter(|v| !v.is_empty())
+        }
+    }
 }

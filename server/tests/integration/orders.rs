@@ -155,14 +155,6 @@ async fn the_nearest_driver_gets_the_offer_and_the_customer_follows_the_delivery
     assert_eq!(assigned["driver_id"], "near");
     assert!(assigned["eta_s"].as_f64().unwrap() > 0.0, "an estimate while the driver is on the way: {assigned}");
 
-    // Across instances, the driver's instance publishes its fixes once it knows the other follows it (the
-    // customer's socket and the geofence watch): the drive starts then, as a real one would, seconds later.
-    if !std::ptr::eq(home, away) {
-        eventually(10, "the driver's instance knows it is followed", || async {
-            (metric(away, "pulsemap_redis_tracked_drivers").await >= 1.0).then_some(())
-        })
-        .await;
-    }
     // The driver drives to the pickup: the customer sees it move, "near" once, then "at" and at_pickup.
     for metres in [600.0, 450.0, 520.0, 430.0, 200.0, 30.0] {
         near.at(PICKUP.0 + metres / M_PER_DEG, PICKUP.1).await;

@@ -17,7 +17,7 @@ use std::time::Duration;
 use redis::Script;
 use tokio::sync::mpsc;
 
-use super::{batch::STREAM_MAXLEN, conn::Conn, keys::Keys, stats::RedisStats, writer::WriterMsg};
+use super::{batch::STREAM_MAXLEN, conn::Conn, keys::Keys, orders::TakingOffers, stats::RedisStats, writer::WriterMsg};
 use crate::clock::now_ms;
 
 /// How long the mark of a takeover waits for its instance to come back and see it.
@@ -75,11 +75,28 @@ pub(super) struct Lease {
     lease: Duration,
     take_over: Script,
     stats: RedisStats,
+    /// This instance's driver sockets that take offers: a takeover removes their registration, a rejoin puts it
+    /// back.
+    taking_offers: TakingOffers,
 }
 
 impl Lease {
-    pub fn new(keys: Keys, instance: String, lease: Duration, stats: RedisStats) -> Lease {
-        Lease { keys, instance, lease, take_over: Script::new(TAKE_OVER), stats }
+    pub fn new(keys: Keys, instance: String, lease: Duration, stats: RedisStats, taking_offers: TakingOffers) -> Lease {
+        Lease { keys, instance, lease, take_over: Script::new(TAKE_OVER), stats, taking_offers }
+    }
+
+    /// After a takeover of this instance's share: its driver sockets take offers again, unless the driver has a
+    /// socket on another instance by now (HSETNX).
+    pub async fn restore_sockets(&self, conn: &mut Conn) -> redis::RedisResult<()> {
+        let drivers: Vec<String> = self.taking_offers.lock().iter().cloned().collect();
+        if drivers.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for driver in &drivers {
+            pipe.cmd("HSETNX").arg(self.keys.sockets()).arg(driver).arg(&self.instance).ignore();
+        }
+        pipe.query_async(conn).await
     }
 
     /// Takes the lease (or renews it) and lists this instance: done before anything is written, so no survivor

@@ -86,7 +86,14 @@ async fn start(endpoint: &Endpoint, config: &Config) -> anyhow::Result<(Store, R
     let instance = format!("{:016x}", fastrand::u64(..));
 
     // The lease first: a survivor never sees this instance's share without it.
-    let lease = lease::Lease::new(keys.clone(), instance.clone(), config.instance_lease(), stats.clone());
+    let taking_offers = orders::TakingOffers::default();
+    let lease = lease::Lease::new(
+        keys.clone(),
+        instance.clone(),
+        config.instance_lease(),
+        stats.clone(),
+        taking_offers.clone(),
+    );
     lease.renew(&mut conn).await?;
     let (heat_tx, heat) = mpsc::channel(1024);
     let (writer_tx, batches) = mpsc::unbounded_channel();
@@ -122,6 +129,7 @@ async fn start(endpoint: &Endpoint, config: &Config) -> anyhow::Result<(Store, R
         stats.clone(),
         publications.clone(),
         watching,
+        taking_offers,
     );
     tokio::spawn(feed::read_stream(
         endpoint.clone(),

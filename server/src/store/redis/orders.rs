@@ -12,6 +12,8 @@
 //! Every command touches one key, so each works on a Redis Cluster as it is (the hold and the order are two
 //! compare-and-sets in turn, never one transaction over both).
 
+use std::{collections::HashSet, sync::Arc};
+
 use futures::FutureExt;
 use redis::{AsyncCommands, Script};
 use serde::Deserialize;
@@ -81,8 +83,13 @@ pub(super) struct RedisOrders {
     pub publications: mpsc::UnboundedSender<(String, String)>,
     /// The subscriber's requests: an order's channel to follow or leave.
     pub watching: mpsc::UnboundedSender<Subscription>,
+    /// Drivers whose socket here takes offers: written again if a survivor took this instance's share over.
+    pub taking_offers: TakingOffers,
     scripts: Scripts,
 }
+
+/// The drivers whose socket on this instance takes offers, shared with the lease.
+pub(super) type TakingOffers = Arc<parking_lot::Mutex<HashSet<String>>>;
 
 /// A message on a channel of the orders: who it is for (a driver, on an inbox) and the message as sent.
 #[derive(Debug, Deserialize)]
@@ -116,6 +123,7 @@ impl RedisOrders {
         stats: RedisStats,
         publications: mpsc::UnboundedSender<(String, String)>,
         watching: mpsc::UnboundedSender<Subscription>,
+        taking_offers: TakingOffers,
     ) -> RedisOrders {
         let scripts = Scripts {
             create: Script::new(CREATE),
@@ -125,7 +133,7 @@ impl RedisOrders {
             unregister: Script::new(UNREGISTER),
         };
         let head = envelope_head(&instance);
-        RedisOrders { conn, keys, instance, head, stats, publications, watching, scripts }
+        RedisOrders { conn, keys, instance, head, stats, publications, watching, taking_offers, scripts }
     }
 
     fn conn(&self) -> Conn {
@@ -258,6 +266,11 @@ impl Orders for RedisOrders {
         async move {
             let mut conn = self.conn();
             if available {
+                self.taking_offers.lock().insert(driver_id.to_string());
+            } else {
+                self.taking_offers.lock().remove(driver_id);
+            }
+            if available {
                 conn.hset::<_, _, _, ()>(self.keys.sockets(), driver_id, &self.instance).await
             } else {
                 conn.hdel::<_, _, ()>(self.keys.sockets(), driver_id).await
@@ -269,6 +282,7 @@ impl Orders for RedisOrders {
 
     fn unregister<'a>(&'a self, driver_id: &'a str) -> Answer<'a, ()> {
         async move {
+            self.taking_offers.lock().remove(driver_id);
             let mut invocation = self.scripts.unregister.key(self.keys.sockets());
             invocation.arg(driver_id).arg(&self.instance);
             invocation.invoke_async::<i64>(&mut self.conn()).await.map_err(unavailable)?;

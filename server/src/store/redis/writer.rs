@@ -250,6 +250,9 @@ pub(super) async fn write_ticks(
             Ok(Guard::Reaped) => {
                 stats.rejoins.inc();
                 lost = true;
+                if let Err(error) = lease.restore_sockets(&mut conn).await {
+                    tracing::warn!(%error, "could not register this instance's driver sockets again");
+                }
                 if engine.send(FeedEvent::Rejoin).await.is_err() {
                     break;
                 }
