@@ -780,9 +780,8 @@ impl Dispatch {
         }
     }
 
-    /// Follows the assigned driver's geofences here, unless this instance already does.
-    /// Follows the job's geofences; the driver's fixes are joined before this returns (before the driver is
-    /// told), so the watch sees the whole drive.
+    /// Follows the assigned driver's geofences here, unless this instance already does; the driver's fixes are
+    /// joined before this returns (before the driver is told), so the watch sees the whole drive.
     async fn watch_job(self: &Arc<Self>, order: &Order) {
         let Some(driver_id) = order.driver_id.clone() else { return };
         if !self.watched_jobs.lock().insert(order.id.clone()) {

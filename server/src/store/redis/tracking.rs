@@ -230,21 +230,36 @@ pub(super) async fn refresh_tracked(
 
 /// Publishes tracking messages: one at once when idle, everything pending in one pipeline under load.
 pub(super) async fn publish(
-    mut conn: Conn,
+    conn: Conn,
     command: &'static str,
     stats: RedisStats,
     mut pending: mpsc::UnboundedReceiver<(String, String)>,
 ) {
-    while let Some((channel, payload)) = pending.recv().await {
-        let mut pipe = redis::pipe();
-        pipe.cmd(command).arg(channel).arg(payload).ignore();
-        while let Ok((channel, payload)) = pending.try_recv() {
-            pipe.cmd(command).arg(channel).arg(payload).ignore();
+    // A cluster sends a pipeline to the node of its first command: one pipeline per channel there (a channel's
+    // messages in order, channels side by side), one for everything on a single Redis.
+    let per_channel = matches!(conn, Conn::Cluster(_));
+    while let Some(first) = pending.recv().await {
+        let mut pipes: Vec<(String, redis::Pipeline)> = Vec::new();
+        for (channel, payload) in std::iter::once(first).chain(std::iter::from_fn(|| pending.try_recv().ok())) {
+            let at = match pipes.iter().position(|(c, _)| !per_channel || *c == channel) {
+                Some(at) => at,
+                None => {
+                    pipes.push((channel.clone(), redis::pipe()));
+                    pipes.len() - 1
+                }
+            };
+            pipes[at].1.cmd(command).arg(channel).arg(payload).ignore();
         }
-        stats.round_trips.inc();
+        stats.round_trips.inc_by(pipes.len() as u64);
+        let sent = pipes.into_iter().map(|(_, pipe)| {
+            let mut conn = conn.clone();
+            async move { pipe.query_async::<()>(&mut conn).await }
+        });
         // A fix lost while Redis is away is superseded by the driver's next one.
-        if pipe.query_async::<()>(&mut conn).await.is_err() {
-            stats.errors.inc();
+        for result in futures::future::join_all(sent).await {
+            if result.is_err() {
+                stats.errors.inc();
+            }
         }
     }
 }
