@@ -286,6 +286,22 @@ pub fn unique_prefix(name: &str) -> String {
     format!("test-{name}-{:08x}", fastrand::u32(..))
 }
 
+/// A scenario (an `async fn(Shared)`) as two tests: on one Redis (`$one`) and on a Redis Cluster (`$cluster`).
+macro_rules! on_both {
+    ($scenario:ident: $one:ident, $cluster:ident) => {
+        #[tokio::test]
+        async fn $one() {
+            $scenario(Shared::one()).await;
+        }
+
+        #[tokio::test]
+        async fn $cluster() {
+            $scenario(Shared::cluster()).await;
+        }
+    };
+}
+pub(crate) use on_both;
+
 /// Where instances share their state in a test: one Redis, or a real Redis Cluster.
 pub enum Shared {
     One(RedisServer),

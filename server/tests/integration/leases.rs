@@ -108,15 +108,11 @@ fn keep_pinging(addr: String, fleet: Vec<(String, f64, f64)>) -> tokio::task::Jo
     })
 }
 
-#[tokio::test]
-async fn a_killed_instances_drivers_leave_the_heat_of_every_survivor() {
-    killed_instance(Shared::one()).await;
-}
-
-#[tokio::test]
-async fn on_a_cluster_a_killed_instances_drivers_leave_the_heat_of_every_survivor() {
-    killed_instance(Shared::cluster()).await;
-}
+on_both!(
+    killed_instance:
+    a_killed_instances_drivers_leave_the_heat_of_every_survivor,
+    on_a_cluster_a_killed_instances_drivers_leave_the_heat_of_every_survivor
+);
 
 async fn killed_instance(shared: Shared) {
     let prefix = unique_prefix("crash");
@@ -176,15 +172,11 @@ async fn killed_instance(shared: Shared) {
     c.stop().await;
 }
 
-#[tokio::test]
-async fn a_stalled_instance_loses_its_drivers_and_writes_them_again_when_it_wakes() {
-    stalled_instance(Shared::one()).await;
-}
-
-#[tokio::test]
-async fn on_a_cluster_a_stalled_instance_loses_its_drivers_and_writes_them_again_when_it_wakes() {
-    stalled_instance(Shared::cluster()).await;
-}
+on_both!(
+    stalled_instance:
+    a_stalled_instance_loses_its_drivers_and_writes_them_again_when_it_wakes,
+    on_a_cluster_a_stalled_instance_loses_its_drivers_and_writes_them_again_when_it_wakes
+);
 
 async fn stalled_instance(shared: Shared) {
     let prefix = unique_prefix("stall");
@@ -233,15 +225,11 @@ async fn stalled_instance(shared: Shared) {
     b.stop().await;
 }
 
-#[tokio::test]
-async fn a_driver_moved_to_another_instance_is_counted_once_by_whoever_heard_it_last() {
-    moved_driver(Shared::one()).await;
-}
-
-#[tokio::test]
-async fn on_a_cluster_a_driver_moved_to_another_instance_is_counted_once_by_whoever_heard_it_last() {
-    moved_driver(Shared::cluster()).await;
-}
+on_both!(
+    moved_driver:
+    a_driver_moved_to_another_instance_is_counted_once_by_whoever_heard_it_last,
+    on_a_cluster_a_driver_moved_to_another_instance_is_counted_once_by_whoever_heard_it_last
+);
 
 async fn moved_driver(shared: Shared) {
     let prefix = unique_prefix("moved");
@@ -276,15 +264,11 @@ async fn moved_driver(shared: Shared) {
     b.stop().await;
 }
 
-#[tokio::test]
-async fn an_instance_that_stops_cleanly_gives_its_drivers_up_at_once() {
-    clean_stop(Shared::one()).await;
-}
-
-#[tokio::test]
-async fn on_a_cluster_an_instance_that_stops_cleanly_gives_its_drivers_up_at_once() {
-    clean_stop(Shared::cluster()).await;
-}
+on_both!(
+    clean_stop:
+    an_instance_that_stops_cleanly_gives_its_drivers_up_at_once,
+    on_a_cluster_an_instance_that_stops_cleanly_gives_its_drivers_up_at_once
+);
 
 async fn clean_stop(shared: Shared) {
     let prefix = unique_prefix("clean");

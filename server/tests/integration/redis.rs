@@ -29,15 +29,11 @@ fn content(snapshot: &Value) -> (Value, Value) {
     (Value::Array(cells), snapshot["totals"].clone())
 }
 
-#[tokio::test]
-async fn pings_into_one_instance_show_up_on_the_other_and_tracking_follows() {
-    two_instances(Shared::one()).await;
-}
-
-#[tokio::test]
-async fn on_a_cluster_pings_into_one_instance_show_up_on_the_other_and_tracking_follows() {
-    two_instances(Shared::cluster()).await;
-}
+on_both!(
+    two_instances:
+    pings_into_one_instance_show_up_on_the_other_and_tracking_follows,
+    on_a_cluster_pings_into_one_instance_show_up_on_the_other_and_tracking_follows
+);
 
 async fn two_instances(shared: Shared) {
     let prefix = unique_prefix("two");
@@ -133,15 +129,11 @@ async fn two_instances(shared: Shared) {
     b.stop().await;
 }
 
-#[tokio::test]
-async fn a_restarted_instance_loads_the_window_and_resumes_without_gap_or_double_count() {
-    restarted_instance(Shared::one()).await;
-}
-
-#[tokio::test]
-async fn on_a_cluster_a_restarted_instance_loads_the_window_and_resumes_without_gap_or_double_count() {
-    restarted_instance(Shared::cluster()).await;
-}
+on_both!(
+    restarted_instance:
+    a_restarted_instance_loads_the_window_and_resumes_without_gap_or_double_count,
+    on_a_cluster_a_restarted_instance_loads_the_window_and_resumes_without_gap_or_double_count
+);
 
 async fn restarted_instance(shared: Shared) {
     let prefix = unique_prefix("restart");
@@ -197,15 +189,11 @@ async fn restarted_instance(shared: Shared) {
     b2.stop().await;
 }
 
-#[tokio::test]
-async fn nearest_drivers_come_in_the_same_order_from_both_stores() {
-    nearest_drivers(Shared::one()).await;
-}
-
-#[tokio::test]
-async fn on_a_cluster_nearest_drivers_come_in_the_same_order_as_from_the_embedded_store() {
-    nearest_drivers(Shared::cluster()).await;
-}
+on_both!(
+    nearest_drivers:
+    nearest_drivers_come_in_the_same_order_from_both_stores,
+    on_a_cluster_nearest_drivers_come_in_the_same_order_as_from_the_embedded_store
+);
 
 async fn nearest_drivers(store: Shared) {
     let shared = start(store.config(&unique_prefix("near"))).await;
@@ -450,19 +438,15 @@ async fn a_crashed_instances_tracking_claims_lapse() {
     a.stop().await;
 }
 
+on_both!(
+    joining_tracker:
+    a_tracker_joining_on_another_instance_misses_no_fix_after_its_first_message,
+    on_a_cluster_a_tracker_joining_on_another_instance_misses_no_fix_after_its_first_message
+);
+
 /// A tracker that joins on B while its driver pings A gets the first fix A hears after the join: B's claim is
 /// out (subscribed, written, announced) before the tracker's first message, and A publishes from the
 /// announcement on, not from its next registry read (every 250 ms, which used to leave that gap).
-#[tokio::test]
-async fn a_tracker_joining_on_another_instance_misses_no_fix_after_its_first_message() {
-    joining_tracker(Shared::one()).await;
-}
-
-#[tokio::test]
-async fn on_a_cluster_a_tracker_joining_on_another_instance_misses_no_fix_after_its_first_message() {
-    joining_tracker(Shared::cluster()).await;
-}
-
 async fn joining_tracker(shared: Shared) {
     let prefix = unique_prefix("join");
     let a = start(shared.config(&prefix)).await;
