@@ -27,23 +27,6 @@ pub(super) async fn run(
     what: &'static str,
     always: Vec<String>,
     stats: RedisStats,
-    requests: mpsc::UnboundedReceiver<Subscription>,
-    on_message: impl FnMut(&str, String),
-    on_wanted: impl FnMut(usize),
-) {
-    match endpoint {
-        Endpoint::Single(client) => run_single(client, what, always, stats, requests, on_message, on_wanted).await,
-        Endpoint::Cluster(seeds) => run_sharded(seeds, what, always, stats, requests, on_message, on_wanted).await,
-    }
-}
-
-/// On a cluster: sharded subscriptions (SSUBSCRIBE), each on the shard that owns its channel; the connection
-/// follows the slots and subscribes again after a failover, and its pushes bring the messages.
-async fn run_sharded(
-    seeds: Vec<String>,
-    what: &'static str,
-    always: Vec<String>,
-    stats: RedisStats,
     mut requests: mpsc::UnboundedReceiver<Subscription>,
     mut on_message: impl FnMut(&str, String),
     mut on_wanted: impl FnMut(usize),
@@ -51,95 +34,35 @@ async fn run_sharded(
     let mut wanted: HashSet<String> = HashSet::new();
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     loop {
-        let (pushes, mut pushed) = mpsc::unbounded_channel();
-        let mut conn = match Endpoint::pushing(&seeds, pushes).await {
-            Ok(conn) => conn,
-            Err(error) => {
-                tracing::warn!(%error, what, "subscriber cannot connect to the Redis Cluster; retrying");
-                backoff.wait().await;
-                continue;
-            }
-        };
-        let mut ok = true;
-        for channel in always.iter().chain(&wanted) {
-            ok &= conn.start(channel).await.is_ok();
-        }
-        on_wanted(wanted.len());
-        while ok {
-            tokio::select! {
-                request = requests.recv() => {
-                    let Some(request) = request else { return };
-                    ok = follow(&mut conn, request, &mut wanted).await;
-                    on_wanted(wanted.len());
-                }
-                push = pushed.recv() => match push {
-                    Some(push) if push.kind == redis::PushKind::SMessage || push.kind == redis::PushKind::Message => {
-                        backoff.reset();
-                        let mut data = push.data.into_iter();
-                        let (Some(channel), Some(payload)) = (data.next(), data.next()) else { continue };
-                        let (Ok(channel), Ok(payload)) =
-                            (redis::from_redis_value::<String>(channel), redis::from_redis_value::<String>(payload))
-                        else {
-                            continue;
-                        };
-                        if always.contains(&channel) || wanted.contains(&channel) {
-                            on_message(&channel, payload);
-                        }
-                    }
-                    Some(_) => {}
-                    None => ok = false,
-                },
-            }
-        }
-        stats.errors.inc();
-        tracing::warn!(what, "subscription to the Redis Cluster lost; reconnecting");
-        backoff.wait().await;
-    }
-}
-
-async fn run_single(
-    client: redis::Client,
-    what: &'static str,
-    always: Vec<String>,
-    stats: RedisStats,
-    mut requests: mpsc::UnboundedReceiver<Subscription>,
-    mut on_message: impl FnMut(&str, String),
-    mut on_wanted: impl FnMut(usize),
-) {
-    let mut wanted: HashSet<String> = HashSet::new();
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
-    loop {
-        let pubsub = match client.get_async_pubsub().await {
-            Ok(p) => p,
+        let (mut connection, mut messages) = match Connection::open(&endpoint).await {
+            Ok(opened) => opened,
             Err(error) => {
                 tracing::warn!(%error, what, "subscriber cannot connect to Redis; retrying");
                 backoff.wait().await;
                 continue;
             }
         };
-        let (mut sink, mut messages) = pubsub.split();
         // After a reconnect, subscribe again to everything still wanted.
         let mut ok = true;
         for channel in always.iter().chain(&wanted) {
-            ok &= sink.start(channel).await.is_ok();
+            ok &= connection.start(channel).await.is_ok();
         }
         on_wanted(wanted.len());
         while ok {
             tokio::select! {
                 request = requests.recv() => {
                     let Some(request) = request else { return };
-                    ok = follow(&mut sink, request, &mut wanted).await;
+                    ok = connection.follow(request, &mut wanted).await;
                     on_wanted(wanted.len());
                 }
                 message = messages.next() => match message {
-                    Some(message) => {
+                    Some(Some((channel, payload))) => {
                         backoff.reset();
-                        let channel = message.get_channel_name().to_string();
-                        let wanted_here = always.contains(&channel) || wanted.contains(&channel);
-                        if let (true, Ok(payload)) = (wanted_here, message.get_payload::<String>()) {
+                        if always.contains(&channel) || wanted.contains(&channel) {
                             on_message(&channel, payload);
                         }
                     }
+                    Some(None) => {}
                     None => ok = false,
                 },
             }
@@ -150,47 +73,72 @@ async fn run_single(
     }
 }
 
-/// The two kinds of subscriber connection, as the request loop uses them.
-trait Subscriber {
-    async fn start(&mut self, channel: &str) -> redis::RedisResult<()>;
-    async fn stop(&mut self, channel: &str) -> redis::RedisResult<()>;
+/// What a subscriber connection brings: `(channel, payload)` of each message (`None` for anything else it
+/// pushes); it ends when the connection is lost.
+type Messages = futures::stream::BoxStream<'static, Option<(String, String)>>;
+
+/// A subscriber connection: plain pub/sub on one Redis; on a cluster, sharded subscriptions (SSUBSCRIBE), each
+/// on the shard that owns its channel, on a connection that follows the slots (and subscribes again after a
+/// failover) and brings the messages as RESP3 pushes.
+enum Connection {
+    Plain(redis::aio::PubSubSink),
+    Sharded(redis::cluster_async::ClusterConnection),
 }
 
-impl Subscriber for redis::aio::PubSubSink {
-    async fn start(&mut self, channel: &str) -> redis::RedisResult<()> {
-        self.subscribe(channel).await
-    }
-
-    async fn stop(&mut self, channel: &str) -> redis::RedisResult<()> {
-        self.unsubscribe(channel).await
-    }
-}
-
-impl Subscriber for redis::cluster_async::ClusterConnection {
-    async fn start(&mut self, channel: &str) -> redis::RedisResult<()> {
-        self.ssubscribe(channel).await
-    }
-
-    async fn stop(&mut self, channel: &str) -> redis::RedisResult<()> {
-        self.sunsubscribe(channel).await
-    }
-}
-
-/// Carries out one request, keeping `wanted` to what is asked; whether the connection still works.
-async fn follow(connection: &mut impl Subscriber, request: Subscription, wanted: &mut HashSet<String>) -> bool {
-    match request {
-        Subscription::Start(channel, subscribed) => {
-            let result = connection.start(&channel).await;
-            wanted.insert(channel);
-            if let (Ok(()), Some(subscribed)) = (&result, subscribed) {
-                let _ = subscribed.send(());
+impl Connection {
+    async fn open(endpoint: &Endpoint) -> redis::RedisResult<(Connection, Messages)> {
+        match endpoint {
+            Endpoint::Single(client) => {
+                let (sink, messages) = client.get_async_pubsub().await?.split();
+                let messages = messages.map(|m| Some((m.get_channel_name().to_string(), m.get_payload().ok()?)));
+                Ok((Connection::Plain(sink), messages.boxed()))
             }
-            result.is_ok()
+            Endpoint::Cluster(seeds) => {
+                let (pushes, mut pushed) = mpsc::unbounded_channel();
+                let connection = Endpoint::pushing(seeds, pushes).await?;
+                let messages = futures::stream::poll_fn(move |cx| pushed.poll_recv(cx)).map(|push| {
+                    if push.kind != redis::PushKind::SMessage && push.kind != redis::PushKind::Message {
+                        return None;
+                    }
+                    let mut data = push.data.into_iter();
+                    let channel = redis::from_redis_value::<String>(data.next()?).ok()?;
+                    Some((channel, redis::from_redis_value::<String>(data.next()?).ok()?))
+                });
+                Ok((Connection::Sharded(connection), messages.boxed()))
+            }
         }
-        Subscription::Stop(channel) => {
-            let result = connection.stop(&channel).await;
-            wanted.remove(&channel);
-            result.is_ok()
+    }
+
+    async fn start(&mut self, channel: &str) -> redis::RedisResult<()> {
+        match self {
+            Connection::Plain(sink) => sink.subscribe(channel).await,
+            Connection::Sharded(connection) => connection.ssubscribe(channel).await,
+        }
+    }
+
+    async fn stop(&mut self, channel: &str) -> redis::RedisResult<()> {
+        match self {
+            Connection::Plain(sink) => sink.unsubscribe(channel).await,
+            Connection::Sharded(connection) => connection.sunsubscribe(channel).await,
+        }
+    }
+
+    /// Carries out one request, keeping `wanted` to what is asked; whether the connection still works.
+    async fn follow(&mut self, request: Subscription, wanted: &mut HashSet<String>) -> bool {
+        match request {
+            Subscription::Start(channel, subscribed) => {
+                let result = self.start(&channel).await;
+                wanted.insert(channel);
+                if let (Ok(()), Some(subscribed)) = (&result, subscribed) {
+                    let _ = subscribed.send(());
+                }
+                result.is_ok()
+            }
+            Subscription::Stop(channel) => {
+                let result = self.stop(&channel).await;
+                wanted.remove(&channel);
+                result.is_ok()
+            }
         }
     }
 }
