@@ -235,6 +235,7 @@ impl Engine {
         }
         self.heat.advance(now);
         self.record.end_tick();
+        self.history.frame(now, &self.heat);
         self.history.end_tick();
         self.seq += 1;
         self.publish_heat();

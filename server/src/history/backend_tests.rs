@@ -54,7 +54,15 @@ fn fleet_batch(at: i64) -> Batch {
             view: format!(r#"{{"order_id":"ord-1","version":{version}}}"#),
         })
         .collect();
-    Batch { pings, demand, orders }
+    // A drivers frame every 10 s: driver d in its own cell, the first two sharing one.
+    let frames = (0..6)
+        .map(|k| {
+            let cells =
+                (1..50).map(|d| (crate::state::cell::Cell::at(6.45 + d as f64 * 0.001, 3.38), 1 + u32::from(d == 1)));
+            FrameRow::new(at - at % FRAME_MS + k * FRAME_MS, cells)
+        })
+        .collect();
+    Batch { pings, demand, orders, frames }
 }
 
 /// The fleet on another day, with an order of its own.
@@ -102,6 +110,11 @@ async fn conformance(backend: &dyn Backend) {
     let json = |text: &str| serde_json::from_str::<serde_json::Value>(text).unwrap();
     assert_eq!(json(&newest.view), json(&want.view));
     assert_eq!(backend.order("ord-2").await.unwrap(), None);
+    let frames = backend.frames(at - HOUR, at + HOUR).await.unwrap();
+    assert_eq!(frames, batch.frames, "{}: frames as written, oldest first", backend.name());
+    assert_eq!(frames[0].cells().map(|(_, n)| n).sum::<u32>(), 50, "a frame reads back as its cells");
+    let second = batch.frames[1].t_ms;
+    assert_eq!(backend.frames(second, second + 1).await.unwrap(), batch.frames[1..2].to_vec());
 
     // The same batch again (a retry after a lost acknowledgement) adds nothing; one that overlaps adds only
     // what is new.
@@ -109,10 +122,17 @@ async fn conformance(backend: &dyn Backend) {
     let mut overlapping = fleet_batch(at + 30_000);
     overlapping.demand.clear();
     overlapping.orders.clear();
+    overlapping.frames.truncate(3);
     backend.write(&overlapping).await.unwrap();
     let kept = backend.pings(at - HOUR, at + HOUR, None).await.unwrap();
     assert_eq!(kept.len(), 3_000 + 30 * 50, "{}: no row twice", backend.name());
     assert_eq!(backend.demand(at - HOUR, at + HOUR).await.unwrap().len(), 2);
+    assert_eq!(
+        backend.frames(at - HOUR, at + HOUR).await.unwrap().len(),
+        6,
+        "{}: no frame twice (three written again)",
+        backend.name()
+    );
 
     // Days are listed, and one goes whole, leaving the others.
     assert_eq!(backend.days().await.unwrap(), vec![Day(today.0 - 1), today]);
@@ -121,6 +141,7 @@ async fn conformance(backend: &dyn Backend) {
     assert!(backend.pings(yesterday_at - HOUR, yesterday_at + HOUR, None).await.unwrap().is_empty());
     assert!(backend.driver_pings("d-7", yesterday_at, yesterday_at + 60_000).await.unwrap().is_empty());
     assert_eq!(backend.pings(at - HOUR, at + HOUR, None).await.unwrap().len(), 4_500);
+    assert!(backend.frames(yesterday_at - HOUR, yesterday_at + HOUR).await.unwrap().is_empty(), "frames go too");
     // Writing to a day again after it was dropped makes its tables again.
     backend.write(&other_day(yesterday_at)).await.unwrap();
     assert_eq!(backend.pings(yesterday_at - HOUR, yesterday_at + HOUR, None).await.unwrap().len(), 3_000);
@@ -146,6 +167,7 @@ async fn sqlite_keeps_every_row_once_and_drops_days_whole() {
     let backend = sqlite::Sqlite::open(&dir, limits()).unwrap();
     let at = Day::of(now_ms()).0 * DAY_MS + 3 * HOUR;
     assert_eq!(backend.pings(at - HOUR, at + HOUR, None).await.unwrap().len(), 4_500);
+    assert_eq!(backend.frames(at - HOUR, at + HOUR).await.unwrap().len(), 6, "frames outlive the handle too");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -171,7 +193,7 @@ async fn postgres_keeps_every_row_once_and_drops_partitions_whole() {
         .map(|row| row.get(0))
         .collect();
     let (today, yesterday) = (Day::of(now_ms()).suffix(), Day(Day::of(now_ms()).0 - 1).suffix());
-    let names = |d: &str| ["demand", "orders", "pings"].map(|t| format!("{t}_{d}"));
+    let names = |d: &str| ["demand", "frames", "orders", "pings"].map(|t| format!("{t}_{d}"));
     let mut want: Vec<String> = names(&yesterday).into_iter().chain(names(&today)).collect();
     want.sort();
     assert_eq!(partitions, want, "the day dropped and written again, and today");

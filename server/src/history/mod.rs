@@ -36,7 +36,11 @@ use protocol::{driver::Ping, orders::OrderEvent};
 use tokio::{sync::mpsc, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 
-use crate::{config::Config, metrics::Metrics, state::order::Order};
+use crate::{
+    config::Config,
+    metrics::Metrics,
+    state::{cell::Cell, heat::HeatState, order::Order},
+};
 
 /// One accepted ping, as the engine applied it.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -97,17 +101,53 @@ pub(crate) struct OrderRow {
     pub view: String,
 }
 
+/// The drivers layer as the live map showed it at `t_ms` (a multiple of [`FRAME_MS`]): every finest cell with
+/// drivers in it and their count, as `cell:count` joined by `,`. What a replay reads instead of every ping.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct FrameRow {
+    pub t_ms: i64,
+    pub cells: String,
+}
+
+/// A drivers frame is kept every this many ms (the windows' slot: the heat's own rhythm).
+pub(crate) const FRAME_MS: i64 = crate::state::window::SLOT_MS;
+
+impl FrameRow {
+    pub fn new(t_ms: i64, cells: impl IntoIterator<Item = (Cell, u32)>) -> FrameRow {
+        let mut text = String::new();
+        for (cell, n) in cells {
+            if !text.is_empty() {
+                text.push(',');
+            }
+            text.push_str(cell.as_str());
+            text.push(':');
+            text.push_str(&n.to_string());
+        }
+        FrameRow { t_ms, cells: text }
+    }
+
+    /// The cells and counts (an entry that does not read as one is skipped: the store is ours, but a frame
+    /// is never worth failing a replay for).
+    pub fn cells(&self) -> impl Iterator<Item = (Cell, u32)> + '_ {
+        self.cells.split(',').filter_map(|entry| {
+            let (cell, n) = entry.split_once(':')?;
+            Some((Cell::parse(cell)?, n.parse().ok()?))
+        })
+    }
+}
+
 /// Rows written together, in one transaction.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Batch {
     pub pings: Vec<PingRow>,
     pub demand: Vec<DemandRow>,
     pub orders: Vec<OrderRow>,
+    pub frames: Vec<FrameRow>,
 }
 
 impl Batch {
     pub fn rows(&self) -> usize {
-        self.pings.len() + self.demand.len() + self.orders.len()
+        self.pings.len() + self.demand.len() + self.orders.len() + self.frames.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -118,6 +158,7 @@ impl Batch {
         self.pings.append(&mut other.pings);
         self.demand.append(&mut other.demand);
         self.orders.append(&mut other.orders);
+        self.frames.append(&mut other.frames);
     }
 }
 
@@ -138,6 +179,8 @@ pub(crate) trait Backend: Send + Sync {
     fn driver_pings<'a>(&'a self, driver_id: &'a str, from_ms: i64, to_ms: i64) -> Answer<'a, Vec<PingRow>>;
     /// Demand events heard in `[from_ms, to_ms)`.
     fn demand(&self, from_ms: i64, to_ms: i64) -> Answer<'_, Vec<DemandRow>>;
+    /// The drivers frames with `t_ms` in `[from_ms, to_ms)`, oldest first.
+    fn frames(&self, from_ms: i64, to_ms: i64) -> Answer<'_, Vec<FrameRow>>;
     /// The newest version of an order.
     fn order<'a>(&'a self, order_id: &'a str) -> Answer<'a, Option<OrderRow>>;
     /// The days held (see [`Day`]), oldest first.
@@ -365,12 +408,14 @@ pub(crate) struct Recorder {
     batch: Batch,
     /// Demand event ids: a random tag for this process in the high 24 bits, a counter below.
     next_demand_id: i64,
+    /// The time of the next drivers frame (unknown until the first tick).
+    next_frame_ms: Option<i64>,
 }
 
 impl Recorder {
     pub fn new(sink: Option<Sink>) -> Recorder {
         let tag = i64::from(fastrand::u32(..) & 0x7f_ffff);
-        Recorder { sink, batch: Batch::default(), next_demand_id: tag << 40 }
+        Recorder { sink, batch: Batch::default(), next_demand_id: tag << 40, next_frame_ms: None }
     }
 
     pub fn ping(&mut self, ping: &Ping, heard_ms: i64) {
@@ -390,6 +435,21 @@ impl Recorder {
                 lon: event.lon,
                 order_id: event.order_id.clone(),
             });
+        }
+    }
+
+    /// At the first tick at or past a multiple of [`FRAME_MS`], the drivers layer as this tick leaves it, kept
+    /// for that multiple: what the map showed then, to within a tick. The first comes at the first multiple
+    /// after the engine started (before it, this engine showed nothing).
+    pub fn frame(&mut self, now_ms: i64, heat: &HeatState) {
+        if self.sink.is_none() {
+            return;
+        }
+        let next = *self.next_frame_ms.get_or_insert((now_ms.div_euclid(FRAME_MS) + 1) * FRAME_MS);
+        if now_ms >= next {
+            let t_ms = now_ms.div_euclid(FRAME_MS) * FRAME_MS;
+            self.batch.frames.push(FrameRow::new(t_ms, heat.finest_drivers()));
+            self.next_frame_ms = Some(t_ms + FRAME_MS);
         }
     }
 

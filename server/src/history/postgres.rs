@@ -1,4 +1,4 @@
-//! History in PostgreSQL (`--database-url`): tables `pings`, `demand` and `orders` in one schema
+//! History in PostgreSQL (`--database-url`): tables `pings`, `demand`, `orders` and `frames` in one schema
 //! (`--database-schema`, default `pulsemap`), each partitioned by day on its time column (`pings_YYYYMMDD`...),
 //! with a BRIN index on the time rows were heard (appends arrive in that order) and a primary key that makes a
 //! write idempotent.
@@ -6,7 +6,7 @@
 //! A batch is one transaction of binary `COPY`s straight into the tables. A row already kept (a batch written
 //! again after a lost acknowledgement) makes a `COPY` fail on the primary key: the transaction is then redone
 //! through a temporary table and `INSERT ... ON CONFLICT DO NOTHING`, slower and only on that path. An old day
-//! goes with one `DROP TABLE` of its three partitions.
+//! goes with one `DROP TABLE` of its partitions.
 
 use std::{
     collections::HashSet,
@@ -26,10 +26,10 @@ use tokio_postgres::{
     Client, NoTls, Row,
 };
 
-use super::{by_day, Answer, Backend, Batch, Day, DemandRow, OrderRow, PingRow, Steps};
+use super::{by_day, Answer, Backend, Batch, Day, DemandRow, FrameRow, OrderRow, PingRow, Steps};
 use crate::state::cell::Cell;
 
-const TABLES: [&str; 3] = ["pings", "demand", "orders"];
+const TABLES: [&str; 4] = ["pings", "demand", "orders", "frames"];
 
 pub(crate) struct Postgres {
     url: String,
@@ -119,7 +119,10 @@ impl Postgres {
                      order_id text NOT NULL, version bigint NOT NULL, at timestamptz NOT NULL,
                      state text NOT NULL, driver_id text, view jsonb NOT NULL,
                      PRIMARY KEY (order_id, version, at)
-                 ) PARTITION BY RANGE (at);"
+                 ) PARTITION BY RANGE (at);
+                 CREATE TABLE IF NOT EXISTS {s}.frames (
+                     t timestamptz PRIMARY KEY, cells text NOT NULL
+                 ) PARTITION BY RANGE (t);"
             ))
             .await
             .or_else(|e| {
@@ -132,6 +135,10 @@ impl Postgres {
             })
             .context("cannot create the history tables in PostgreSQL")?;
         let days = list_days(&client, schema).await?;
+        // A day kept by an older version may lack a table added since.
+        for day in &days {
+            create_partitions(&client, schema, *day).await?;
+        }
         let reader = connect(url).await.context("cannot connect to PostgreSQL (--database-url)")?;
         as_reader(&reader).await?;
         tracing::info!(schema, days = days.len(), "history: PostgreSQL");
@@ -172,28 +179,12 @@ impl Postgres {
         let mut wanted: Vec<Day> = by_day(&batch.pings, |p| p.ts).into_keys().collect();
         wanted.extend(by_day(&batch.demand, |e| e.ts).into_keys());
         wanted.extend(by_day(&batch.orders, |o| o.at_ms).into_keys());
+        wanted.extend(by_day(&batch.frames, |f| f.t_ms).into_keys());
         wanted.sort_unstable();
         wanted.dedup();
         wanted.retain(|day| !self.days.lock().contains(day));
         for day in wanted {
-            let (s, d) = (&self.schema, day.suffix());
-            let (from, to) = (date_literal(day), date_literal(Day(day.0 + 1)));
-            let sql: String = TABLES
-                .iter()
-                .map(|t| {
-                    format!(
-                        "CREATE TABLE IF NOT EXISTS {s}.{t}_{d} PARTITION OF {s}.{t} FOR VALUES FROM ('{from}') TO ('{to}');"
-                    )
-                })
-                .collect();
-            match client.batch_execute(&sql).await {
-                Ok(()) => {}
-                // Another instance made it in the same instant.
-                Err(e)
-                    if e.code() == Some(&SqlState::UNIQUE_VIOLATION)
-                        || e.code() == Some(&SqlState::DUPLICATE_TABLE) => {}
-                Err(e) => return Err(e).context("cannot create a day's partitions"),
-            }
+            create_partitions(client, &self.schema, day).await?;
             self.days.lock().insert(day);
         }
         Ok(())
@@ -233,6 +224,28 @@ impl Postgres {
                 tracing::debug!(error = %e, "could not summarise a day's BRIN indexes (reads are slower, not wrong)");
             }
         }
+    }
+}
+
+/// The day's partition of every table, unless it exists.
+async fn create_partitions(client: &Client, s: &str, day: Day) -> anyhow::Result<()> {
+    let d = day.suffix();
+    let (from, to) = (date_literal(day), date_literal(Day(day.0 + 1)));
+    let sql: String = TABLES
+        .iter()
+        .map(|t| {
+            format!(
+                "CREATE TABLE IF NOT EXISTS {s}.{t}_{d} PARTITION OF {s}.{t} FOR VALUES FROM ('{from}') TO ('{to}');"
+            )
+        })
+        .collect();
+    match client.batch_execute(&sql).await {
+        Ok(()) => Ok(()),
+        // Another instance made it in the same instant.
+        Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) || e.code() == Some(&SqlState::DUPLICATE_TABLE) => {
+            Ok(())
+        }
+        Err(e) => Err(e).context("cannot create a day's partitions"),
     }
 }
 
@@ -286,6 +299,7 @@ async fn copy_batch(
     copy_rows(&tx, &target("pings"), &batch.pings).await?;
     copy_rows(&tx, &target("demand"), &batch.demand).await?;
     copy_rows(&tx, &target("orders"), &batch.orders).await?;
+    copy_rows(&tx, &target("frames"), &batch.frames).await?;
     if around_kept {
         for table in TABLES {
             tx.batch_execute(&format!("INSERT INTO {schema}.{table} SELECT * FROM {table}_in ON CONFLICT DO NOTHING"))
@@ -359,6 +373,16 @@ impl Copied for OrderRow {
         let view = RawValue::from_string(o.view.clone())
             .unwrap_or_else(|_| RawValue::from_string("null".into()).expect("valid JSON"));
         writer.write(&[&o.order_id, &o.version, &time(o.at_ms), &o.state, &o.driver_id, &Json(view)]).await
+    }
+}
+
+impl Copied for FrameRow {
+    const COLUMNS: &'static str = "t, cells";
+    fn types() -> Vec<Type> {
+        vec![Type::TIMESTAMPTZ, Type::TEXT]
+    }
+    async fn put(&self, writer: Pin<&mut BinaryCopyInWriter>) -> Result<(), tokio_postgres::Error> {
+        writer.write(&[&time(self.t_ms), &self.cells]).await
     }
 }
 
@@ -472,6 +496,14 @@ impl Backend for Postgres {
                     order_id: row.get(5),
                 })
                 .collect())
+        })
+    }
+
+    fn frames(&self, from_ms: i64, to_ms: i64) -> Answer<'_, Vec<FrameRow>> {
+        Box::pin(async move {
+            let sql = format!("SELECT t, cells FROM {}.frames WHERE t >= $1 AND t < $2 ORDER BY t", self.schema);
+            let rows = self.query(&sql, &[&time(from_ms), &time(to_ms)]).await?;
+            Ok(rows.iter().map(|row| FrameRow { t_ms: millis(row.get(0)), cells: row.get(1) }).collect())
         })
     }
 

@@ -4,8 +4,16 @@
 //! A replay runs the live model itself ([`PresenceMap`] and [`HeatState`]) over the rows in the order the
 //! engine applied them (by the time they were heard), so a frame at `t` is the snapshot the live map gave at
 //! `t`, to within a tick (the live engine expires stale drivers once per tick; a replay at the frame's instant).
+//!
+//! When every frame falls on a multiple of [`FRAME_MS`] (the range starts on one and the step is one), the
+//! drivers layer comes from the frames the engine kept ([`FrameRow`]) instead of from the pings: one row per
+//! frame instead of one per driver. Only demand events go through the model then. A frame missing from the
+//! store (the writer refused it, or history older than frames) is computed from the pings around it.
 
-use std::{cmp::Reverse, collections::BinaryHeap};
+use std::{
+    cmp::Reverse,
+    collections::{BTreeMap, BinaryHeap, VecDeque},
+};
 
 use protocol::{
     driver::Ping,
@@ -16,10 +24,10 @@ use protocol::{
 };
 use tokio::sync::mpsc;
 
-use super::{Backend, DemandRow, Failure, PingRow, Steps};
+use super::{Backend, DemandRow, Failure, FrameRow, PingRow, Steps, FRAME_MS};
 use crate::state::{
     cell::Cell,
-    heat::{HeatKey, HeatState, Increment},
+    heat::{snapshot_of, HeatKey, HeatState, Increment},
     presence::PresenceMap,
     window::slot_of,
 };
@@ -92,6 +100,9 @@ impl HeatReplay {
         let mut loaded_to = start;
         let mut rows = 0u64;
         let mut frames = 0u32;
+        let kept_frames = self.from_ms % FRAME_MS == 0 && self.step_ms % FRAME_MS == 0;
+        // With kept frames: those read ahead, and where the reading has got to.
+        let (mut ahead, mut read_to) = (VecDeque::<FrameRow>::new(), self.from_ms);
         let mut t = self.from_ms;
         while t <= self.to_ms {
             // Everything heard up to and including `t`.
@@ -100,7 +111,7 @@ impl HeatReplay {
                 let ping_from = loaded_to.max(self.from_ms - self.stale_ms);
                 // Of the pings, a frame needs each driver's newest before it: one per driver and step.
                 let steps = Steps { origin_ms: self.from_ms + 1, step_ms: self.step_ms };
-                let pings = if ping_from < chunk_to {
+                let pings = if ping_from < chunk_to && !kept_frames {
                     backend.pings(ping_from, chunk_to, Some(steps)).await?
                 } else {
                     Vec::new()
@@ -110,7 +121,30 @@ impl HeatReplay {
                 model.apply(pings, demand);
                 loaded_to = chunk_to;
             }
-            let frame = model.frame(t, self);
+            let frame = if kept_frames {
+                if read_to <= t {
+                    let to = (t + CHUNK_MS * 10).min(self.to_ms + 1);
+                    ahead.extend(backend.frames(read_to, to).await?);
+                    read_to = to;
+                }
+                while ahead.front().is_some_and(|f| f.t_ms < t) {
+                    ahead.pop_front();
+                }
+                let drivers = match ahead.front().filter(|f| f.t_ms == t) {
+                    Some(kept) => {
+                        rows += 1;
+                        kept.cells().collect()
+                    }
+                    None => {
+                        let (drivers, read) = self.drivers_from_pings(backend, t).await?;
+                        rows += read;
+                        drivers
+                    }
+                };
+                model.frame_with(t, self, drivers)
+            } else {
+                model.frame(t, self)
+            };
             frames += 1;
             if lines.send(ReplayLine::Frame(frame)).await.is_err() {
                 return Ok(None);
@@ -119,10 +153,21 @@ impl HeatReplay {
         }
         Ok(Some(ReplayEnd { frames, rows }))
     }
+
+    /// The drivers layer at `t` (finest cells) from the pings heard in the stale time before it, for a frame
+    /// the store does not hold; with the rows read.
+    async fn drivers_from_pings(&self, backend: &dyn Backend, t: i64) -> Result<(Vec<(Cell, u32)>, u64), Failure> {
+        let pings = backend.pings(t - self.stale_ms, t + 1, None).await?;
+        let read = pings.len() as u64;
+        let mut model = Model::new(t - self.stale_ms);
+        model.apply(pings, Vec::new());
+        model.expire(t, self.stale_ms);
+        Ok((model.heat.finest_drivers().collect(), read))
+    }
 }
 
 /// The live model, fed from history.
-struct Model {
+pub(super) struct Model {
     presence: PresenceMap,
     heat: HeatState,
     /// The slot the windows were last advanced to.
@@ -130,7 +175,7 @@ struct Model {
 }
 
 impl Model {
-    fn new(start_ms: i64) -> Model {
+    pub(super) fn new(start_ms: i64) -> Model {
         Model { presence: PresenceMap::default(), heat: HeatState::new(start_ms), slot: slot_of(start_ms) }
     }
 
@@ -142,7 +187,7 @@ impl Model {
     }
 
     /// Applies rows in the order they were heard (pings and demand merged), as the engine did.
-    fn apply(&mut self, pings: Vec<PingRow>, demand: Vec<DemandRow>) {
+    pub(super) fn apply(&mut self, pings: Vec<PingRow>, demand: Vec<DemandRow>) {
         let mut demand = demand.into_iter().peekable();
         for row in pings {
             while let Some(event) = demand.next_if(|e| e.heard_ms <= row.heard_ms) {
@@ -179,19 +224,48 @@ impl Model {
         self.heat.apply(Increment::Order { cell: Cell::at(event.lat, event.lon), slot, count: 1 });
     }
 
-    /// The snapshot at `t`: stale drivers offline first, the windows rolled on.
-    fn frame(&mut self, t: i64, replay: &HeatReplay) -> ReplayFrame {
+    /// Stale drivers offline at `t`, the windows rolled on to it.
+    pub(super) fn expire(&mut self, t: i64, stale_ms: i64) {
         let mut left = Vec::new();
-        self.presence.expire(t, replay.stale_ms, i64::MAX / 4, |state| left.push(state.cell));
+        self.presence.expire(t, stale_ms, i64::MAX / 4, |state| left.push(state.cell));
         for cell in left {
             self.heat.apply(Increment::Driver { cell, delta: -1 });
         }
         self.advance(t);
+    }
+
+    /// The drivers layer now (finest cells).
+    pub(super) fn finest_drivers(&self) -> impl Iterator<Item = (Cell, u32)> + '_ {
+        self.heat.finest_drivers()
+    }
+
+    /// The snapshot at `t`: stale drivers offline first, the windows rolled on.
+    fn frame(&mut self, t: i64, replay: &HeatReplay) -> ReplayFrame {
+        self.expire(t, replay.stale_ms);
         ReplayFrame {
             t_ms: t,
             cells: self.heat.snapshot(replay.key, &replay.bbox, &replay.tiles),
             totals: self.heat.totals(),
         }
+    }
+
+    /// The snapshot at `t` with the drivers layer given (finest cells), the orders from the model.
+    fn frame_with(&mut self, t: i64, replay: &HeatReplay, drivers: Vec<(Cell, u32)>) -> ReplayFrame {
+        self.advance(t);
+        let mut totals = self.heat.totals();
+        totals.drivers_online = drivers.iter().map(|(_, n)| u64::from(*n)).sum();
+        let cells = match replay.key.layer {
+            Layer::Drivers => {
+                let precision = replay.key.precision;
+                let mut map: BTreeMap<Cell, u32> = BTreeMap::new();
+                for (cell, n) in drivers {
+                    *map.entry(cell.prefix(precision)).or_default() += n;
+                }
+                snapshot_of(&map, precision, &replay.bbox, &replay.tiles)
+            }
+            Layer::Orders => self.heat.snapshot(replay.key, &replay.bbox, &replay.tiles),
+        };
+        ReplayFrame { t_ms: t, cells, totals }
     }
 }
 

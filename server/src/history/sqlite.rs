@@ -1,6 +1,6 @@
 //! The embedded history: one SQLite file (`<data-dir>/history.sqlite3`) in WAL mode, one transaction per
-//! batch, and per UTC day three tables (`pings_YYYYMMDD`, `demand_YYYYMMDD`, `orders_YYYYMMDD`) so that an old
-//! day goes with `DROP TABLE`.
+//! batch, and per UTC day four tables (`pings_YYYYMMDD`, `demand_YYYYMMDD`, `orders_YYYYMMDD`, `frames_YYYYMMDD`)
+//! so that an old day goes with `DROP TABLE`.
 //!
 //! SQLite is synchronous: every call runs on the blocking pool. One connection writes (behind a mutex: there
 //! is one writer task anyway); reads take a connection from a small pool, and WAL lets them run beside the
@@ -22,11 +22,11 @@ use parking_lot::Mutex;
 use protocol::validate::Limits;
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::{by_day, Answer, Backend, Batch, Day, DemandRow, OrderRow, PingRow, Steps};
+use super::{by_day, Answer, Backend, Batch, Day, DemandRow, FrameRow, OrderRow, PingRow, Steps};
 use crate::state::cell::Cell;
 
-/// The three tables of a day, in the order they are created and dropped.
-const TABLES: [&str; 3] = ["pings", "demand", "orders"];
+/// The tables of a day, in the order they are created and dropped.
+const TABLES: [&str; 4] = ["pings", "demand", "orders", "frames"];
 
 pub(crate) struct Sqlite {
     path: PathBuf,
@@ -58,7 +58,12 @@ impl Sqlite {
             .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
         let path = data_dir.join("history.sqlite3");
         let conn = connect(&path)?;
-        let days = list_days(&conn)?.into_iter().collect();
+        let days = list_days(&conn)?;
+        // A day kept by an older version may lack a table added since.
+        for day in &days {
+            create_day(&conn, *day)?;
+        }
+        let days = days.into_iter().collect();
         tracing::info!(path = %path.display(), "history: SQLite");
         Ok(Sqlite {
             path,
@@ -133,7 +138,8 @@ fn create_day(conn: &Connection, day: Day) -> rusqlite::Result<()> {
          CREATE INDEX IF NOT EXISTS demand_{d}_heard ON demand_{d} (heard_ms);
          CREATE TABLE IF NOT EXISTS orders_{d} (
              order_id TEXT NOT NULL, version INTEGER NOT NULL, at_ms INTEGER NOT NULL, state TEXT NOT NULL,
-             driver_id TEXT, view TEXT NOT NULL, PRIMARY KEY (order_id, version)) WITHOUT ROWID;"
+             driver_id TEXT, view TEXT NOT NULL, PRIMARY KEY (order_id, version)) WITHOUT ROWID;
+         CREATE TABLE IF NOT EXISTS frames_{d} (t INTEGER PRIMARY KEY, cells TEXT NOT NULL);"
     ))
 }
 
@@ -182,6 +188,13 @@ impl WriterConn {
                 tx.prepare_cached(&format!("INSERT OR IGNORE INTO orders_{d} VALUES (?1, ?2, ?3, ?4, ?5, ?6)"))?;
             for o in rows {
                 insert.execute(params![o.order_id, o.version, o.at_ms, o.state, o.driver_id, o.view])?;
+            }
+        }
+        for (day, rows) in by_day(&batch.frames, |f| f.t_ms) {
+            let d = ensure(day)?;
+            let mut insert = tx.prepare_cached(&format!("INSERT OR IGNORE INTO frames_{d} VALUES (?1, ?2)"))?;
+            for f in rows {
+                insert.execute(params![f.t_ms, f.cells])?;
             }
         }
         tx.commit()?;
@@ -304,6 +317,14 @@ impl Backend for Sqlite {
             let mut rows = across_days(conn, days, "demand", sql, params![from_ms, to_ms], demand_row)?;
             rows.sort_by_key(|r| (r.heard_ms, r.id));
             Ok(rows)
+        }))
+    }
+
+    fn frames(&self, from_ms: i64, to_ms: i64) -> Answer<'_, Vec<FrameRow>> {
+        Box::pin(self.read(move |conn| {
+            let sql = |t: &str| format!("SELECT t, cells FROM {t} WHERE t >= ?1 AND t < ?2 ORDER BY t");
+            let frame_row = |row: &rusqlite::Row<'_>| Ok(FrameRow { t_ms: row.get(0)?, cells: row.get(1)? });
+            Ok(across_days(conn, Day::span(from_ms, to_ms), "frames", sql, params![from_ms, to_ms], frame_row)?)
         }))
     }
 

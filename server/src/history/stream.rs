@@ -18,7 +18,9 @@ use redis::{
 };
 use tokio_util::sync::CancellationToken;
 
-use super::{writer::MAX_BATCH_ROWS, Answer, Backend, Batch, Day, DemandRow, HistoryStats, OrderRow, PingRow, Steps};
+use super::{
+    writer::MAX_BATCH_ROWS, Answer, Backend, Batch, Day, DemandRow, FrameRow, HistoryStats, OrderRow, PingRow, Steps,
+};
 use crate::store::redis::{Conn, Endpoint};
 
 /// The consumer group every instance's writer joins.
@@ -56,17 +58,25 @@ struct Wire {
     pings: Vec<PingRow>,
     demand: Vec<DemandRow>,
     orders: Vec<OrderRow>,
+    /// Absent in entries written before frames were kept.
+    #[serde(default)]
+    frames: Vec<FrameRow>,
 }
 
 fn encode(batch: &Batch) -> String {
-    let wire = Wire { pings: batch.pings.clone(), demand: batch.demand.clone(), orders: batch.orders.clone() };
+    let wire = Wire {
+        pings: batch.pings.clone(),
+        demand: batch.demand.clone(),
+        orders: batch.orders.clone(),
+        frames: batch.frames.clone(),
+    };
     serde_json::to_string(&wire).expect("rows serialise")
 }
 
 fn decode(entry: &StreamId) -> Option<Batch> {
     let text: String = entry.get("b")?;
     let wire: Wire = serde_json::from_str(&text).ok()?;
-    Some(Batch { pings: wire.pings, demand: wire.demand, orders: wire.orders })
+    Some(Batch { pings: wire.pings, demand: wire.demand, orders: wire.orders, frames: wire.frames })
 }
 
 /// The store as an instance on Redis sees it: writes go onto the stream, reads to the store itself.
@@ -113,6 +123,10 @@ impl Backend for Streamed {
 
     fn demand(&self, from_ms: i64, to_ms: i64) -> Answer<'_, Vec<DemandRow>> {
         self.store.demand(from_ms, to_ms)
+    }
+
+    fn frames(&self, from_ms: i64, to_ms: i64) -> Answer<'_, Vec<FrameRow>> {
+        self.store.frames(from_ms, to_ms)
     }
 
     fn order<'a>(&'a self, order_id: &'a str) -> Answer<'a, Option<OrderRow>> {
@@ -280,9 +294,9 @@ fn chunks(batch: Batch) -> Vec<Batch> {
     if batch.rows() <= MAX_BATCH_ROWS {
         return vec![batch];
     }
-    let Batch { pings, demand, orders } = batch;
+    let Batch { pings, demand, orders, frames } = batch;
     let mut out: Vec<Batch> =
         pings.chunks(MAX_BATCH_ROWS).map(|p| Batch { pings: p.to_vec(), ..Batch::default() }).collect();
-    out.push(Batch { demand, orders, ..Batch::default() });
+    out.push(Batch { demand, orders, frames, ..Batch::default() });
     out
 }

@@ -165,18 +165,28 @@ impl HeatState {
 
     /// Every non-zero cell of `key` overlapping `bbox`; `tiles` are the box's covering cells (coarser), sorted.
     pub fn snapshot(&self, key: HeatKey, bbox: &BBox, tiles: &[Cell]) -> Vec<CellCount> {
-        let map = &self.maps[key.index()];
-        let mut cells = Vec::new();
-        for tile in tiles {
-            let (low, high) = tile.children_range(key.precision);
-            for (cell, n) in map.range(low..=high) {
-                if cell.intersects(bbox) {
-                    cells.push((cell.as_str().to_string(), *n));
-                }
+        snapshot_of(&self.maps[key.index()], key.precision, bbox, tiles)
+    }
+
+    /// The drivers layer at the finest precision: every cell with drivers in it, sorted.
+    pub fn finest_drivers(&self) -> impl Iterator<Item = (Cell, u32)> + '_ {
+        let finest = precisions().last().expect("precisions");
+        self.maps[HeatKey::new(Layer::Drivers, 0, finest).index()].iter().map(|(cell, n)| (*cell, *n))
+    }
+}
+
+/// The cells of `map` (counts at `precision`) overlapping `bbox`; `tiles` are the box's covering cells, sorted.
+pub fn snapshot_of(map: &BTreeMap<Cell, u32>, precision: u8, bbox: &BBox, tiles: &[Cell]) -> Vec<CellCount> {
+    let mut cells = Vec::new();
+    for tile in tiles {
+        let (low, high) = tile.children_range(precision);
+        for (cell, n) in map.range(low..=high) {
+            if cell.intersects(bbox) {
+                cells.push((cell.as_str().to_string(), *n));
             }
         }
-        cells
     }
+    cells
 }
 
 #[cfg(test)]

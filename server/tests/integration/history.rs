@@ -279,6 +279,60 @@ async fn a_replayed_frame_equals_the_live_snapshot_taken_at_that_moment() {
     server.stop().await;
 }
 
+/// Keeps sending `fleet()` (fresh fixes, so nobody goes stale) until a tick past the next multiple of 10 s at
+/// least a second away, and returns that multiple: a moment the engine kept a drivers frame for.
+async fn hold_past_a_frame(server: &Running, fleet: impl Fn() -> Vec<Value>) -> i64 {
+    let t = ((now_ms() + 1_000) / 10_000 + 1) * 10_000;
+    while now_ms() < t + 600 {
+        post_json(server, "/api/pings", &Value::Array(fleet())).await;
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+    t
+}
+
+#[tokio::test]
+async fn a_replay_on_the_ten_second_rhythm_reads_the_kept_frames_and_equals_the_live_snapshot() {
+    let server = start(config()).await;
+    let spot = |i: usize| (6.44 + (i % 6) as f64 * 0.01, 3.36 + (i / 6) as f64 * 0.01);
+    // 30 drivers in 30 places; then ten of them move elsewhere.
+    let fleet = |moved: bool| {
+        (0..30)
+            .map(|i| {
+                let name = format!("kept-{i}");
+                if moved && i < 10 {
+                    ping(&name, 6.60, 3.30 + i as f64 * 0.003)
+                } else {
+                    ping(&name, spot(i).0, spot(i).1)
+                }
+            })
+            .collect::<Vec<_>>()
+    };
+    let events: Vec<Value> =
+        (0..10).map(|i| json!({"lat": spot(i).0, "lon": spot(i).1, "ts": now_ms(), "order_id": null})).collect();
+    post_json(&server, "/api/orders/events", &Value::Array(events)).await;
+    for moved in [false, true] {
+        let t = hold_past_a_frame(&server, || fleet(moved)).await;
+        let (drivers, orders, _) = live(&server).await;
+        assert_eq!(drivers["totals"]["drivers_online"], 30);
+        for (live, query) in [
+            (&drivers, format!("layer=drivers&precision=7&bbox={LAGOS}&from={t}&to={t}&step_s=10")),
+            (&orders, format!("layer=orders&window_min=5&precision=6&bbox={LAGOS}&from={t}&to={t}&step_s=10")),
+        ] {
+            // Once the writer has it: one frame and the ten demand events read, no ping.
+            let lines = eventually(10, "the frame is kept", || async {
+                let lines = replay(&server, &query).await;
+                (lines.last().is_some_and(|end| end["type"] == "end" && end["rows"] == 11)).then_some(lines)
+            })
+            .await;
+            let frame = &lines[1];
+            assert_eq!(frame["t_ms"], t);
+            assert_eq!(sorted_cells(frame), sorted_cells(live), "moved {moved}: {query}");
+            assert_eq!(frame["totals"], live["totals"], "moved {moved}: {query}");
+        }
+    }
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn trails_are_for_the_fleet_and_the_driver_itself_and_keep_their_corners() {
     // Five minutes of fixes arrive at once: past the per-driver rate a phone is held to.
