@@ -162,7 +162,7 @@ impl HeatReplay {
         let mut model = Model::new(t - self.stale_ms);
         model.apply(pings, Vec::new());
         model.expire(t, self.stale_ms);
-        Ok((model.heat.finest_drivers().collect(), read))
+        Ok((model.finest_drivers().collect(), read))
     }
 }
 
