@@ -102,8 +102,9 @@ pub async fn time_replay(url: &str, query: &str) -> anyhow::Result<ReplayTiming>
     })
 }
 
-/// The highest rate of rows written over any `window` of the samples, and the rate from the first sample to
-/// the one where the backlog was empty again.
+/// The highest rate of rows written over any `window` of the samples, and the rate from the moment rows began to
+/// queue (the last sample before any was queued or written) to the sample where the backlog was empty again:
+/// the time the load took to connect before its first ping is not counted against the writer.
 pub fn write_rates(samples: &[WriterSample], window: f64) -> (f64, f64) {
     let mut peak: f64 = 0.0;
     for (i, a) in samples.iter().enumerate() {
@@ -111,10 +112,43 @@ pub fn write_rates(samples: &[WriterSample], window: f64) -> (f64, f64) {
             peak = peak.max((b.rows_written - a.rows_written) / (b.t - a.t));
         }
     }
-    let (first, last) = (samples.first(), samples.last());
-    let sustained = match (first, last) {
+    let idle = |s: &WriterSample| s.backlog_rows == 0.0 && s.rows_written == samples[0].rows_written;
+    let start = samples.iter().take_while(|s| idle(s)).last();
+    let sustained = match (start, samples.last()) {
         (Some(a), Some(b)) if b.t > a.t => (b.rows_written - a.rows_written) / (b.t - a.t),
         _ => 0.0,
     };
     (peak, sustained)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(t: f64, rows_written: f64, backlog_rows: f64) -> WriterSample {
+        WriterSample { t, rows_written, backlog_rows, rows_dropped: 0.0 }
+    }
+
+    #[test]
+    fn the_rate_until_drained_starts_when_rows_begin_to_queue() {
+        // Idle until 2 s (the load connecting), then 100 rows/s for 4 s, drained at 6 s.
+        let samples = [
+            at(0.0, 0.0, 0.0),
+            at(1.0, 0.0, 0.0),
+            at(2.0, 0.0, 0.0),
+            at(3.0, 50.0, 50.0),
+            at(4.0, 200.0, 0.0),
+            at(5.0, 300.0, 20.0),
+            at(6.0, 400.0, 0.0),
+        ];
+        let (peak, sustained) = write_rates(&samples, 2.0);
+        assert_eq!(sustained, 100.0);
+        assert_eq!(peak, 125.0);
+    }
+
+    #[test]
+    fn a_writer_that_never_wrote_has_no_rate() {
+        assert_eq!(write_rates(&[at(0.0, 0.0, 0.0), at(1.0, 0.0, 0.0)], 2.0), (0.0, 0.0));
+        assert_eq!(write_rates(&[], 2.0), (0.0, 0.0));
+    }
 }

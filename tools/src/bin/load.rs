@@ -268,7 +268,7 @@ async fn history_scenario(args: &Args, machine: Machine) -> anyhow::Result<serde
     let loaded = plan(&server);
     let run = measure_server(server.pid(), ingest(&loaded));
     let (ran, samples) =
-        watch_writer(&client, &server.url, Duration::from_millis(500), Duration::from_secs(300), run).await?;
+        watch_writer(&client, &server.url, Duration::from_millis(200), Duration::from_secs(300), run).await?;
     let (with_history, cpu, peak_rss_kib) = ran?;
     let (peak_rows_per_sec, sustained_rows_per_sec) = write_rates(&samples, 2.0);
     let last = samples.last().copied().expect("samples");
