@@ -188,6 +188,12 @@ pub struct Config {
     #[arg(long, env = "PULSEMAP_REDIS_PREFIX", default_value = "pulsemap")]
     pub redis_prefix: String,
 
+    /// Shards the state is split into on Redis, each under a hash tag of its own, so on a Redis Cluster they
+    /// spread over the masters (default: 1 on one Redis, 12 on a cluster). Every instance on one Redis must use
+    /// the same count (checked at start).
+    #[arg(long, env = "PULSEMAP_REDIS_SHARDS", value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub redis_shards: Option<u16>,
+
     /// How long to keep retrying Redis at start before giving up with an error, in seconds.
     #[arg(long, env = "PULSEMAP_REDIS_CONNECT_SECS", default_value_t = 60)]
     pub redis_connect_secs: u64,

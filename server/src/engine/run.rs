@@ -151,7 +151,7 @@ impl Engine {
             self.history.ping(&ping, now);
             let (change, state) = self.presence.apply(ping, now);
             for increment in change.increments() {
-                self.record.record(increment, &mut self.heat);
+                self.record.record_driver(&state.fix.driver_id, increment, &mut self.heat);
             }
             if !(change.moved || change.came_online) {
                 continue;
@@ -195,7 +195,8 @@ impl Engine {
                     let taken =
                         self.presence.get(&claim.driver_id).is_some_and(|s| s.online && claim.takes(s.last_seen_ms));
                     if let Some(state) = taken.then(|| self.presence.remove(&claim.driver_id)).flatten() {
-                        self.record.record(Increment::Driver { cell: state.cell, delta: -1 }, &mut self.heat);
+                        let left = Increment::Driver { cell: state.cell, delta: -1 };
+                        self.record.record_driver(&claim.driver_id, left, &mut self.heat);
                         self.record.record_handed_off(&claim.driver_id);
                     }
                 }
@@ -222,7 +223,7 @@ impl Engine {
             went_offline.push((state.fix.driver_id.clone(), state.cell, state.last_seen_ms));
         });
         for (driver_id, cell, last_seen_ms) in went_offline {
-            self.record.record(Increment::Driver { cell, delta: -1 }, &mut self.heat);
+            self.record.record_driver(&driver_id, Increment::Driver { cell, delta: -1 }, &mut self.heat);
             if let Some(state) = self.presence.get(&driver_id) {
                 self.record.record_presence(state, false);
             }

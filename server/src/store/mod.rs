@@ -38,6 +38,11 @@ pub(crate) trait StateOfRecord: Send {
     /// A change to the heat: applied to `heat` at once, or kept for the tick's write and applied when it comes
     /// back through the [`Feed`] (never both).
     fn record(&mut self, increment: Increment, heat: &mut HeatState);
+    /// A change one driver made to the drivers layer: as [`record`](Self::record), for stores that keep a
+    /// driver's changes with the driver (Redis keeps them in the driver's shard).
+    fn record_driver(&mut self, _driver_id: &str, increment: Increment, heat: &mut HeatState) {
+        self.record(increment, heat);
+    }
     /// A driver's newest state (a new fix, or gone offline), for lookups on other instances; `came_online` when
     /// this ping brought it online here (other instances counting it then hand it over).
     fn record_presence(&mut self, state: &DriverState, came_online: bool);
@@ -51,8 +56,8 @@ pub(crate) trait StateOfRecord: Send {
     /// After the store lost its data: this instance's whole share (its online drivers, their fixes, its orders
     /// still in the window) replaces whatever it had not written yet.
     fn reseed(&mut self, presence: &PresenceMap);
-    /// After another instance took this one's share over (its lease had lapsed while it lived): its drivers are
-    /// written again from presence.
+    /// After another instance took this one's share (or part of it) over (its lease had lapsed while it lived):
+    /// those drivers are written again from presence.
     fn rejoin(&mut self, _presence: &PresenceMap) {}
 }
 

@@ -513,3 +513,94 @@ async fn publishes(shared: &Shared) -> u64 {
             .sum(),
     }
 }
+
+/// Forty drivers spread along a line through Lagos, and the cells (precision 7) they count in.
+fn spread_fleet(name: &str) -> (Value, std::collections::BTreeMap<String, u64>) {
+    let at = |i: usize| (6.45 + 0.004 * i as f64, 3.35 + 0.001 * i as f64);
+    let pings = (0..40).map(|i| ping(&format!("{name}-{i}"), at(i).0, at(i).1)).collect();
+    let mut cells = std::collections::BTreeMap::new();
+    for i in 0..40 {
+        *cells.entry(geohash(at(i).0, at(i).1, 7)).or_default() += 1;
+    }
+    (Value::Array(pings), cells)
+}
+
+fn cells_of(snapshot: &Value) -> std::collections::BTreeMap<String, u64> {
+    let cells = snapshot["cells"].as_array().unwrap().iter();
+    cells.map(|c| (c[0].as_str().unwrap().to_string(), c[1].as_u64().unwrap())).collect()
+}
+
+/// One Redis in four shards (`--redis-shards 4`): the layout a cluster gets, with each shard's keys under
+/// `prefix.k`. Both instances show the exact heat, nearest covers every shard, and another count is refused.
+#[tokio::test]
+async fn on_one_redis_in_shards_the_instances_agree_and_nearest_covers_every_shard() {
+    let redis = RedisServer::start();
+    let prefix = unique_prefix("shards");
+    let sharded = |shards: u16| {
+        let mut config = redis_config(&redis, &prefix);
+        config.redis_shards = Some(shards);
+        config
+    };
+    let a = start(sharded(4)).await;
+    let b = start(sharded(4)).await;
+    let (pings, expected) = spread_fleet("sh");
+    assert_eq!(post_json(&a, "/api/pings", &pings).await.0, 202);
+    for server in [&a, &b] {
+        eventually(10, "both show the fleet, cell for cell", || async {
+            let drivers = snapshot(server, "drivers").await;
+            (cells_of(&drivers) == expected && drivers["totals"]["drivers_online"] == 40).then_some(())
+        })
+        .await;
+    }
+    let (status, near) = get(&b, "/api/drivers/near?lat=6.45&lon=3.35&radius_m=50000&limit=100").await;
+    assert_eq!(status, 200, "{near}");
+    assert_eq!(near["drivers"].as_array().unwrap().len(), 40, "every shard's GEO set is asked");
+    let (status, fix) = get(&b, "/api/drivers/sh-7").await;
+    assert_eq!((status, fix["online"].as_bool(), fix["lat"].as_f64()), (200, Some(true), Some(6.478)));
+    // Every shard holds some of the fleet, and together all of it.
+    let mut conn = redis.connection().await;
+    let mut per_shard = Vec::new();
+    for k in 0..4 {
+        let n: u64 = redis::cmd("HLEN").arg(format!("{prefix}.{k}:presence")).query_async(&mut conn).await.unwrap();
+        per_shard.push(n);
+    }
+    assert_eq!(per_shard.iter().sum::<u64>(), 40, "{per_shard:?}");
+    assert!(per_shard.iter().all(|n| *n > 0), "drivers spread over the shards: {per_shard:?}");
+    let error = pulsemap::start(sharded(3)).await.err().expect("another shard count is refused");
+    let message = format!("{error:#}");
+    assert!(message.contains("4 shards") && message.contains("--redis-shards 3"), "{message}");
+    a.stop().await;
+    b.stop().await;
+}
+
+/// On a cluster of three masters the state's twelve shards sit four to a master (none holds it all), and an
+/// instance with another shard count is refused.
+#[tokio::test]
+async fn on_a_cluster_the_state_spreads_over_every_master() {
+    let shared = Shared::cluster();
+    let prefix = unique_prefix("spread");
+    let a = start(shared.config(&prefix)).await;
+    let (pings, expected) = spread_fleet("sp");
+    assert_eq!(post_json(&a, "/api/pings", &pings).await.0, 202);
+    eventually(10, "the fleet is counted", || async {
+        (cells_of(&snapshot(&a, "drivers").await) == expected).then_some(())
+    })
+    .await;
+    let Shared::Cluster(cluster) = &shared else { unreachable!("a cluster") };
+    let masters = cluster.masters();
+    let per_master: Vec<usize> = masters
+        .iter()
+        .map(|port| {
+            let pattern = format!("{{{prefix}.*:epoch");
+            cluster.cli(*port, &["--scan", "--pattern", &pattern]).unwrap().lines().filter(|l| !l.is_empty()).count()
+        })
+        .collect();
+    eprintln!("shards per master {masters:?}: {per_master:?}");
+    assert_eq!((masters.len(), per_master.iter().sum::<usize>()), (3, 12), "{per_master:?}");
+    assert!(per_master.iter().all(|n| *n >= 3), "every master holds a share of the state: {per_master:?}");
+    let mut other = shared.config(&prefix);
+    other.redis_shards = Some(5);
+    let error = pulsemap::start(other).await.err().expect("another shard count is refused");
+    assert!(format!("{error:#}").contains("--redis-shards 5"), "{error:#}");
+    a.stop().await;
+}

@@ -1,12 +1,13 @@
-//! What one tick writes: the tick's changes summed ([`TickBatch`]), the stream entry every instance applies
-//! ([`StreamEntry`]), and the one MULTI/EXEC that writes both ([`tick_pipeline`]). Pure: no connection here.
+//! What one tick writes: the tick's changes summed per shard ([`TickBatch`], [`Sharded`]), the stream entry every
+//! instance applies ([`StreamEntry`]), and the MULTI/EXEC that writes a shard's part ([`tick_pipeline`]). Pure: no
+//! connection here.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use protocol::track::DriverFix;
 use serde::{Deserialize, Serialize};
 
-use super::keys::Keys;
+use super::keys::{Keys, ShardKeys};
 use crate::{
     clock::now_ms,
     state::{
@@ -112,6 +113,29 @@ impl TickBatch {
     }
 }
 
+/// A tick's changes, one [`TickBatch`] per shard of the state (see [`Keys`]).
+#[derive(Debug, Clone)]
+pub(crate) struct Sharded {
+    pub shards: Vec<TickBatch>,
+}
+
+impl Sharded {
+    pub fn new(shards: usize) -> Sharded {
+        Sharded { shards: vec![TickBatch::default(); shards] }
+    }
+
+    pub fn merge(&mut self, later: Sharded) {
+        for (batch, later) in self.shards.iter_mut().zip(later.shards) {
+            batch.merge(later);
+        }
+    }
+
+    /// An empty batch of as many shards, in place of this one.
+    pub fn take(&mut self) -> Sharded {
+        std::mem::replace(self, Sharded::new(self.shards.len()))
+    }
+}
+
 /// The increments of one tick as they travel in the stream.
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub(crate) struct StreamEntry {
@@ -148,8 +172,8 @@ impl StreamEntry {
     }
 }
 
-/// One MULTI/EXEC: counts, presence, and the stream entry every instance will apply.
-pub(crate) fn tick_pipeline(keys: &Keys, instance: &str, batch: &TickBatch) -> redis::Pipeline {
+/// One MULTI/EXEC of a shard's part of a tick: counts, presence, and the stream entry every instance will apply.
+pub(crate) fn tick_pipeline(keys: ShardKeys<'_>, instance: &str, batch: &TickBatch) -> redis::Pipeline {
     let mut pipe = redis::pipe();
     pipe.atomic();
     let mut entry = StreamEntry::default();
@@ -230,7 +254,9 @@ pub(crate) fn tick_pipeline(keys: &Keys, instance: &str, batch: &TickBatch) -> r
         }
         pipe.add_command(hset).ignore();
     }
-    // The one reply the transaction gives: this instance's write count.
+    // Listed among the shard's writers (what a start over clears), then the one reply the transaction gives:
+    // this instance's write count in the shard.
+    pipe.cmd("SADD").arg(keys.writers()).arg(instance).ignore();
     pipe.cmd("INCR").arg(keys.seq(instance));
     if !entry.d.is_empty() || !entry.o.is_empty() || !entry.c.is_empty() {
         pipe.cmd("XADD")
@@ -288,7 +314,8 @@ mod tests {
 
     #[test]
     fn one_transaction_writes_counts_presence_and_the_stream_entry() {
-        let keys = Keys::new("t", false);
+        let keys = Keys::new("t", false, 1);
+        let keys = keys.shard(0);
         let (a, b) = (Cell::at(6.50, 3.30), Cell::at(6.60, 3.40));
         let mut batch = TickBatch::default();
         batch.record(Increment::Driver { cell: a, delta: 2 });
@@ -296,7 +323,7 @@ mod tests {
         batch.record(Increment::Order { cell: b, slot: 7, count: 1 });
         batch.fix(fix("on", true));
         batch.fix(fix("off", false));
-        let pipe = tick_pipeline(&keys, "inst", &batch);
+        let pipe = tick_pipeline(keys, "inst", &batch);
         let first = |c: &redis::Cmd| match c.args_iter().next() {
             Some(redis::Arg::Simple(name)) => String::from_utf8_lossy(name).into_owned(),
             _ => String::new(),
@@ -305,7 +332,7 @@ mod tests {
         // A zero change writes nothing; the offline driver leaves the GEO set.
         assert_eq!(
             names,
-            ["HINCRBY", "HINCRBY", "PEXPIRE", "SADD", "HSET", "GEOADD", "ZREM", "INCR", "XADD"],
+            ["HINCRBY", "HINCRBY", "PEXPIRE", "SADD", "HSET", "GEOADD", "ZREM", "SADD", "INCR", "XADD"],
             "{names:?}"
         );
         let entry = StreamEntry { d: vec![(a.as_str().into(), 2)], o: vec![(b.as_str().into(), 7, 1)], c: Vec::new() };

@@ -1,9 +1,9 @@
 //! Where Redis is: one server (`--redis-url`) or a Redis Cluster (`--redis-cluster`, seed nodes). Everything
 //! else talks to [`Conn`], which is either, so commands, pipelines and scripts are written once.
 //!
-//! On a cluster every key of the state shares one hash tag (the prefix, see [`Endpoint::keys`]), so every
-//! transaction and script stays in one slot; channels keep the plain prefix and travel on sharded pub/sub
-//! (SPUBLISH/SSUBSCRIBE), each on the shard that owns its name.
+//! On a cluster the coordination keys share one hash tag (the prefix) and each shard of the state has its own
+//! (see [`Endpoint::keys`]), so every transaction and script stays in one slot; channels keep the plain prefix and
+//! travel on sharded pub/sub (SPUBLISH/SSUBSCRIBE), each on the shard that owns its name.
 
 use std::time::Duration;
 
@@ -17,6 +17,10 @@ use tokio::sync::mpsc;
 
 use super::keys::Keys;
 use crate::config::Config;
+
+/// Shards of the state on a cluster unless `--redis-shards` says otherwise: a multiple of 1, 2, 3, 4 and 6, so
+/// clusters of that many masters (slots split evenly) hold as many shards each.
+pub(crate) const CLUSTER_SHARDS: usize = 12;
 
 /// A connection to one Redis (managed: reconnecting by itself; or plain) or to a cluster (following its slots).
 #[derive(Clone)]
@@ -102,9 +106,11 @@ impl Endpoint {
         matches!(self, Endpoint::Cluster(_))
     }
 
-    /// The key names under `prefix`: on a cluster, every key in the prefix's slot.
-    pub fn keys(&self, prefix: &str) -> Keys {
-        Keys::new(prefix, self.is_cluster())
+    /// The key names under `prefix`, in `shards` shards (default: one on a single Redis, [`CLUSTER_SHARDS`] on a
+    /// cluster).
+    pub fn keys(&self, prefix: &str, shards: Option<usize>) -> Keys {
+        let default = if self.is_cluster() { CLUSTER_SHARDS } else { 1 };
+        Keys::new(prefix, self.is_cluster(), shards.unwrap_or(default))
     }
 
     fn cluster(seeds: &[String], response_timeout: Option<Duration>) -> redis::RedisResult<ClusterClient> {

@@ -1,5 +1,6 @@
-//! Questions about the whole city, answered from Redis: a driver's last fix (the presence hash), the drivers
-//! nearest a point (the GEO set), share-link revocations, and whether Redis answers at all.
+//! Questions about the whole city, answered from Redis: a driver's last fix (its shard's presence hash), the
+//! drivers nearest a point (every shard's GEO set, asked at once), share-link revocations, and whether Redis
+//! answers at all.
 
 use std::time::Duration;
 
@@ -10,7 +11,11 @@ use protocol::{
 };
 use redis::AsyncCommands;
 
-use super::{conn::Conn, keys::Keys, stats::RedisStats};
+use super::{
+    conn::Conn,
+    keys::{Keys, ShardKeys},
+    stats::RedisStats,
+};
 use crate::{
     clock::now_ms,
     state::presence::nearest_first,
@@ -29,54 +34,67 @@ fn unavailable(error: redis::RedisError) -> StoreUnavailable {
     StoreUnavailable(error.to_string())
 }
 
+impl RedisLookups {
+    /// The last fixes of one shard's drivers within `radius_m`, nearest first (a few more than `limit`, for those
+    /// gone stale).
+    async fn near_in(
+        &self,
+        shard: ShardKeys<'_>,
+        lat: f64,
+        lon: f64,
+        radius_m: f64,
+        limit: usize,
+    ) -> redis::RedisResult<Vec<DriverFix>> {
+        let mut conn = self.conn.clone();
+        self.stats.round_trips.inc();
+        let found: Vec<(String, f64)> = redis::cmd("GEOSEARCH")
+            .arg(shard.geo())
+            .arg("FROMLONLAT")
+            .arg(lon)
+            .arg(lat)
+            .arg("BYRADIUS")
+            .arg(radius_m)
+            .arg("m")
+            .arg("ASC")
+            .arg("COUNT")
+            .arg(limit * 2 + 10)
+            .arg("WITHDIST")
+            .query_async(&mut conn)
+            .await?;
+        if found.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.stats.round_trips.inc();
+        let ids: Vec<&String> = found.iter().map(|(id, _)| id).collect();
+        let fixes: Vec<Option<String>> =
+            redis::cmd("HMGET").arg(shard.presence()).arg(&ids).query_async(&mut conn).await?;
+        Ok(fixes.into_iter().flatten().filter_map(|json| serde_json::from_str::<DriverFix>(&json).ok()).collect())
+    }
+}
+
 impl Lookups for RedisLookups {
     fn last_fix<'a>(&'a self, driver_id: &'a str) -> Answer<'a, Option<DriverFix>> {
         async move {
             let mut conn = self.conn.clone();
             self.stats.round_trips.inc();
-            let json: Option<String> = conn.hget(self.keys.presence(), driver_id).await.map_err(unavailable)?;
+            let presence = self.keys.shard(self.keys.shard_of_driver(driver_id)).presence();
+            let json: Option<String> = conn.hget(presence, driver_id).await.map_err(unavailable)?;
             Ok(json.and_then(|j| serde_json::from_str(&j).ok()))
         }
         .boxed()
     }
 
-    /// From the GEO set, nearest first; presence entries of drivers gone stale are skipped.
+    /// From the GEO sets, nearest first; presence entries of drivers gone stale are skipped.
     fn near(&self, lat: f64, lon: f64, radius_m: f64, limit: usize) -> Answer<'_, Option<Vec<NearDriver>>> {
         async move {
-            let mut conn = self.conn.clone();
-            self.stats.round_trips.inc_by(2);
-            let found: Vec<(String, f64)> = redis::cmd("GEOSEARCH")
-                .arg(self.keys.geo())
-                .arg("FROMLONLAT")
-                .arg(lon)
-                .arg(lat)
-                .arg("BYRADIUS")
-                .arg(radius_m)
-                .arg("m")
-                .arg("ASC")
-                .arg("COUNT")
-                .arg(limit * 2 + 10)
-                .arg("WITHDIST")
-                .query_async(&mut conn)
-                .await
-                .map_err(unavailable)?;
-            if found.is_empty() {
-                return Ok(Some(Vec::new()));
+            let asked = self.keys.shards().map(|shard| self.near_in(shard, lat, lon, radius_m, limit));
+            let mut fixes = Vec::new();
+            for found in futures::future::join_all(asked).await {
+                fixes.extend(found.map_err(unavailable)?);
             }
-            let ids: Vec<&String> = found.iter().map(|(id, _)| id).collect();
-            let fixes: Vec<Option<String>> = redis::cmd("HMGET")
-                .arg(self.keys.presence())
-                .arg(&ids)
-                .query_async(&mut conn)
-                .await
-                .map_err(unavailable)?;
             let fresh_after = now_ms() - self.stale_ms;
-            let candidates = fixes
-                .into_iter()
-                .flatten()
-                .filter_map(|json| serde_json::from_str::<DriverFix>(&json).ok())
-                .filter(|fix| fix.online && fix.last_seen_ms >= fresh_after)
-                .map(|fix| NearDriver {
+            let candidates =
+                fixes.into_iter().filter(|fix| fix.online && fix.last_seen_ms >= fresh_after).map(|fix| NearDriver {
                     distance_m: distance_m(lat, lon, fix.lat, fix.lon),
                     driver_id: fix.driver_id,
                     lat: fix.lat,
