@@ -232,3 +232,15 @@ pub fn command_calls(ports: &[u16]) -> Vec<u64> {
         })
         .collect()
 }
+
+/// Errors of one kind (`CROSSSLOT`, `MOVED`...) each of `ports` has answered so far (`INFO errorstats`).
+pub fn error_counts(ports: &[u16], kind: &str) -> Vec<u64> {
+    let field = format!("errorstat_{kind}:count=");
+    ports
+        .iter()
+        .map(|port| {
+            let stats = cli(*port, &["INFO", "errorstats"]).unwrap_or_default();
+            stats.lines().find_map(|l| l.strip_prefix(&field)?.trim().parse().ok()).unwrap_or(0)
+        })
+        .collect()
+}

@@ -598,6 +598,9 @@ async fn on_a_cluster_the_state_spreads_over_every_master() {
     eprintln!("shards per master {masters:?}: {per_master:?}");
     assert_eq!((masters.len(), per_master.iter().sum::<usize>()), (3, 12), "{per_master:?}");
     assert!(per_master.iter().all(|n| *n >= 3), "every master holds a share of the state: {per_master:?}");
+    // Nothing the run sent crossed slots (the counts are the nodes' own, since they started).
+    let crossslot = tools::redis_cluster::error_counts(&masters, "CROSSSLOT");
+    assert_eq!(crossslot, vec![0, 0, 0], "no command failed with CROSSSLOT");
     let mut other = shared.config(&prefix);
     other.redis_shards = Some(5);
     let error = pulsemap::start(other).await.err().expect("another shard count is refused");

@@ -376,7 +376,10 @@ async fn main() -> anyhow::Result<()> {
         args.redis_cluster = Some(cluster.seeds());
     }
     let masters = args.redis_cluster.as_deref().map(tools::redis_cluster::masters_of).transpose()?;
-    let calls_before = masters.as_ref().map(|m| tools::redis_cluster::command_calls(m));
+    let calls_before = masters.as_ref().map(|m| {
+        let crossslot: u64 = tools::redis_cluster::error_counts(m, "CROSSSLOT").iter().sum();
+        (tools::redis_cluster::command_calls(m), crossslot, std::time::Instant::now())
+    });
     let server = start_server(&args)?;
     let pid = server.pid();
     let store = match (&args.redis_url, &args.redis_cluster) {
@@ -554,15 +557,24 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     let mut result = result;
-    if let (Some(masters), Some(before)) = (&masters, &calls_before) {
+    if let (Some(masters), Some((before, crossslot_before, since))) = (&masters, &calls_before) {
         let after = tools::redis_cluster::command_calls(masters);
         let per_master: Vec<u64> = after.iter().zip(before).map(|(a, b)| a.saturating_sub(*b)).collect();
         let (busiest, quietest) =
             (per_master.iter().max().copied().unwrap_or(0), per_master.iter().min().copied().unwrap_or(0));
         let ratio = busiest as f64 / quietest.max(1) as f64;
-        println!("Redis Cluster commands per master over the run: {per_master:?} (ports {masters:?}); busiest/quietest {ratio:.1}");
-        result["cluster"] =
-            serde_json::json!({"masters": masters, "commands": per_master, "busiest_over_quietest": ratio});
+        // At the server's default tick (250 ms), over the time from before the server started to now.
+        let ticks = since.elapsed().as_secs_f64() / 0.25;
+        let per_tick: Vec<f64> = per_master.iter().map(|n| (*n as f64 / ticks * 10.0).round() / 10.0).collect();
+        let crossslot = tools::redis_cluster::error_counts(masters, "CROSSSLOT").iter().sum::<u64>() - crossslot_before;
+        println!(
+            "Redis Cluster commands per master over the run: {per_master:?} (ports {masters:?}), per 250 ms tick \
+             {per_tick:?}; busiest/quietest {ratio:.1}; CROSSSLOT errors {crossslot}"
+        );
+        result["cluster"] = serde_json::json!({
+            "masters": masters, "commands": per_master, "commands_per_tick": per_tick,
+            "busiest_over_quietest": ratio, "crossslot_errors": crossslot,
+        });
     }
     if let Some(parent) = args.out.parent() {
         std::fs::create_dir_all(parent)?;
