@@ -3,6 +3,7 @@
 // socket cannot, inaccurate fixes stay home, and a token near its end is renewed.
 
 import assert from 'node:assert/strict';
+import { createRequire } from 'node:module';
 import { after, before, test } from 'node:test';
 import { artifact, eventually, getJson, hydrated, metric, openPage, startBrowser, startServer } from './harness.mjs';
 
@@ -13,6 +14,28 @@ before(async () => {
 after(async () => {
   await server?.stop();
 });
+
+/** The dark modules of an SVG path of unit-high runs (`M{x},{y}h{n}v1h-{n}z`), as `row,col` inside the 4-module margin. */
+function modulesOfPath(d) {
+  const dark = new Set();
+  for (const [, x, y, n] of d.matchAll(/M(\d+),(\d+)h(\d+)v1h-\d+z/g)) {
+    for (let i = 0; i < Number(n); i++) dark.add(`${Number(y) - 4},${Number(x) - 4 + i}`);
+  }
+  return dark;
+}
+
+/** What qrcode-generator (the page's encoder, from npm) makes of `text`, as the same set. */
+function modulesOf(text) {
+  const qrcode = createRequire(import.meta.url)('../node_modules/qrcode-generator/dist/qrcode.js');
+  const code = qrcode(0, 'M');
+  code.addData(text);
+  code.make();
+  const dark = new Set();
+  for (let row = 0; row < code.getModuleCount(); row++) {
+    for (let col = 0; col < code.getModuleCount(); col++) if (code.isDark(row, col)) dark.add(`${row},${col}`);
+  }
+  return dark;
+}
 
 async function driverIdOf(page) {
   return eventually('the page made a driver id', async () => (await page.textContent('#driver-id')) || false);
@@ -167,5 +190,49 @@ test('a driver token near its end is renewed on load, for the same driver', asyn
   } finally {
     await browser.close();
     await shortLived.stop();
+  }
+});
+
+test('on a 360 px phone: nothing wider than the screen, thumb-sized buttons, the link copies, its QR code encodes it', async () => {
+  const browser = await startBrowser({
+    viewport: { width: 360, height: 740 },
+    deviceScaleFactor: 2,
+    isMobile: true,
+    hasTouch: true,
+    permissions: ['geolocation', 'clipboard-read', 'clipboard-write'],
+    geolocation: { latitude: 6.5, longitude: 3.35, accuracy: 12 },
+  });
+  try {
+    const { page, problems } = await openPage(browser, server);
+    await page.goto(`${server.url}/driver`);
+    await hydrated(page);
+    const overflow = () => page.evaluate(() => document.documentElement.scrollWidth);
+    assert.ok((await overflow()) <= 360, `page ${await overflow()} px wide`);
+    const toggle = await page.locator('#share-toggle').boundingBox();
+    assert.ok(toggle.width >= 300 && toggle.height >= 44 && toggle.y + toggle.height <= 740, JSON.stringify(toggle));
+
+    await page.tap('#share-toggle');
+    const link = await eventually('a tracking link', async () => (await page.locator('#share-link').count()) && page.getAttribute('#share-link', 'href'));
+    assert.ok((await overflow()) <= 360, `with the link shown, ${await overflow()} px wide`);
+    const copy = await page.locator('#copy-link').boundingBox();
+    assert.ok(copy.width >= 300 && copy.height >= 44, JSON.stringify(copy));
+
+    await page.tap('#copy-link');
+    await eventually('the page says it copied', async () => (await page.textContent('#copy-state')) === 'Link copied');
+    assert.equal(await page.evaluate(() => navigator.clipboard.readText()), link, 'the clipboard holds the link');
+
+    const path = await eventually('a QR code', async () => (await page.locator('#share-qr svg path').count()) && page.getAttribute('#share-qr svg path', 'd'));
+    assert.deepEqual(modulesOfPath(path), modulesOf(link), 'the QR code is the encoder\'s code of the link, module for module');
+    const qr = await page.locator('#share-qr svg').boundingBox();
+    assert.ok(qr.width >= 150 && qr.x >= 0 && qr.x + qr.width <= 360, JSON.stringify(qr));
+    await page.screenshot({ path: artifact('driver-360.png'), fullPage: true });
+
+    // Stopping takes the link, and its QR code, away.
+    await page.tap('#share-toggle');
+    await eventually('no link once stopped', async () => (await page.locator('#share-qr').count()) === 0);
+    assert.deepEqual(problems.consoleErrors, []);
+    assert.deepEqual(problems.foreignRequests, []);
+  } finally {
+    await browser.close();
   }
 });

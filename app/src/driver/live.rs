@@ -101,6 +101,12 @@ fn forget_credentials() {
 }
 
 pub fn start(element: web_sys::HtmlDivElement, s: DriverSignals) {
+    // Each tracking link gets its QR code (and a fresh copy state) as it comes.
+    Effect::new(move |_| {
+        let url = s.share_url.get();
+        s.copied.set(String::new());
+        s.share_qr.set(if url.is_empty() { String::new() } else { qr_of(&url).unwrap_or_default() });
+    });
     spawn_local(async move {
         let issued = credentials(s).await;
         begin_session(element, s, issued);
@@ -562,4 +568,49 @@ fn on_geo_error(this: &Shared, error: web_sys::PositionError) {
         ),
         _ => s.error.set("Timed out waiting for a GPS fix; still trying. Check that location services are on.".into()),
     }
+}
+
+#[wasm_bindgen::prelude::wasm_bindgen]
+extern "C" {
+    /// qrcode-generator's encoder, loaded by the page from `/vendor/qrcode.js` (npm, at build time).
+    type QrCode;
+    #[wasm_bindgen(catch, js_name = qrcode)]
+    fn qr_code(type_number: u32, level: &str) -> Result<QrCode, wasm_bindgen::JsValue>;
+    #[wasm_bindgen(method, js_name = addData)]
+    fn add_data(this: &QrCode, data: &str);
+    #[wasm_bindgen(method, catch)]
+    fn make(this: &QrCode) -> Result<(), wasm_bindgen::JsValue>;
+    #[wasm_bindgen(method, js_name = getModuleCount)]
+    fn module_count(this: &QrCode) -> u32;
+    #[wasm_bindgen(method, js_name = isDark)]
+    fn is_dark(this: &QrCode, row: u32, col: u32) -> bool;
+}
+
+/// The link as a QR code (the smallest version that holds it, error correction M), or `None` when the encoder
+/// did not load.
+fn qr_of(link: &str) -> Option<String> {
+    let code = qr_code(0, "M").ok()?;
+    code.add_data(link);
+    code.make().ok()?;
+    Some(super::qr_svg(code.module_count(), |row, col| code.is_dark(row, col)))
+}
+
+/// Copies the tracking link to the clipboard, and says whether it did.
+pub fn copy_link(s: DriverSignals) {
+    let url = s.share_url.get_untracked();
+    spawn_local(async move {
+        let copied = async {
+            let navigator = web_sys::window()?.navigator();
+            let clipboard = js_sys::Reflect::get(&navigator, &"clipboard".into()).ok().filter(|c| !c.is_undefined())?;
+            let write: js_sys::Function =
+                js_sys::Reflect::get(&clipboard, &"writeText".into()).ok()?.dyn_into().ok()?;
+            let promise: js_sys::Promise = write.call1(&clipboard, &url.into()).ok()?.dyn_into().ok()?;
+            wasm_bindgen_futures::JsFuture::from(promise).await.ok()
+        }
+        .await;
+        s.copied.set(match copied {
+            Some(_) => "Link copied".into(),
+            None => "Could not copy here: press and hold the link to copy it".into(),
+        });
+    });
 }

@@ -10,12 +10,12 @@ mod send_ping;
 mod signals;
 
 use leptos::prelude::*;
-use leptos_meta::{Meta, Title};
+use leptos_meta::{Meta, Script, Title};
 
 pub use send_ping::{send_ping, SendPing};
 #[cfg(feature = "ssr")]
 pub use send_ping::{PingSink, SharedPingSink};
-pub use signals::{DriverSignals, Job, JobAnswer, Sharing};
+pub use signals::{qr_svg, DriverSignals, Job, JobAnswer, Sharing};
 
 use crate::ui::{Badge, ErrorText};
 
@@ -29,6 +29,8 @@ pub fn DriverPage() -> impl IntoView {
     view! {
         <Title text="Enter as Driver — pulsemap"/>
         <Meta name="description" content="Share your location while you drive."/>
+        // The QR encoder (qrcode-generator, from npm), for this page only.
+        <Script src="/vendor/qrcode.js" defer="defer"/>
         <main class="page driver">
             <header class="page-head">
                 <a class="brand" href="/" rel="external">"pulsemap"</a>
@@ -47,18 +49,10 @@ pub fn DriverPage() -> impl IntoView {
                 </button>
                 <p class="state" id="share-state" role="status">{move || s.sharing.get().label()}</p>
                 <ErrorText id="last-error" text=s.error/>
+                <SharePanel s=s/>
                 <dl class="stats">
                     <dt>"Driver id"</dt>
                     <dd><code id="driver-id">{move || s.driver_id.get()}</code></dd>
-                    <dt>"Tracking link"</dt>
-                    <dd>
-                        <Show
-                            when=move || !s.share_url.get().is_empty()
-                            fallback=|| view! { <span id="share-link-none" class="muted">"made when you start sharing"</span> }
-                        >
-                            <a id="share-link" href=move || s.share_url.get() rel="external">{move || s.share_url.get()}</a>
-                        </Show>
-                    </dd>
                     <dt>"Last fix"</dt>
                     <dd id="last-fix">{move || s.last_fix.get()}</dd>
                     <dt>"Sent"</dt>
@@ -75,6 +69,37 @@ pub fn DriverPage() -> impl IntoView {
             </section>
         </main>
     }
+}
+
+/// The tracking link to hand a customer: the link, a button that copies it, and its QR code to scan off the
+/// phone's screen.
+#[component]
+fn SharePanel(s: DriverSignals) -> impl IntoView {
+    view! {
+        <div class="share">
+            <h2>"Tracking link"</h2>
+            <Show
+                when=move || !s.share_url.get().is_empty()
+                fallback=|| view! { <p id="share-link-none" class="muted">"made when you start sharing"</p> }
+            >
+                <p class="link"><a id="share-link" href=move || s.share_url.get() rel="external">{move || s.share_url.get()}</a></p>
+                <div class="row">
+                    <button id="copy-link" class="button big" on:click=move |_| copy_link(s)>"Copy link"</button>
+                </div>
+                <p id="copy-state" class="muted" role="status">{move || s.copied.get()}</p>
+                <div id="share-qr" class="qr" inner_html=move || s.share_qr.get()></div>
+            </Show>
+        </div>
+    }
+    // Erased, so the page's view type stays within what the compiler can lay out.
+    .into_any()
+}
+
+fn copy_link(s: DriverSignals) {
+    #[cfg(feature = "hydrate")]
+    live::copy_link(s);
+    #[cfg(not(feature = "hydrate"))]
+    let _ = s;
 }
 
 /// Seconds left to answer an offer (rounded: the two clocks are never exactly one).

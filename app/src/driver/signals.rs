@@ -50,6 +50,10 @@ impl Sharing {
 pub struct DriverSignals {
     pub driver_id: RwSignal<String>,
     pub share_url: RwSignal<String>,
+    /// The tracking link as a QR code (SVG markup made here, see [`qr_svg`]); empty without a link.
+    pub share_qr: RwSignal<String>,
+    /// What the last "Copy link" did, in words.
+    pub copied: RwSignal<String>,
     pub sharing: RwSignal<Sharing>,
     pub conn: RwSignal<ConnState>,
     /// Pings handed to the socket or the server function.
@@ -93,6 +97,8 @@ impl DriverSignals {
         DriverSignals {
             driver_id: RwSignal::new(String::new()),
             share_url: RwSignal::new(String::new()),
+            share_qr: RwSignal::new(String::new()),
+            copied: RwSignal::new(String::new()),
             sharing: RwSignal::new(Sharing::Idle),
             conn: RwSignal::new(ConnState::Connecting),
             sent: RwSignal::new(0),
@@ -115,5 +121,44 @@ impl DriverSignals {
 impl Default for DriverSignals {
     fn default() -> Self {
         DriverSignals::new()
+    }
+}
+
+/// A QR code as SVG markup: `size` modules a side (`dark(row, col)` for each), drawn as one path of horizontal runs
+/// inside the four-module quiet zone a reader needs.
+pub fn qr_svg(size: u32, dark: impl Fn(u32, u32) -> bool) -> String {
+    use std::fmt::Write;
+    let mut path = String::new();
+    for row in 0..size {
+        let mut col = 0;
+        while col < size {
+            if !dark(row, col) {
+                col += 1;
+                continue;
+            }
+            let start = col;
+            while col < size && dark(row, col) {
+                col += 1;
+            }
+            let _ = write!(path, "M{},{}h{}v1h-{}z", start + 4, row + 4, col - start, col - start);
+        }
+    }
+    let side = size + 8;
+    format!(
+        r##"<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {side} {side}" role="img" aria-label="QR code of the tracking link" shape-rendering="crispEdges"><rect width="{side}" height="{side}" fill="#fff"/><path d="{path}" fill="#000"/></svg>"##
+    )
+}
+
+#[cfg(test)]
+mod qr_tests {
+    use super::qr_svg;
+
+    #[test]
+    fn dark_modules_become_runs_inside_the_quiet_zone() {
+        // A 3x3 code: the top row dark, then the middle module, then nothing.
+        let svg = qr_svg(3, |row, col| row == 0 || (row == 1 && col == 1));
+        assert!(svg.contains(r#"viewBox="0 0 11 11""#), "{svg}");
+        assert!(svg.contains(r#"d="M4,4h3v1h-3zM5,5h1v1h-1z""#), "{svg}");
+        assert!(qr_svg(2, |_, _| false).contains(r#"d="""#), "no module, no run");
     }
 }
