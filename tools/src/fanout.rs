@@ -15,7 +15,12 @@ use serde::Serialize;
 use sim::Fleet;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::{client::small_buffers, fleet::drive_fleet, stats::percentile, system::rss_kib};
+use crate::{
+    client::small_buffers,
+    fleet::drive_fleet,
+    stats::percentile,
+    system::{process_usage, rss_kib},
+};
 
 #[derive(Debug, Clone)]
 pub struct FanoutPlan {
@@ -65,6 +70,11 @@ pub struct FanoutReport {
     pub resyncs: u64,
     /// Server RSS growth over the viewers, per viewer (KiB), at the end of the window; `None` without a pid.
     pub server_rss_kib_per_viewer: Option<f64>,
+    /// Server CPU (user + system) over the measured window divided by the viewer-ticks delivered in it (a tick's
+    /// frames to one viewer), in microseconds: what one viewer costs per frame.
+    pub server_cpu_us_per_viewer_frame: Option<f64>,
+    /// Viewer-ticks delivered in the measured window.
+    pub viewer_frames: u64,
 }
 
 /// The city the fan-out viewers watch: the demo fleet's Lagos, with a margin.
@@ -140,7 +150,11 @@ pub async fn fanout(plan: &FanoutPlan) -> anyhow::Result<FanoutReport> {
     let measure_from = Instant::now() + plan.warmup;
     let stop_at = measure_from + plan.duration;
     window.set((measure_from, stop_at)).expect("set once");
+    let cpu_seconds = || plan.server_pid.and_then(process_usage).map(|(seconds, _)| seconds);
+    tokio::time::sleep_until(measure_from.into()).await;
+    let cpu_from = cpu_seconds();
     tokio::time::sleep_until(stop_at.into()).await;
+    let cpu_window = cpu_seconds().zip(cpu_from).map(|(to, from)| to - from);
     let rss_after = plan.server_pid.and_then(rss_kib);
     stop.cancel();
     fleet.await??;
@@ -148,7 +162,7 @@ pub async fn fanout(plan: &FanoutPlan) -> anyhow::Result<FanoutReport> {
     for viewer in viewers {
         logs.push(viewer.await?);
     }
-    Ok(fanout_report(plan, &logs, rss_before.zip(rss_after)))
+    Ok(fanout_report(plan, &logs, rss_before.zip(rss_after), cpu_window))
 }
 
 /// One viewer: records its snapshots and, inside the window, when each tick's frames arrived and their size.
@@ -210,7 +224,12 @@ fn ms_since(t: Instant) -> f64 {
     t.saturating_duration_since(*ORIGIN.get_or_init(Instant::now)).as_secs_f64() * 1000.0
 }
 
-fn fanout_report(plan: &FanoutPlan, logs: &[ViewerLog], rss: Option<(u64, u64)>) -> FanoutReport {
+fn fanout_report(
+    plan: &FanoutPlan,
+    logs: &[ViewerLog],
+    rss: Option<(u64, u64)>,
+    cpu_window: Option<f64>,
+) -> FanoutReport {
     let mut per_tick: std::collections::BTreeMap<u64, (f64, f64, usize)> = Default::default();
     let (mut delta_bytes, mut delta_cells) = (Vec::new(), Vec::new());
     for log in logs {
@@ -234,6 +253,7 @@ fn fanout_report(plan: &FanoutPlan, logs: &[ViewerLog], rss: Option<(u64, u64)>)
     let mean = |f: &dyn Fn(&ViewerLog) -> f64| logs.iter().map(f).sum::<f64>() / logs.len().max(1) as f64;
     let snapshot_bytes = mean(&|l| first(l).0 as f64);
     let received: usize = whole.iter().map(|t| t.2).sum();
+    let viewer_frames: u64 = logs.iter().map(|l| l.ticks.len() as u64).sum();
     FanoutReport {
         viewers: logs.len(),
         drivers: plan.drivers,
@@ -251,5 +271,7 @@ fn fanout_report(plan: &FanoutPlan, logs: &[ViewerLog], rss: Option<(u64, u64)>)
         snapshot_cells: mean(&|l| first(l).1 as f64),
         resyncs: logs.iter().map(|l| l.snapshots.len().saturating_sub(1) as u64).sum(),
         server_rss_kib_per_viewer: rss.map(|(before, after)| after.saturating_sub(before) as f64 / logs.len() as f64),
+        server_cpu_us_per_viewer_frame: cpu_window.map(|s| s * 1e6 / viewer_frames.max(1) as f64),
+        viewer_frames,
     }
 }

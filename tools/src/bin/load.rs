@@ -527,10 +527,10 @@ async fn main() -> anyhow::Result<()> {
             };
             let (report, cpu_percent, peak_rss_kib) = measure_server(pid, fanout(&plan)).await?;
             println!();
-            println!("| scenario | store | viewers | drivers (moving) | tick | ticks | delivered | spread p50 ms | p99 ms | max ms | snapshot B | delta B p50 | delta/snapshot | resyncs | server KiB/viewer | server CPU | server peak RSS |");
-            println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+            println!("| scenario | store | viewers | drivers (moving) | tick | ticks | delivered | spread p50 ms | p99 ms | max ms | snapshot B | delta B p50 | delta/snapshot | resyncs | server KiB/viewer | server CPU | server CPU µs/viewer-frame | server peak RSS |");
+            println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
             println!(
-                "| fanout | {store} | {} | {} ({}) | {tick_ms} ms | {} | {:.4} | {:.1} | {:.1} | {:.1} | {:.0} | {:.0} | {:.3} | {} | {:.1} | {:.0}% | {:.0} MiB |",
+                "| fanout | {store} | {} | {} ({}) | {tick_ms} ms | {} | {:.4} | {:.1} | {:.1} | {:.1} | {:.0} | {:.0} | {:.3} | {} | {:.1} | {:.0}% | {:.1} | {:.0} MiB |",
                 report.viewers,
                 report.drivers,
                 report.moving,
@@ -545,6 +545,7 @@ async fn main() -> anyhow::Result<()> {
                 report.resyncs,
                 report.server_rss_kib_per_viewer.unwrap_or(f64::NAN),
                 cpu_percent,
+                report.server_cpu_us_per_viewer_frame.unwrap_or(f64::NAN),
                 peak_rss_kib as f64 / 1024.0
             );
             json!({
