@@ -125,3 +125,48 @@ test('panning moves the subscription, and the buttons lead to the other pages', 
   await page.waitForURL(`${server.url}/track`);
   assert.deepEqual(problems.consoleErrors, []);
 });
+
+test('the heat is in the first paint: drawn before the socket says anything, and its deltas apply on top', async () => {
+  // Orders at Yaba before the page loads (it opens on the orders of the last minute).
+  const yaba = Array.from({ length: 3 }, () => ({ lat: YABA[0], lon: YABA[1], ts: Date.now() }));
+  assert.equal((await postJson(server, '/api/orders/events', yaba)).status, 202);
+  await eventually('the server counts them', async () => {
+    const { body } = await getJson(server, '/api/heat?layer=orders&window_min=1&precision=6&bbox=6.2,2.95,6.85,3.85');
+    return body.cells?.length > 0;
+  });
+  const { page, problems } = await openPage(browser, server);
+  // The page's heat socket is held back (no message either way) until released.
+  let release;
+  const released = new Promise((resolve) => { release = resolve; });
+  const fromServer = [];
+  await page.routeWebSocket(/\/ws\/heat$/, (ws) => {
+    const waiting = [];
+    let upstream;
+    ws.onMessage((message) => (upstream ? upstream.send(message) : waiting.push(message)));
+    released.then(() => {
+      upstream = ws.connectToServer();
+      upstream.onMessage((message) => {
+        fromServer.push(JSON.parse(message));
+        ws.send(message);
+      });
+      waiting.forEach((message) => upstream.send(message));
+    });
+  });
+  await page.goto(server.url);
+  await hydrated(page);
+  await eventually('Yaba drawn from the page itself', async () => (await heatAlphaAt(page, ...YABA)) > 0);
+  assert.ok(Number(await text(page, '#orders-count')) >= 3, 'the counters come with the page too (the earlier tests\' orders may count)');
+  assert.deepEqual(fromServer, [], 'the socket has said nothing');
+
+  // Somewhere no test has put an order: nothing drawn there until the delta.
+  const SURULERE = [6.4969, 3.3486];
+  assert.equal(await heatAlphaAt(page, ...SURULERE), 0);
+  release();
+  await postJson(server, '/api/orders/events', [{ lat: SURULERE[0], lon: SURULERE[1], ts: Date.now() }]);
+  await eventually('the new order drawn', async () => (await heatAlphaAt(page, ...SURULERE)) > 0);
+  assert.ok((await heatAlphaAt(page, ...YABA)) > 0, 'on top of what the page came with');
+  const kinds = fromServer.map((m) => m.type);
+  assert.ok(kinds.length > 0 && kinds.every((k) => k === 'delta'), `deltas after the page's snapshot, no new snapshot: ${kinds}`);
+  assert.deepEqual(problems.consoleErrors, []);
+  await page.close();
+});

@@ -22,6 +22,9 @@ mod ui;
 #[cfg(feature = "hydrate")]
 mod browser;
 
+#[cfg(feature = "ssr")]
+pub use home::{FirstPaint, SharedFirstPaint};
+
 use leptos::prelude::*;
 use leptos_meta::{provide_meta_context, MetaTags};
 use leptos_router::{

@@ -94,6 +94,11 @@ pub struct HeatSubscription {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub zoom: Option<f64>,
     pub bbox: BBox,
+    /// The tick of a snapshot of this subscription the viewer already holds (the one the page was rendered with,
+    /// or the last it applied before a reconnect): the server continues with the deltas after it, and sends a
+    /// snapshot only when it no longer has them all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<u64>,
 }
 
 fn default_window() -> u32 {

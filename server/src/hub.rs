@@ -5,8 +5,19 @@
 //! its box overlaps. A viewer that falls `buffer` ticks behind loses its place in the
 //! ring (the channel reports how many it missed) and resyncs with a snapshot: memory per viewer stays bounded
 //! however slow it reads.
+//!
+//! The hub also keeps each key's frames of the last [`RECENT_TICKS`] ticks while the key is watched, so a viewer
+//! that already holds a snapshot (the one the page was rendered with, or its own before a reconnect) continues
+//! from it with the deltas after it ([`Hub::since`]) instead of a new snapshot. A page rendered with a snapshot
+//! holds its key watched for a while ([`Hub::hold`]), so those deltas are kept before its socket arrives.
 
-use std::{collections::HashSet, sync::Arc};
+use std::{
+    collections::{HashSet, VecDeque},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use parking_lot::Mutex;
 
 use axum::extract::ws::Utf8Bytes;
 use tokio::sync::broadcast;
@@ -56,13 +67,77 @@ impl TickFrames {
     }
 }
 
+/// Ticks of frames kept per watched key for viewers that continue from a snapshot they hold.
+pub(crate) const RECENT_TICKS: usize = 240;
+
+/// One key's last frames.
+#[derive(Default)]
+struct Recent {
+    /// Every change after this tick is in `frames` (`None`: not kept, the key was not watched).
+    base: Option<u64>,
+    /// The last tick the engine looked at the key in.
+    now: u64,
+    frames: VecDeque<Arc<TickFrames>>,
+}
+
+/// A receiver no one reads, kept until its deadline so the key counts as watched.
+type Held = (Instant, broadcast::Receiver<Arc<TickFrames>>);
+
 pub(crate) struct Hub {
     heat: Vec<broadcast::Sender<Arc<TickFrames>>>,
+    recent: Vec<Mutex<Recent>>,
+    /// Per key, a receiver that keeps it watched until a page rendered with its snapshot has had time to connect.
+    held: Vec<Mutex<Option<Held>>>,
 }
 
 impl Hub {
     pub fn new(buffer: usize) -> Hub {
-        Hub { heat: (0..KEY_COUNT).map(|_| broadcast::channel(buffer.max(1)).0).collect() }
+        Hub {
+            heat: (0..KEY_COUNT).map(|_| broadcast::channel(buffer.max(1)).0).collect(),
+            recent: (0..KEY_COUNT).map(|_| Mutex::default()).collect(),
+            held: (0..KEY_COUNT).map(|_| Mutex::new(None)).collect(),
+        }
+    }
+
+    /// Keeps `key` watched (its deltas made and kept) for `for_how_long` from now, as a viewer would.
+    pub fn hold(&self, key: HeatKey, for_how_long: Duration) {
+        let until = Instant::now() + for_how_long;
+        let mut held = self.held[key.index()].lock();
+        match held.as_mut() {
+            Some((deadline, _)) => *deadline = (*deadline).max(until),
+            None => *held = Some((until, self.heat[key.index()].subscribe())),
+        }
+    }
+
+    /// Called by the engine once per tick: the keys held long enough are let go.
+    pub fn release_holds(&self) {
+        let now = Instant::now();
+        for held in &self.held {
+            let mut held = held.lock();
+            if held.as_ref().is_some_and(|(deadline, _)| *deadline <= now) {
+                *held = None;
+            }
+        }
+    }
+
+    /// The engine looked at `key` in tick `seq`: `watched`, it published whatever changed (or nothing changed);
+    /// not, it dropped the changes, and the frames kept are no longer whole.
+    pub fn looked_at(&self, key: HeatKey, seq: u64, watched: bool) {
+        let mut recent = self.recent[key.index()].lock();
+        if !watched {
+            *recent = Recent::default();
+        } else if recent.base.is_none() {
+            recent.base = Some(seq.saturating_sub(1));
+        }
+        recent.now = seq;
+    }
+
+    /// The frames of `key` after tick `since`, oldest first, if every change since is still kept (and `since` is
+    /// a tick this run has had).
+    pub fn since(&self, key: HeatKey, since: u64) -> Option<Vec<Arc<TickFrames>>> {
+        let recent = self.recent[key.index()].lock();
+        (recent.base? <= since && since <= recent.now)
+            .then(|| recent.frames.iter().filter(|f| f.seq > since).cloned().collect())
     }
 
     pub fn subscribe(&self, key: HeatKey) -> broadcast::Receiver<Arc<TickFrames>> {
@@ -80,14 +155,28 @@ impl Hub {
 
     /// Tells every viewer of every key to take a fresh snapshot.
     pub fn resync_all(&self, seq: u64) {
+        for recent in &self.recent {
+            *recent.lock() = Recent::default();
+        }
         for sender in &self.heat {
             let _ = sender.send(Arc::new(TickFrames { seq, resync: true, ..TickFrames::default() }));
         }
     }
 
     pub fn publish(&self, key: HeatKey, frames: TickFrames) {
+        let frames = Arc::new(frames);
+        {
+            let mut recent = self.recent[key.index()].lock();
+            if recent.base.is_some() {
+                recent.frames.push_back(frames.clone());
+                while recent.frames.len() > RECENT_TICKS {
+                    let oldest = recent.frames.pop_front().expect("more than none");
+                    recent.base = Some(oldest.seq);
+                }
+            }
+        }
         // An error means the last viewer left between the check and the send: nothing to deliver.
-        let _ = self.heat[key.index()].send(Arc::new(frames));
+        let _ = self.heat[key.index()].send(frames);
     }
 }
 
@@ -114,6 +203,52 @@ mod tests {
     fn a_viewer_of_every_changed_tile_gets_the_whole_frame_alone() {
         assert_eq!(sent(&tick(&["s14m", "s14k"], true), &["s14m", "s14k", "s14j"]), ["whole"]);
         assert_eq!(sent(&tick(&[], true), &["s14m"]), ["whole"], "totals only");
+    }
+
+    #[test]
+    fn a_viewer_continues_from_a_snapshot_while_every_change_since_is_kept() {
+        let hub = Hub::new(4);
+        let key = HeatKey::all().next().unwrap();
+        let at = |seq| TickFrames { seq, ..tick(&["s14m"], false) };
+        assert!(hub.since(key, 0).is_none(), "nothing kept before the key is watched");
+        hub.looked_at(key, 5, true);
+        hub.publish(key, at(5));
+        hub.looked_at(key, 6, true); // nothing changed in tick 6
+        hub.looked_at(key, 7, true);
+        hub.publish(key, at(7));
+        let seqs = |since| hub.since(key, since).map(|f| f.iter().map(|f| f.seq).collect::<Vec<_>>());
+        assert_eq!(seqs(4), Some(vec![5, 7]));
+        assert_eq!(seqs(6), Some(vec![7]));
+        assert_eq!(seqs(7), Some(vec![]), "up to date: nothing to send, no snapshot either");
+        assert_eq!(seqs(3), None, "a change before tick 5 is not kept: a snapshot instead");
+        assert_eq!(seqs(8), None, "a tick this run has not had (another run's): a snapshot");
+        for seq in 8..8 + RECENT_TICKS as u64 {
+            hub.looked_at(key, seq, true);
+            hub.publish(key, at(seq));
+        }
+        assert_eq!(seqs(6), None, "fell out of the ring");
+        assert_eq!(seqs(7 + RECENT_TICKS as u64 - 1).map(|s| s.len()), Some(1));
+        hub.looked_at(key, 1_000, false);
+        assert_eq!(seqs(1_000), None, "unwatched: nothing kept");
+        hub.looked_at(key, 1_001, true);
+        hub.resync_all(1_002);
+        assert_eq!(seqs(1_001), None, "a rebuilt heat needs a snapshot");
+    }
+
+    #[test]
+    fn a_held_key_counts_as_watched_until_its_time_is_up() {
+        let hub = Hub::new(4);
+        let key = HeatKey::all().next().unwrap();
+        assert!(!hub.has_viewers(key));
+        hub.hold(key, Duration::from_secs(60));
+        hub.hold(key, Duration::ZERO);
+        assert!(hub.has_viewers(key), "a shorter hold does not cut a longer one");
+        hub.release_holds();
+        assert!(hub.has_viewers(key));
+        *hub.held[key.index()].lock() = None;
+        hub.hold(key, Duration::ZERO);
+        hub.release_holds();
+        assert!(!hub.has_viewers(key), "let go once its time is up");
     }
 
     #[test]

@@ -121,6 +121,7 @@ pub async fn fanout(plan: &FanoutPlan) -> anyhow::Result<FanoutReport> {
         precision: Some(plan.precision),
         zoom: None,
         bbox: CITY,
+        since: None,
     }))?;
     // Connect in waves (the listen backlog is finite); each viewer is subscribed once its snapshot is in.
     let window = Arc::new(std::sync::OnceLock::<(Instant, Instant)>::new());

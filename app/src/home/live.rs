@@ -8,9 +8,12 @@ use leaflet::Map;
 use leptos::{prelude::*, task::spawn_local};
 use wasm_bindgen::JsCast;
 
-use protocol::heat::{precision_for_zoom, HeatClientMsg, HeatServerMsg, HeatSubscription, Layer};
+use protocol::{
+    geo::BBox,
+    heat::{precision_for_zoom, HeatClientMsg, HeatServerMsg, HeatSnapshot, HeatSubscription, Layer},
+};
 
-use super::HomeSignals;
+use super::{HomeSignals, HOME_ZOOM};
 use crate::{
     browser::{
         expose,
@@ -33,17 +36,68 @@ struct HeatView {
     subscription: HeatSubscription,
     /// The snapshot's tick: deltas up to it are already included.
     seq: u64,
+    /// The newest tick whose delta was applied (the snapshot's, before any).
+    applied: u64,
+    /// What the cells are whole and current for (the last snapshot's layer, window, precision and box, narrowed
+    /// to the box deltas have come for since): a subscription inside it continues from `seq`.
+    held: Option<HeatSubscription>,
     first_frame_logged: bool,
+}
+
+fn inside(inner: &BBox, outer: &BBox) -> bool {
+    inner.south >= outer.south && inner.west >= outer.west && inner.north <= outer.north && inner.east <= outer.east
 }
 
 impl HeatView {
     fn subscription_for(map: &Map, layer: Layer, window_min: u32) -> HeatSubscription {
         let bbox = heat_box(map);
-        HeatSubscription { layer, window_min, precision: Some(precision_for_zoom(map.get_zoom())), zoom: None, bbox }
+        HeatSubscription {
+            layer,
+            window_min,
+            precision: Some(precision_for_zoom(map.get_zoom())),
+            zoom: None,
+            bbox,
+            since: None,
+        }
     }
 
-    fn subscribe_message(&self) -> String {
-        serde_json::to_string(&HeatClientMsg::Subscribe(self.subscription.clone())).expect("serialises")
+    /// The subscription as sent: with `since` when the cells held cover it, so the server continues from them.
+    fn subscribe_message(&mut self) -> String {
+        let mut subscription = self.subscription.clone();
+        let covered = self.held.as_ref().is_some_and(|held| {
+            held.layer == subscription.layer
+                && held.window_min == subscription.window_min
+                && held.precision == subscription.precision
+                && inside(&subscription.bbox, &held.bbox)
+        });
+        if covered {
+            // One tick back: a socket that dropped in the middle of a tick's frames gets that tick again (its
+            // cells and totals are counts, not changes, so applying them twice is once).
+            subscription.since = Some(self.applied.saturating_sub(1).max(self.seq));
+            // From now on only this box gets deltas.
+            self.held = Some(self.subscription.clone());
+        }
+        serde_json::to_string(&HeatClientMsg::Subscribe(subscription)).expect("serialises")
+    }
+
+    /// Starts from a snapshot (the one the page came with): its cells, totals and tick.
+    fn hold(&mut self, snapshot: HeatSnapshot, s: HomeSignals) {
+        self.held = Some(HeatSubscription {
+            layer: snapshot.layer,
+            window_min: snapshot.window_min,
+            precision: Some(snapshot.precision),
+            zoom: None,
+            bbox: snapshot.bbox,
+            since: None,
+        });
+        (self.seq, self.applied) = (snapshot.seq, snapshot.seq);
+        self.cells.clear();
+        for (cell, n) in snapshot.cells {
+            if let Some((lat, lon)) = cell_center(&cell) {
+                self.cells.insert(cell, (lat, lon, n));
+            }
+        }
+        s.totals.set(snapshot.totals);
     }
 
     fn matches(&self, layer: Layer, window_min: u32, precision: u8) -> bool {
@@ -63,14 +117,7 @@ impl HeatView {
                 if !self.matches(snapshot.layer, snapshot.window_min, snapshot.precision) {
                     return;
                 }
-                self.seq = snapshot.seq;
-                self.cells.clear();
-                for (cell, n) in snapshot.cells {
-                    if let Some((lat, lon)) = cell_center(&cell) {
-                        self.cells.insert(cell, (lat, lon, n));
-                    }
-                }
-                s.totals.set(snapshot.totals);
+                self.hold(snapshot, s);
             }
             HeatServerMsg::Delta(delta) => {
                 if delta.seq <= self.seq || !self.matches(delta.layer, delta.window_min, delta.precision) {
@@ -86,6 +133,7 @@ impl HeatView {
                 if let Some(totals) = delta.totals {
                     s.totals.set(totals);
                 }
+                self.applied = self.applied.max(delta.seq);
             }
             HeatServerMsg::Error(error) => {
                 leptos::logging::warn!("heat subscription refused: {} ({})", error.message, error.code.as_str());
@@ -121,25 +169,33 @@ fn follow_deliveries(s: HomeSignals) {
     crate::browser::every(10_000, refresh);
 }
 
-pub fn start(element: web_sys::HtmlDivElement, s: HomeSignals) {
+/// `first`: the snapshot the page was rendered with, drawn before the socket says anything.
+pub fn start(element: web_sys::HtmlDivElement, s: HomeSignals, first: Option<HeatSnapshot>) {
     follow_deliveries(s);
     let settings = settings();
-    let map = new_map(element.unchecked_ref(), CITY_CENTER, 12.0, &settings);
+    let map = new_map(element.unchecked_ref(), CITY_CENTER, HOME_ZOOM, &settings);
     expose("pulsemapMap", &map);
-    let view = Rc::new(RefCell::new(HeatView {
+    let mut view = HeatView {
         heat: Heat::new(&map),
         subscription: HeatView::subscription_for(&map, s.layer.get_untracked(), s.window_min.get_untracked()),
         map: map.clone(),
         cells: HashMap::new(),
         seq: 0,
+        applied: 0,
+        held: None,
         first_frame_logged: false,
-    }));
+    };
+    if let Some(snapshot) = first.filter(|f| view.matches(f.layer, f.window_min, f.precision)) {
+        view.hold(snapshot, s);
+        view.redraw(s);
+    }
+    let view = Rc::new(RefCell::new(view));
     let socket = Rc::new(socket::open(
         "/ws/heat",
         Handlers {
             on_open: Box::new({
                 let view = view.clone();
-                move || vec![view.borrow().subscribe_message()]
+                move || vec![view.borrow_mut().subscribe_message()]
             }),
             on_message: Box::new({
                 let view = view.clone();

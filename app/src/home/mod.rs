@@ -1,6 +1,8 @@
 //! `/`: the live heatmap of the city, with layer and window switches, a legend, counters and a connection badge.
 //! It opens on the orders placed in the last minute: where demand is, right now.
-//! The page is rendered here; [`live`] (in the browser) draws the heat from `/ws/heat` into the signals.
+//! The page is rendered here, with the heat as it is now ([`first_paint_subscription`]'s snapshot, in the page
+//! itself); [`live`] (in the browser) draws that at once and then follows `/ws/heat`, which continues from that
+//! snapshot's tick.
 
 #[cfg(feature = "hydrate")]
 mod live;
@@ -8,22 +10,91 @@ mod signals;
 
 use leptos::prelude::*;
 use leptos_meta::{Meta, Title};
+use protocol::heat::HeatSnapshot;
+#[cfg(feature = "ssr")]
+use protocol::{
+    geo::BBox,
+    heat::{precision_for_zoom, HeatSubscription},
+};
 
 pub use signals::HomeSignals;
+#[cfg(feature = "ssr")]
+use signals::{HOME_LAYER, HOME_WINDOW_MIN};
 
 use crate::ui::{Badge, HeatControls, Legend};
+
+/// The zoom the homepage's map opens at.
+pub const HOME_ZOOM: f64 = 12.0;
+
+#[cfg(feature = "ssr")]
+/// Greater Lagos: what a screen up to about 2,000 px wide shows at [`HOME_ZOOM`] around the city centre.
+const FIRST_PAINT_BBOX: BBox = BBox { south: 6.20, west: 2.95, north: 6.85, east: 3.85 };
+
+/// The view the page is rendered with, before the browser knows its map's size: the page's first layer and
+/// window, at the precision of its first zoom, over [`FIRST_PAINT_BBOX`]. A map whose view lies inside it starts
+/// from this snapshot.
+#[cfg(feature = "ssr")]
+pub fn first_paint_subscription() -> HeatSubscription {
+    HeatSubscription {
+        layer: HOME_LAYER,
+        window_min: HOME_WINDOW_MIN,
+        precision: Some(precision_for_zoom(HOME_ZOOM)),
+        zoom: None,
+        bbox: FIRST_PAINT_BBOX,
+        since: None,
+    }
+}
+
+/// Where the server gets the snapshot it renders the homepage with (it keeps the key's deltas for a while, so
+/// the page's socket continues from it).
+#[cfg(feature = "ssr")]
+pub trait FirstPaint: Send + Sync + 'static {
+    fn heat(
+        &self,
+        subscription: HeatSubscription,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<HeatSnapshot>> + Send>>;
+}
+
+/// The server's [`FirstPaint`], provided as Leptos context.
+#[cfg(feature = "ssr")]
+#[derive(Clone)]
+pub struct SharedFirstPaint(pub std::sync::Arc<dyn FirstPaint>);
+
+/// The snapshot the page is rendered with: fetched on the server while it renders, and read from the page in
+/// the browser (no request of its own).
+fn first_heat() -> Resource<Option<HeatSnapshot>> {
+    #[cfg(feature = "ssr")]
+    let source = use_context::<SharedFirstPaint>();
+    Resource::new_blocking(
+        || (),
+        move |_| {
+            #[cfg(feature = "ssr")]
+            let pending = source.as_ref().map(|source| source.0.heat(first_paint_subscription()));
+            async move {
+                #[cfg(feature = "ssr")]
+                if let Some(pending) = pending {
+                    return pending.await;
+                }
+                None
+            }
+        },
+    )
+}
 
 #[component]
 pub fn HomePage() -> impl IntoView {
     let signals = HomeSignals::new();
     let map_ref = NodeRef::<leptos::html::Div>::new();
+    let first = first_heat();
     #[cfg(feature = "hydrate")]
-    crate::ui::when_mounted(map_ref, move |element| live::start(element, signals));
+    crate::ui::when_mounted(map_ref, move |element| live::start(element, signals, first.get_untracked().flatten()));
 
     let HomeSignals { layer, window_min, conn, totals, legend_max, cells_in_view, deliveries } = signals;
     view! {
         <Title text="pulsemap — live drivers and demand in Lagos"/>
         <Meta name="description" content="A live heatmap of where drivers and orders are across the city, right now."/>
+        // Renders nothing: it has the page wait for the first snapshot, which travels in the page.
+        <Suspense fallback=|| ()>{move || first.get().map(|_| ())}</Suspense>
         <div class="home">
             <div id="map" class="map" node_ref=map_ref aria-label="Live heatmap of Lagos"></div>
             <section class="panel">

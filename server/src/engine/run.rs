@@ -45,7 +45,10 @@ pub(super) struct Engine {
     history: Recorder,
     hub: Arc<Hub>,
     metrics: Arc<Metrics>,
-    /// The tick number: snapshots carry the last one published, deltas their own.
+    /// The tick number: snapshots carry the last one published, deltas their own. It counts from a random start
+    /// per run (13 bits of run above 40 bits of ticks, within what a JavaScript number holds exactly), so a
+    /// viewer's `since` from another run or instance (a reconnect after a restart, or through a load balancer)
+    /// is not taken for a tick of this one.
     seq: u64,
     stale_ms: i64,
     forget_ms: i64,
@@ -70,7 +73,7 @@ impl Engine {
             history,
             hub,
             metrics,
-            seq: 0,
+            seq: u64::from(fastrand::u16(..) & 0x1fff) << 40,
             stale_ms: config.stale_after_ms(),
             forget_ms: config.forget_after_ms(),
             last_totals: None,
@@ -251,8 +254,11 @@ impl Engine {
         let totals = self.heat.totals();
         let totals_changed = self.last_totals != Some(totals);
         self.last_totals = Some(totals);
+        self.hub.release_holds();
         for key in HeatKey::all() {
-            if !self.hub.has_viewers(key) {
+            let watched = self.hub.has_viewers(key);
+            self.hub.looked_at(key, self.seq, watched);
+            if !watched {
                 self.heat.clear_dirty(key);
                 continue;
             }

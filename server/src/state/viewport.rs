@@ -103,7 +103,7 @@ mod tests {
     use protocol::heat::Layer;
 
     fn sub(bbox: BBox) -> HeatSubscription {
-        HeatSubscription { layer: Layer::Orders, window_min: 15, precision: None, zoom: Some(12.0), bbox }
+        HeatSubscription { layer: Layer::Orders, window_min: 15, precision: None, zoom: Some(12.0), bbox, since: None }
     }
 
     const LAGOS: BBox = BBox { south: 6.38, west: 3.25, north: 6.70, east: 3.60 };

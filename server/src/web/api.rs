@@ -116,6 +116,28 @@ impl ServerFnSink {
     pub fn shared(state: AppState) -> app::driver::SharedPingSink {
         app::driver::SharedPingSink(Arc::new(ServerFnSink(state)))
     }
+
+    pub fn first_paint(state: AppState) -> app::SharedFirstPaint {
+        app::SharedFirstPaint(Arc::new(ServerFnSink(state)))
+    }
+}
+
+/// How long a rendered homepage keeps its heat key's deltas kept, waiting for the page's socket.
+const FIRST_PAINT_HOLD: std::time::Duration = std::time::Duration::from_secs(60);
+
+impl app::FirstPaint for ServerFnSink {
+    fn heat(
+        &self,
+        subscription: protocol::heat::HeatSubscription,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<protocol::heat::HeatSnapshot>> + Send>> {
+        let state = self.0.clone();
+        Box::pin(async move {
+            let view = crate::state::viewport::resolve(&subscription, state.config.max_bbox_cells).ok()?;
+            // Watched from before the snapshot, so every delta after its tick is kept for the page's socket.
+            state.engine.hub.hold(view.key, FIRST_PAINT_HOLD);
+            state.engine.snapshot(view.key, view.bbox, view.tiles.clone()).await.ok()
+        })
+    }
 }
 
 /// The body of the token endpoints: empty (or `null`), or a [`TokenRequest`].
@@ -310,7 +332,7 @@ pub(crate) fn heat_query(query: &HashMap<String, String>) -> Result<HeatSubscrip
     let precision = number("precision", ErrorCode::PrecisionInvalid)?.map(|p| p.clamp(0.0, 255.0) as u8);
     let zoom = number("zoom", ErrorCode::PrecisionInvalid)?;
     let bbox = parse_bbox(query.get("bbox").map(String::as_str).unwrap_or(""))?;
-    Ok(HeatSubscription { layer, window_min, precision, zoom, bbox })
+    Ok(HeatSubscription { layer, window_min, precision, zoom, bbox, since: None })
 }
 
 /// `GET /api/drivers/{id}`: the driver's last fix, or 404. A share link of that driver, or the fleet key.

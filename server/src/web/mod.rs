@@ -80,6 +80,7 @@ pub(crate) fn router(state: AppState) -> Router {
     let (routes, document) = api_routes();
     let pages = generate_route_list(app::App);
     let sink = api::ServerFnSink::shared(state.clone());
+    let first_paint = api::ServerFnSink::first_paint(state.clone());
     let settings = state.config.site_settings();
     let shell = move |options| app::shell(options, settings.clone());
     let leptos = state.leptos.clone();
@@ -87,10 +88,18 @@ pub(crate) fn router(state: AppState) -> Router {
     routes
         .route("/api/openapi.json", get(move || openapi::openapi_json(State(openapi::Served(document.clone())))))
         .route("/api/docs", get(openapi::docs_page))
-        .leptos_routes_with_context(&state, pages, move || provide_context(sink.clone()), {
-            let shell = shell.clone();
-            move || shell(leptos.clone())
-        })
+        .leptos_routes_with_context(
+            &state,
+            pages,
+            move || {
+                provide_context(sink.clone());
+                provide_context(first_paint.clone());
+            },
+            {
+                let shell = shell.clone();
+                move || shell(leptos.clone())
+            },
+        )
         .method_not_allowed_fallback(method_not_allowed)
         .fallback({
             let files = leptos_axum::file_and_error_handler::<AppState, _>(shell);

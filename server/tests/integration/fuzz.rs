@@ -73,7 +73,17 @@ fn subscription() -> impl Strategy<Value = (HeatSubscription, bool)> {
     )
         .prop_map(|(window_min, precision, south, west, height, width)| {
             let bbox = BBox { south, west, north: (south + height).min(90.0), east: (west + width).min(180.0) };
-            (HeatSubscription { layer: Layer::Orders, window_min, precision: Some(precision), zoom: None, bbox }, true)
+            (
+                HeatSubscription {
+                    layer: Layer::Orders,
+                    window_min,
+                    precision: Some(precision),
+                    zoom: None,
+                    bbox,
+                    since: None,
+                },
+                true,
+            )
         });
     let anything = (
         prop_oneof![-100.0f64..100.0, Just(f64::NAN), Just(f64::INFINITY)],
@@ -86,7 +96,7 @@ fn subscription() -> impl Strategy<Value = (HeatSubscription, bool)> {
     )
         .prop_map(|(south, west, height, width, precision, zoom, window_min)| {
             let bbox = BBox { south, west, north: south + height, east: west + width };
-            (HeatSubscription { layer: Layer::Drivers, window_min, precision, zoom, bbox }, false)
+            (HeatSubscription { layer: Layer::Drivers, window_min, precision, zoom, bbox, since: None }, false)
         });
     prop_oneof![3 => well_formed, 1 => anything]
 }

@@ -255,3 +255,62 @@ async fn a_stalled_viewer_is_resynced_with_a_snapshot() {
     }
     server.stop().await;
 }
+
+/// A viewer that holds a snapshot (the page's first paint, or its own before a reconnect) subscribes with
+/// `since`: it gets the deltas after that tick, not a new snapshot, and a tick this run never had gets a snapshot.
+#[tokio::test]
+async fn a_subscription_since_a_held_snapshot_continues_with_the_deltas_after_it() {
+    let server = start(config()).await;
+    let subscribe = |since: Option<u64>| json!({"type": "subscribe", "layer": "drivers", "precision": 6, "bbox": lagos(), "since": since});
+    // A watches the key all along; its snapshot is what B will hold.
+    let mut a = Socket::connect(&server, "/ws/heat").await;
+    a.send(&subscribe(None)).await;
+    let held = a.next().await;
+    assert_eq!(held["type"], "snapshot", "{held}");
+    let since = held["seq"].as_u64().unwrap();
+
+    let yaba = (6.5095, 3.3711);
+    let pings = json!([ping("s1", yaba.0, yaba.1), ping("s2", yaba.0, yaba.1)]);
+    assert_eq!(post_json(&server, "/api/pings", &pings).await.0, 202);
+    let cell = geohash(yaba.0, yaba.1, 6);
+    let mut counted = None;
+    while counted != Some(2) {
+        let delta = a.next().await;
+        counted = cell_value(&delta["cells"], &cell).or(counted);
+    }
+
+    let mut b = Socket::connect(&server, "/ws/heat").await;
+    b.send(&subscribe(Some(since))).await;
+    let mut counted = None;
+    while counted != Some(2) {
+        let message = b.next().await;
+        assert_eq!(message["type"], "delta", "continued with deltas, no snapshot: {message}");
+        assert!(message["seq"].as_u64().unwrap() > since, "{message}");
+        counted = cell_value(&message["cells"], &cell).or(counted);
+    }
+    // Up to date: nothing until the next change, which comes as usual.
+    let mut c = Socket::connect(&server, "/ws/heat").await;
+    c.send(&subscribe(Some(current_seq(&mut a).await))).await;
+    assert_eq!(c.try_next(Duration::from_millis(300)).await, None, "nothing new, nothing sent");
+    post_json(&server, "/api/pings", &json!([ping("s3", yaba.0, yaba.1)])).await;
+    let next = c.next().await;
+    assert_eq!((next["type"].as_str(), cell_value(&next["cells"], &cell)), (Some("delta"), Some(3)), "{next}");
+
+    // A tick this run never had (another run's, or a made-up one) gets a snapshot.
+    let mut d = Socket::connect(&server, "/ws/heat").await;
+    d.send(&subscribe(Some(1))).await;
+    let fresh = d.next().await;
+    assert_eq!((fresh["type"].as_str(), cell_value(&fresh["cells"], &cell)), (Some("snapshot"), Some(3)), "{fresh}");
+    server.stop().await;
+}
+
+/// The newest tick a watching viewer has seen: a resync of its own gives the snapshot's.
+async fn current_seq(viewer: &mut Socket) -> u64 {
+    viewer.send(&json!({"type": "resync"})).await;
+    loop {
+        let message = viewer.next().await;
+        if message["type"] == "snapshot" {
+            return message["seq"].as_u64().unwrap();
+        }
+    }
+}

@@ -1,5 +1,7 @@
 //! `GET /ws/heat`: `subscribe` (again at will) -> `snapshot`, then the deltas of each tick that changed something
-//! in view (see [`TickFrames::for_view`]); `resync` for a fresh snapshot. Public: the heat shows counts, never
+//! in view (see [`TickFrames::for_view`]); `resync` for a fresh snapshot. A `subscribe` with `since` (the tick of
+//! a snapshot the viewer holds: the page's own, or its last before a reconnect) gets the deltas after that tick
+//! instead, when the hub still has them all ([`crate::hub::Hub::since`]). Public: the heat shows counts, never
 //! who.
 
 use std::sync::Arc;
@@ -59,6 +61,8 @@ struct Subscribed {
 async fn serve(mut conn: Conn, state: AppState) {
     let metrics = state.metrics.clone();
     let mut sub: Option<Subscribed> = None;
+    // The deltas a `subscribe` with `since` continues with (and that tick), in place of a snapshot.
+    let mut continued: Option<(u64, Vec<Arc<TickFrames>>)> = None;
     let mut inbound = Inbound::new(&state);
     loop {
         tokio::select! {
@@ -73,6 +77,9 @@ async fn serve(mut conn: Conn, state: AppState) {
                         Ok(view) => {
                             // Join the frames first, then take the snapshot: nothing falls between the two.
                             let frames = state.engine.hub.subscribe(view.key);
+                            continued = request
+                                .since
+                                .and_then(|since| state.engine.hub.since(view.key, since).map(|kept| (since, kept)));
                             sub = Some(Subscribed { view, frames, seen: 0 });
                             Ok(())
                         }
@@ -88,7 +95,10 @@ async fn serve(mut conn: Conn, state: AppState) {
                     Err(e) => Err(Problem::field(ErrorCode::InvalidJson, "message", format!("not a heat message: {e}"))),
                 });
                 let sent = match (outcome, sub.as_mut()) {
-                    (Ok(()), Some(current)) => send_snapshot(&mut conn, &state, current).await,
+                    (Ok(()), Some(current)) => match continued.take() {
+                        Some((since, kept)) => continue_from(&mut conn, current, since, &kept).await,
+                        None => send_snapshot(&mut conn, &state, current).await,
+                    },
                     (Ok(()), None) => Ok(()),
                     (Err(e), _) => conn.send_json(&HeatServerMsg::Error(e)).await,
                 };
@@ -116,6 +126,20 @@ async fn serve(mut conn: Conn, state: AppState) {
             }
         }
     }
+}
+
+/// The deltas after the snapshot (of tick `since`) the viewer holds, as it would have had them live.
+async fn continue_from(
+    conn: &mut Conn,
+    sub: &mut Subscribed,
+    since: u64,
+    kept: &[Arc<TickFrames>],
+) -> Result<(), Closed> {
+    sub.seen = kept.last().map_or(since, |tick| tick.seq);
+    for tick in kept {
+        conn.send_all(tick.for_view(&sub.view.tile_set)).await?;
+    }
+    Ok(())
 }
 
 async fn send_snapshot(conn: &mut Conn, state: &AppState, sub: &mut Subscribed) -> Result<(), Closed> {
