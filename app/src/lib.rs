@@ -23,7 +23,7 @@ mod ui;
 mod browser;
 
 #[cfg(feature = "ssr")]
-pub use home::{FirstPaint, SharedFirstPaint};
+pub use home::{first_paint_subscription, FirstPaint, SharedFirstPaint};
 
 use leptos::prelude::*;
 use leptos_meta::{provide_meta_context, MetaTags};
@@ -50,6 +50,7 @@ pub fn shell(options: LeptosOptions, settings: SiteSettings) -> impl IntoView {
                 <script src="/vendor/leaflet/leaflet.js"></script>
                 <script src="/vendor/leaflet-heat.js"></script>
                 <script id=SETTINGS_ELEMENT_ID type="application/json" inner_html=settings.to_script_json()></script>
+                {first_heat_script()}
                 <AutoReload options=options.clone()/>
                 <HydrationScripts options/>
                 <MetaTags/>
@@ -59,6 +60,16 @@ pub fn shell(options: LeptosOptions, settings: SiteSettings) -> impl IntoView {
             </body>
         </html>
     }
+}
+
+/// The homepage's heat as the server has it now, for the page to draw before its socket speaks (nothing on the
+/// other pages).
+fn first_heat_script() -> impl IntoView {
+    #[cfg(feature = "ssr")]
+    let json = home::first_heat_json();
+    #[cfg(not(feature = "ssr"))]
+    let json: Option<std::sync::Arc<str>> = None;
+    json.map(|json| view! { <script id=home::FIRST_HEAT_ELEMENT_ID type="application/json" inner_html=json.to_string()></script> })
 }
 
 /// The routes: one per page.

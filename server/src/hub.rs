@@ -8,13 +8,13 @@
 //!
 //! The hub also keeps each key's frames of the last [`RECENT_TICKS`] ticks while the key is watched, so a viewer
 //! that already holds a snapshot (the one the page was rendered with, or its own before a reconnect) continues
-//! from it with the deltas after it ([`Hub::since`]) instead of a new snapshot. A page rendered with a snapshot
-//! holds its key watched for a while ([`Hub::hold`]), so those deltas are kept before its socket arrives.
+//! from it with the deltas after it ([`Hub::since`]) instead of a new snapshot. The homepage's first view is
+//! always watched (the engine keeps its snapshot here each tick, [`Hub::first_paint`], for the page to be
+//! rendered with), so its deltas are kept before the page's socket arrives.
 
 use std::{
     collections::{HashSet, VecDeque},
     sync::Arc,
-    time::{Duration, Instant},
 };
 
 use parking_lot::Mutex;
@@ -80,14 +80,10 @@ struct Recent {
     frames: VecDeque<Arc<TickFrames>>,
 }
 
-/// A receiver no one reads, kept until its deadline so the key counts as watched.
-type Held = (Instant, broadcast::Receiver<Arc<TickFrames>>);
-
 pub(crate) struct Hub {
     heat: Vec<broadcast::Sender<Arc<TickFrames>>>,
     recent: Vec<Mutex<Recent>>,
-    /// Per key, a receiver that keeps it watched until a page rendered with its snapshot has had time to connect.
-    held: Vec<Mutex<Option<Held>>>,
+    first_paint: Mutex<Option<Arc<str>>>,
 }
 
 impl Hub {
@@ -95,29 +91,17 @@ impl Hub {
         Hub {
             heat: (0..KEY_COUNT).map(|_| broadcast::channel(buffer.max(1)).0).collect(),
             recent: (0..KEY_COUNT).map(|_| Mutex::default()).collect(),
-            held: (0..KEY_COUNT).map(|_| Mutex::new(None)).collect(),
+            first_paint: Mutex::new(None),
         }
     }
 
-    /// Keeps `key` watched (its deltas made and kept) for `for_how_long` from now, as a viewer would.
-    pub fn hold(&self, key: HeatKey, for_how_long: Duration) {
-        let until = Instant::now() + for_how_long;
-        let mut held = self.held[key.index()].lock();
-        match held.as_mut() {
-            Some((deadline, _)) => *deadline = (*deadline).max(until),
-            None => *held = Some((until, self.heat[key.index()].subscribe())),
-        }
+    /// The homepage's first view as of the last tick, as JSON (a [`protocol::heat::HeatSnapshot`]).
+    pub fn first_paint(&self) -> Option<Arc<str>> {
+        self.first_paint.lock().clone()
     }
 
-    /// Called by the engine once per tick: the keys held long enough are let go.
-    pub fn release_holds(&self) {
-        let now = Instant::now();
-        for held in &self.held {
-            let mut held = held.lock();
-            if held.as_ref().is_some_and(|(deadline, _)| *deadline <= now) {
-                *held = None;
-            }
-        }
+    pub fn set_first_paint(&self, json: Arc<str>) {
+        *self.first_paint.lock() = Some(json);
     }
 
     /// The engine looked at `key` in tick `seq`: `watched`, it published whatever changed (or nothing changed);
@@ -233,22 +217,6 @@ mod tests {
         hub.looked_at(key, 1_001, true);
         hub.resync_all(1_002);
         assert_eq!(seqs(1_001), None, "a rebuilt heat needs a snapshot");
-    }
-
-    #[test]
-    fn a_held_key_counts_as_watched_until_its_time_is_up() {
-        let hub = Hub::new(4);
-        let key = HeatKey::all().next().unwrap();
-        assert!(!hub.has_viewers(key));
-        hub.hold(key, Duration::from_secs(60));
-        hub.hold(key, Duration::ZERO);
-        assert!(hub.has_viewers(key), "a shorter hold does not cut a longer one");
-        hub.release_holds();
-        assert!(hub.has_viewers(key));
-        *hub.held[key.index()].lock() = None;
-        hub.hold(key, Duration::ZERO);
-        hub.release_holds();
-        assert!(!hub.has_viewers(key), "let go once its time is up");
     }
 
     #[test]

@@ -13,7 +13,7 @@ use protocol::{
     heat::{precision_for_zoom, HeatClientMsg, HeatServerMsg, HeatSnapshot, HeatSubscription, Layer},
 };
 
-use super::{HomeSignals, HOME_ZOOM};
+use super::{HomeSignals, FIRST_HEAT_ELEMENT_ID, HOME_ZOOM};
 use crate::{
     browser::{
         expose,
@@ -169,8 +169,15 @@ fn follow_deliveries(s: HomeSignals) {
     crate::browser::every(10_000, refresh);
 }
 
-/// `first`: the snapshot the page was rendered with, drawn before the socket says anything.
-pub fn start(element: web_sys::HtmlDivElement, s: HomeSignals, first: Option<HeatSnapshot>) {
+/// The heat the server rendered the page with, if it did.
+fn first_heat() -> Option<HeatSnapshot> {
+    let element = web_sys::window()?.document()?.get_element_by_id(FIRST_HEAT_ELEMENT_ID)?;
+    serde_json::from_str(&element.text_content()?).ok()
+}
+
+/// Starts from the heat the page came with (drawn before the socket says anything), then follows the socket.
+pub fn start(element: web_sys::HtmlDivElement, s: HomeSignals) {
+    let first = first_heat();
     follow_deliveries(s);
     let settings = settings();
     let map = new_map(element.unchecked_ref(), CITY_CENTER, HOME_ZOOM, &settings);

@@ -1,8 +1,8 @@
 //! `/`: the live heatmap of the city, with layer and window switches, a legend, counters and a connection badge.
 //! It opens on the orders placed in the last minute: where demand is, right now.
-//! The page is rendered here, with the heat as it is now ([`first_paint_subscription`]'s snapshot, in the page
-//! itself); [`live`] (in the browser) draws that at once and then follows `/ws/heat`, which continues from that
-//! snapshot's tick.
+//! The page is rendered here; the document around it carries the heat as it is now (the engine's snapshot of
+//! [`first_paint_subscription`], see [`FIRST_HEAT_ELEMENT_ID`]); [`live`] (in the browser) draws that at once and
+//! then follows `/ws/heat`, which continues from that snapshot's tick.
 
 #[cfg(feature = "hydrate")]
 mod live;
@@ -10,6 +10,7 @@ mod signals;
 
 use leptos::prelude::*;
 use leptos_meta::{Meta, Title};
+#[cfg(doc)]
 use protocol::heat::HeatSnapshot;
 #[cfg(feature = "ssr")]
 use protocol::{
@@ -45,14 +46,15 @@ pub fn first_paint_subscription() -> HeatSubscription {
     }
 }
 
-/// Where the server gets the snapshot it renders the homepage with (it keeps the key's deltas for a while, so
-/// the page's socket continues from it).
+/// The element of the homepage's heat as the server rendered it (a JSON [`HeatSnapshot`] of
+/// [`first_paint_subscription`]), read by the page once its map exists.
+pub const FIRST_HEAT_ELEMENT_ID: &str = "pulsemap-first-heat";
+
+/// Where the server's shell gets the homepage's heat: the engine's snapshot of [`first_paint_subscription`] as
+/// of its last tick, as JSON (the engine keeps that key's deltas, so the page's socket continues from it).
 #[cfg(feature = "ssr")]
 pub trait FirstPaint: Send + Sync + 'static {
-    fn heat(
-        &self,
-        subscription: HeatSubscription,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<HeatSnapshot>> + Send>>;
+    fn heat_json(&self) -> Option<std::sync::Arc<str>>;
 }
 
 /// The server's [`FirstPaint`], provided as Leptos context.
@@ -60,41 +62,31 @@ pub trait FirstPaint: Send + Sync + 'static {
 #[derive(Clone)]
 pub struct SharedFirstPaint(pub std::sync::Arc<dyn FirstPaint>);
 
-/// The snapshot the page is rendered with: fetched on the server while it renders, and read from the page in
-/// the browser (no request of its own).
-fn first_heat() -> Resource<Option<HeatSnapshot>> {
-    #[cfg(feature = "ssr")]
-    let source = use_context::<SharedFirstPaint>();
-    Resource::new_blocking(
-        || (),
-        move |_| {
-            #[cfg(feature = "ssr")]
-            let pending = source.as_ref().map(|source| source.0.heat(first_paint_subscription()));
-            async move {
-                #[cfg(feature = "ssr")]
-                if let Some(pending) = pending {
-                    return pending.await;
-                }
-                None
-            }
-        },
-    )
+/// For the shell: the heat JSON on the homepage's request, nothing on the other pages.
+#[cfg(feature = "ssr")]
+pub fn first_heat_json() -> Option<std::sync::Arc<str>> {
+    // The request's URL, made absolute by leptos_axum (`http://leptos.dev/...`): its path.
+    let url = use_context::<leptos_router::location::RequestUrl>()?;
+    let url = url.as_ref();
+    let after_scheme = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let path = after_scheme.find('/').map_or("/", |i| &after_scheme[i..]);
+    if path.split(['?', '#']).next() != Some("/") {
+        return None;
+    }
+    use_context::<SharedFirstPaint>()?.0.heat_json()
 }
 
 #[component]
 pub fn HomePage() -> impl IntoView {
     let signals = HomeSignals::new();
     let map_ref = NodeRef::<leptos::html::Div>::new();
-    let first = first_heat();
     #[cfg(feature = "hydrate")]
-    crate::ui::when_mounted(map_ref, move |element| live::start(element, signals, first.get_untracked().flatten()));
+    crate::ui::when_mounted(map_ref, move |element| live::start(element, signals));
 
     let HomeSignals { layer, window_min, conn, totals, legend_max, cells_in_view, deliveries } = signals;
     view! {
         <Title text="pulsemap — live drivers and demand in Lagos"/>
         <Meta name="description" content="A live heatmap of where drivers and orders are across the city, right now."/>
-        // Renders nothing: it has the page wait for the first snapshot, which travels in the page.
-        <Suspense fallback=|| ()>{move || first.get().map(|_| ())}</Suspense>
         <div class="home">
             <div id="map" class="map" node_ref=map_ref aria-label="Live heatmap of Lagos"></div>
             <section class="panel">

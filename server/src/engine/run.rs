@@ -6,6 +6,7 @@ use std::{collections::HashMap, sync::Arc, time::Instant};
 use axum::extract::ws::Utf8Bytes;
 use protocol::{
     driver::Ping,
+    geo::BBox,
     heat::{HeatDelta, HeatServerMsg, HeatSnapshot, Layer, Totals, DEFAULT_WINDOW_MIN},
     orders::OrderEvent,
     track::TrackMsg,
@@ -28,6 +29,7 @@ use crate::{
         cell::{tile_len, Cell},
         heat::{HeatKey, HeatState, Increment},
         presence::PresenceMap,
+        viewport::{resolve, Viewport},
         window::slot_of,
     },
     store::{Arrival, Feed, FeedEvent, StateOfRecord, Store},
@@ -45,6 +47,8 @@ pub(super) struct Engine {
     history: Recorder,
     hub: Arc<Hub>,
     metrics: Arc<Metrics>,
+    /// The homepage's first view ([`app::first_paint_subscription`]), rendered into the page.
+    first_paint: Option<Viewport>,
     /// The tick number: snapshots carry the last one published, deltas their own. It counts from a random start
     /// per run (13 bits of run above 40 bits of ticks, within what a JavaScript number holds exactly), so a
     /// viewer's `since` from another run or instance (a reconnect after a restart, or through a load balancer)
@@ -74,6 +78,7 @@ impl Engine {
             hub,
             metrics,
             seq: u64::from(fastrand::u16(..) & 0x1fff) << 40,
+            first_paint: resolve(&app::first_paint_subscription(), config.max_bbox_cells).ok(),
             stale_ms: config.stale_after_ms(),
             forget_ms: config.forget_after_ms(),
             last_totals: None,
@@ -243,6 +248,7 @@ impl Engine {
         self.history.end_tick();
         self.seq += 1;
         self.publish_heat();
+        self.keep_first_paint();
         self.tracking.drop_idle();
         // City-wide (every instance's drivers with a shared store), as the heat counts them.
         self.metrics.drivers_online.set(self.heat.totals().drivers_online as i64);
@@ -254,9 +260,10 @@ impl Engine {
         let totals = self.heat.totals();
         let totals_changed = self.last_totals != Some(totals);
         self.last_totals = Some(totals);
-        self.hub.release_holds();
         for key in HeatKey::all() {
-            let watched = self.hub.has_viewers(key);
+            // The homepage's first view is always watched: the page is rendered with its snapshot, and the page's
+            // socket continues from it.
+            let watched = self.hub.has_viewers(key) || self.first_paint.as_ref().is_some_and(|v| v.key == key);
             self.hub.looked_at(key, self.seq, watched);
             if !watched {
                 self.heat.clear_dirty(key);
@@ -298,19 +305,30 @@ impl Engine {
         }
     }
 
+    fn snapshot(&self, key: HeatKey, bbox: BBox, tiles: &[Cell]) -> HeatSnapshot {
+        HeatSnapshot {
+            seq: self.seq,
+            layer: key.layer,
+            window_min: public_window(key),
+            precision: key.precision,
+            bbox,
+            cells: self.heat.snapshot(key, &bbox, tiles),
+            totals: self.heat.totals(),
+        }
+    }
+
+    /// The homepage's first view as of this tick, for the next page rendered (JSON fit for a `<script>` element).
+    fn keep_first_paint(&self) {
+        let Some(view) = &self.first_paint else { return };
+        let snapshot = self.snapshot(view.key, view.bbox, &view.tiles);
+        let json = serde_json::to_string(&snapshot).expect("snapshots serialise").replace('<', "\\u003c");
+        self.hub.set_first_paint(json.into());
+    }
+
     fn answer(&mut self, command: Command) {
         match command {
             Command::Snapshot { key, bbox, tiles, reply } => {
-                let snapshot = HeatSnapshot {
-                    seq: self.seq,
-                    layer: key.layer,
-                    window_min: public_window(key),
-                    precision: key.precision,
-                    bbox,
-                    cells: self.heat.snapshot(key, &bbox, &tiles),
-                    totals: self.heat.totals(),
-                };
-                let _ = reply.send(snapshot);
+                let _ = reply.send(self.snapshot(key, bbox, &tiles));
             }
             Command::Track { driver_id, reply } => {
                 let (rx, joined) = self.tracking.join(&driver_id);

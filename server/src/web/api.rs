@@ -122,21 +122,9 @@ impl ServerFnSink {
     }
 }
 
-/// How long a rendered homepage keeps its heat key's deltas kept, waiting for the page's socket.
-const FIRST_PAINT_HOLD: std::time::Duration = std::time::Duration::from_secs(60);
-
 impl app::FirstPaint for ServerFnSink {
-    fn heat(
-        &self,
-        subscription: protocol::heat::HeatSubscription,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<protocol::heat::HeatSnapshot>> + Send>> {
-        let state = self.0.clone();
-        Box::pin(async move {
-            let view = crate::state::viewport::resolve(&subscription, state.config.max_bbox_cells).ok()?;
-            // Watched from before the snapshot, so every delta after its tick is kept for the page's socket.
-            state.engine.hub.hold(view.key, FIRST_PAINT_HOLD);
-            state.engine.snapshot(view.key, view.bbox, view.tiles.clone()).await.ok()
-        })
+    fn heat_json(&self) -> Option<Arc<str>> {
+        self.0.engine.hub.first_paint()
     }
 }
 
