@@ -49,6 +49,8 @@ pub(super) struct Engine {
     metrics: Arc<Metrics>,
     /// The homepage's first view ([`app::first_paint_subscription`]), rendered into the page.
     first_paint: Option<Viewport>,
+    /// Whether the hub holds the first view's snapshot as it is now (nothing in it changed since it was made).
+    first_paint_kept: bool,
     /// The tick number: snapshots carry the last one published, deltas their own. It counts from a random start
     /// per run (13 bits of run above 40 bits of ticks, within what a JavaScript number holds exactly), so a
     /// viewer's `since` from another run or instance (a reconnect after a restart, or through a load balancer)
@@ -79,6 +81,7 @@ impl Engine {
             metrics,
             seq: u64::from(fastrand::u16(..) & 0x1fff) << 40,
             first_paint: resolve(&app::first_paint_subscription(), config.max_bbox_cells).ok(),
+            first_paint_kept: false,
             stale_ms: config.stale_after_ms(),
             forget_ms: config.forget_after_ms(),
             last_totals: None,
@@ -218,6 +221,7 @@ impl Engine {
                 self.last_totals = None;
                 self.seq += 1;
                 self.hub.resync_all(self.seq);
+                self.first_paint_kept = false;
             }
         }
     }
@@ -302,6 +306,9 @@ impl Engine {
                 resync: false,
             };
             self.hub.publish(key, frames);
+            if self.first_paint.as_ref().is_some_and(|view| view.key == key) {
+                self.first_paint_kept = false;
+            }
         }
     }
 
@@ -317,12 +324,15 @@ impl Engine {
         }
     }
 
-    /// The homepage's first view as of this tick, for the next page rendered (JSON fit for a `<script>` element).
-    fn keep_first_paint(&self) {
-        let Some(view) = &self.first_paint else { return };
+    /// The homepage's first view as of this tick, for the next page rendered (JSON fit for a `<script>` element),
+    /// made again only when something in it changed: an older snapshot of an unchanged view still continues, as
+    /// every tick since is kept (there were none to keep).
+    fn keep_first_paint(&mut self) {
+        let Some(view) = self.first_paint.as_ref().filter(|_| !self.first_paint_kept) else { return };
         let snapshot = self.snapshot(view.key, view.bbox, &view.tiles);
         let json = serde_json::to_string(&snapshot).expect("snapshots serialise").replace('<', "\\u003c");
         self.hub.set_first_paint(json.into());
+        self.first_paint_kept = true;
     }
 
     fn answer(&mut self, command: Command) {
