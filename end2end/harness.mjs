@@ -205,6 +205,28 @@ export async function heatAlphaAt(page, lat, lon, radius = 4) {
 }
 
 /** Hydration is done when the wasm has exposed the map. */
+// Holds back the page's sockets whose URL matches `pattern`: nothing passes either way until `release()`, then
+// everything does, and `fromServer` collects what the server sent (parsed).
+export async function holdSocket(page, pattern) {
+  let release;
+  const released = new Promise((resolve) => { release = resolve; });
+  const fromServer = [];
+  await page.routeWebSocket(pattern, (ws) => {
+    const waiting = [];
+    let upstream;
+    ws.onMessage((message) => (upstream ? upstream.send(message) : waiting.push(message)));
+    released.then(() => {
+      upstream = ws.connectToServer();
+      upstream.onMessage((message) => {
+        fromServer.push(JSON.parse(message));
+        ws.send(message);
+      });
+      waiting.forEach((message) => upstream.send(message));
+    });
+  });
+  return { release, fromServer };
+}
+
 export async function hydrated(page) {
   await page.waitForFunction(() => window.pulsemapMap !== undefined, null, { timeout: 20_000 });
 }

@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import { writeFileSync } from 'node:fs';
 import { after, before, test } from 'node:test';
 import {
-  artifact, eventually, getJson, heatAlphaAt, hydrated, openPage, ping, postJson, startBrowser, startServer,
+  artifact, eventually, getJson, heatAlphaAt, holdSocket, hydrated, openPage, ping, postJson, startBrowser, startServer,
 } from './harness.mjs';
 
 let server;
@@ -136,22 +136,7 @@ test('the heat is in the first paint: drawn before the socket says anything, and
   });
   const { page, problems } = await openPage(browser, server);
   // The page's heat socket is held back (no message either way) until released.
-  let release;
-  const released = new Promise((resolve) => { release = resolve; });
-  const fromServer = [];
-  await page.routeWebSocket(/\/ws\/heat$/, (ws) => {
-    const waiting = [];
-    let upstream;
-    ws.onMessage((message) => (upstream ? upstream.send(message) : waiting.push(message)));
-    released.then(() => {
-      upstream = ws.connectToServer();
-      upstream.onMessage((message) => {
-        fromServer.push(JSON.parse(message));
-        ws.send(message);
-      });
-      waiting.forEach((message) => upstream.send(message));
-    });
-  });
+  const { release, fromServer } = await holdSocket(page, /\/ws\/heat$/);
   await page.goto(server.url);
   await hydrated(page);
   await eventually('Yaba drawn from the page itself', async () => (await heatAlphaAt(page, ...YABA)) > 0);

@@ -4,7 +4,7 @@
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import {
-  artifact, eventually, FLEET_KEY, hydrated, openPage, ping, postJson, shareLink, startBrowser, startServer,
+  artifact, eventually, FLEET_KEY, holdSocket, hydrated, openPage, ping, postJson, shareLink, startBrowser, startServer,
 } from './harness.mjs';
 
 let server;
@@ -46,6 +46,29 @@ test('pings move the marker, and the stale time shows offline', async () => {
   await eventually('online again', async () => (await page.textContent('#driver-state')) === 'On the move');
   assert.deepEqual(problems.consoleErrors, []);
   assert.deepEqual(problems.foreignRequests, []);
+});
+
+test('the marker comes with the page, before its socket says anything; the next fix moves it from there', async () => {
+  await postJson(server, '/api/pings', [ping('trk-early', 6.47, 3.39)]);
+  const { page, problems } = await openPage(browser, server);
+  // The page's tracking socket is held back (no message either way) until released.
+  const { release, fromServer } = await holdSocket(page, /\/ws\/track\//);
+  await page.goto(`${server.url}${await shareLink(server, 'trk-early')}`);
+  await hydrated(page);
+  assert.deepEqual(await eventually('the marker at the last fix, from the page itself', () => markerAt(page)), [6.47, 3.39]);
+  assert.equal(await page.textContent('#driver-state'), 'On the move');
+  assert.deepEqual(fromServer, [], 'the socket has said nothing');
+
+  release();
+  await eventually('the socket has sent the last fix', () => fromServer.some((m) => m.type === 'fix'));
+  await postJson(server, '/api/pings', [ping('trk-early', 6.4712, 3.3921)]);
+  await eventually('the marker glides to the next fix', async () => {
+    const at = await markerAt(page);
+    return at && Math.abs(at[0] - 6.4712) < 1e-9 && Math.abs(at[1] - 3.3921) < 1e-9;
+  });
+  assert.ok(fromServer.every((m) => m.type === 'fix'), `fixes only: ${fromServer.map((m) => m.type)}`);
+  assert.deepEqual(problems.consoleErrors, []);
+  await page.close();
 });
 
 test('revoking the share link ends the open page; a link without its token is refused', async () => {

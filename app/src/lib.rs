@@ -51,6 +51,7 @@ pub fn shell(options: LeptosOptions, settings: SiteSettings) -> impl IntoView {
                 <script src="/vendor/leaflet-heat.js"></script>
                 <script id=SETTINGS_ELEMENT_ID type="application/json" inner_html=settings.to_script_json()></script>
                 {first_heat_script()}
+                {first_fix_script()}
                 <AutoReload options=options.clone()/>
                 <HydrationScripts options/>
                 <MetaTags/>
@@ -70,6 +71,16 @@ fn first_heat_script() -> impl IntoView {
     #[cfg(not(feature = "ssr"))]
     let json: Option<std::sync::Arc<str>> = None;
     json.map(|json| view! { <script id=home::FIRST_HEAT_ELEMENT_ID type="application/json" inner_html=json.to_string()></script> })
+}
+
+/// The tracking page's request for the driver's last fix, started as the head is parsed (nothing on the other
+/// pages).
+fn first_fix_script() -> impl IntoView {
+    #[cfg(feature = "ssr")]
+    let script = track::first_fix_script();
+    #[cfg(not(feature = "ssr"))]
+    let script: Option<String> = None;
+    script.map(|script| view! { <script inner_html=script></script> })
 }
 
 /// The routes: one per page.

@@ -46,6 +46,17 @@ impl ConnState {
     }
 }
 
+/// The path of the request being rendered (without query or fragment), on the server.
+#[cfg(feature = "ssr")]
+pub fn request_path() -> Option<String> {
+    // The request's URL, made absolute by leptos_axum (`http://leptos.dev/...`).
+    let url = use_context::<leptos_router::location::RequestUrl>()?;
+    let url = url.as_ref();
+    let after_scheme = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let path = after_scheme.find('/').map_or("/", |i| &after_scheme[i..]);
+    Some(path.split(['?', '#']).next().unwrap_or("/").to_string())
+}
+
 /// The connection badge: live, reconnecting, offline.
 #[component]
 pub fn Badge(state: RwSignal<ConnState>) -> impl IntoView {

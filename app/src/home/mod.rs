@@ -65,12 +65,7 @@ pub struct SharedFirstPaint(pub std::sync::Arc<dyn FirstPaint>);
 /// For the shell: the heat JSON on the homepage's request, nothing on the other pages.
 #[cfg(feature = "ssr")]
 pub fn first_heat_json() -> Option<std::sync::Arc<str>> {
-    // The request's URL, made absolute by leptos_axum (`http://leptos.dev/...`): its path.
-    let url = use_context::<leptos_router::location::RequestUrl>()?;
-    let url = url.as_ref();
-    let after_scheme = url.split_once("://").map_or(url, |(_, rest)| rest);
-    let path = after_scheme.find('/').map_or("/", |i| &after_scheme[i..]);
-    if path.split(['?', '#']).next() != Some("/") {
+    if crate::ui::request_path()? != "/" {
         return None;
     }
     use_context::<SharedFirstPaint>()?.0.heat_json()

@@ -14,7 +14,10 @@ use protocol::{
     track::{DriverFix, NearDriver, NearDrivers, TrackClientMsg, TrackMsg},
 };
 
-use super::signals::{Presence, TrackSignals, FLEET_KEY};
+use super::{
+    signals::{Presence, TrackSignals, FLEET_KEY},
+    FIRST_FIX_GLOBAL,
+};
 use crate::{
     browser::{
         every, expose, fragment_param, go_to,
@@ -43,6 +46,8 @@ struct Tracker {
     trail: Trail,
     /// Where the marker is drawn now.
     at: (f64, f64),
+    /// The last fix drawn: `(ts, lat, lon)`.
+    fix: Option<(i64, f64, f64)>,
     /// Bumped by each new fix: an older glide stops when a newer one starts.
     glide: u32,
 }
@@ -52,7 +57,7 @@ pub fn start(element: web_sys::HtmlDivElement, driver_id: String, s: TrackSignal
     let map = new_map(element.unchecked_ref(), CITY_CENTER, 12.0, &settings);
     expose("pulsemapMap", &map);
     let trail = Trail::new(&map, TRAIL_POINTS);
-    let tracker = Rc::new(RefCell::new(Tracker { map, marker: None, trail, at: CITY_CENTER, glide: 0 }));
+    let tracker = Rc::new(RefCell::new(Tracker { map, marker: None, trail, at: CITY_CENTER, fix: None, glide: 0 }));
     s.now_ms.set(now_ms() as i64);
     every(1_000, move || s.now_ms.set(now_ms() as i64));
     let Some(token) = credential() else {
@@ -61,6 +66,7 @@ pub fn start(element: web_sys::HtmlDivElement, driver_id: String, s: TrackSignal
         s.problem.set("This link has no share token: ask the driver for the tracking link their page shows.".into());
         return;
     };
+    draw_first_fix(&tracker, s);
     let auth = serde_json::to_string(&TrackClientMsg::Auth { token }).expect("messages serialise");
     // Held here so a message that ends the link can close the socket (and stop its reconnecting).
     let holder: Rc<RefCell<Option<LiveSocket>>> = Rc::default();
@@ -88,21 +94,28 @@ pub fn start(element: web_sys::HtmlDivElement, driver_id: String, s: TrackSignal
     std::mem::forget(holder);
 }
 
+/// Draws the driver's last fix as the document's head fetched it, unless the socket got there first.
+fn draw_first_fix(tracker: &Rc<RefCell<Tracker>>, s: TrackSignals) {
+    let Ok(promise) = js_sys::Reflect::get(&web_sys::window().expect("a window").into(), &FIRST_FIX_GLOBAL.into())
+    else {
+        return;
+    };
+    let Ok(promise) = promise.dyn_into::<js_sys::Promise>() else { return };
+    let tracker = tracker.clone();
+    spawn_local(async move {
+        let answer = wasm_bindgen_futures::JsFuture::from(promise).await.ok().and_then(|v| v.as_string());
+        let Some(fix) = answer.and_then(|json| serde_json::from_str::<DriverFix>(&json).ok()) else { return };
+        if tracker.borrow().marker.is_none() {
+            show_fix(&tracker, &fix, s);
+        }
+    });
+}
+
 /// Applies one message; `false` when the link has ended (revoked, expired, refused) and the socket should close.
 fn on_message(tracker: &Rc<RefCell<Tracker>>, text: &str, s: TrackSignals) -> bool {
     let Ok(message) = serde_json::from_str::<TrackMsg>(text) else { return true };
     match message {
-        TrackMsg::Fix(fix) => {
-            s.presence.set(if fix.online { Presence::Online } else { Presence::Offline });
-            s.last_seen_ms.set(Some(fix.last_seen_ms));
-            s.position.set(format!(
-                "{:.5}, {:.5}{}",
-                fix.lat,
-                fix.lon,
-                fix.accuracy_m.map(|a| format!(" ± {a:.0} m")).unwrap_or_default()
-            ));
-            move_to(tracker, &fix, s.follow.get_untracked());
-        }
+        TrackMsg::Fix(fix) => show_fix(tracker, &fix, s),
         TrackMsg::Unknown { .. } => s.presence.set(Presence::Waiting),
         TrackMsg::Offline { last_seen_ms, .. } => {
             s.presence.set(Presence::Offline);
@@ -133,10 +146,27 @@ fn on_message(tracker: &Rc<RefCell<Tracker>>, text: &str, s: TrackSignals) -> bo
     true
 }
 
+fn show_fix(tracker: &Rc<RefCell<Tracker>>, fix: &DriverFix, s: TrackSignals) {
+    s.presence.set(if fix.online { Presence::Online } else { Presence::Offline });
+    // The fix already drawn (the socket's first message repeats the one the page came with): nothing moves.
+    let drawn = tracker.borrow().fix == Some((fix.ts, fix.lat, fix.lon));
+    s.last_seen_ms.set(Some(fix.last_seen_ms));
+    s.position.set(format!(
+        "{:.5}, {:.5}{}",
+        fix.lat,
+        fix.lon,
+        fix.accuracy_m.map(|a| format!(" ± {a:.0} m")).unwrap_or_default()
+    ));
+    if !drawn {
+        move_to(tracker, fix, s.follow.get_untracked());
+    }
+}
+
 fn move_to(tracker: &Rc<RefCell<Tracker>>, fix: &DriverFix, follow: bool) {
     let target = (fix.lat, fix.lon);
     let accuracy = fix.accuracy_m.unwrap_or(0.0);
     let mut t = tracker.borrow_mut();
+    t.fix = Some((fix.ts, fix.lat, fix.lon));
     t.trail.push(fix.lat, fix.lon);
     let Some((_, circle)) = &t.marker else {
         // First fix: place the marker there and look at it.

@@ -1,5 +1,11 @@
 //! `/track/{driver_id}`: follow one driver on a map. `/track`: pick an online driver near the map's centre.
 //! The pages are rendered here; [`live`] (in the browser) follows the driver, or lists the nearby ones.
+//!
+//! The link's credential is in its fragment, which the browser never sends, so the server cannot render the
+//! driver's last fix into the page as it does the homepage's heat. Instead the document's head asks for it as
+//! soon as it is parsed ([`first_fix_script`]: `GET /api/drivers/{id}` with the link's token), while the wasm
+//! loads; the page draws the marker from that answer the moment its map exists, and the socket's fixes move it
+//! from there.
 
 #[cfg(feature = "hydrate")]
 mod live;
@@ -15,6 +21,33 @@ pub(crate) use signals::FLEET_KEY;
 pub use signals::{Presence, TrackSignals};
 
 use crate::ui::{Badge, ErrorText};
+
+/// Where the head's request for the driver's last fix leaves its answer: a `Promise` of the
+/// [`protocol::track::DriverFix`] JSON, or of `null` (no credential, refused, unreachable).
+#[cfg_attr(not(feature = "hydrate"), allow(dead_code))]
+pub(crate) const FIRST_FIX_GLOBAL: &str = "pulsemapFirstFix";
+
+/// For the shell, on `/track/{id}` only: a script that asks for the driver's last fix with the credential the
+/// page will use (the link's `#share=` token, else this tab's fleet key), before the wasm has loaded. Nothing of
+/// the request goes into the script: it reads the id and the token in the browser.
+#[cfg(feature = "ssr")]
+pub fn first_fix_script() -> Option<String> {
+    let path = crate::ui::request_path()?;
+    let id = path.strip_prefix("/track/")?;
+    if id.is_empty() || id.contains('/') {
+        return None;
+    }
+    Some(format!(
+        "(function(){{var t=null;location.hash.slice(1).split('&').forEach(function(kv){{\
+         if(kv.indexOf('share=')===0&&kv.length>6){{try{{t=decodeURIComponent(kv.slice(6))}}catch(e){{t=kv.slice(6)}}}}}});\
+         if(!t){{try{{t=sessionStorage.getItem('{key}')}}catch(e){{}}}}if(!t)return;\
+         window.{global}=fetch('/api/drivers/'+location.pathname.split('/')[2],\
+         {{headers:{{Authorization:'Bearer '+t}}}}).then(function(r){{return r.ok?r.text():null}})\
+         .catch(function(){{return null}});}})();",
+        key = signals::FLEET_KEY,
+        global = FIRST_FIX_GLOBAL,
+    ))
+}
 
 #[component]
 pub fn TrackPage() -> impl IntoView {
