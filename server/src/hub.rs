@@ -19,7 +19,7 @@ use std::{
 
 use parking_lot::Mutex;
 
-use axum::extract::ws::Utf8Bytes;
+use crate::frame::Frame;
 use tokio::sync::broadcast;
 
 #[cfg(doc)]
@@ -34,7 +34,7 @@ use crate::state::{
 pub(crate) struct TileFrame {
     /// The geohash prefix all the frame's cells share.
     pub tile: Cell,
-    pub text: Utf8Bytes,
+    pub text: Frame,
 }
 
 /// Everything one tick changed for one key, serialised twice over: whole, for the viewers who see every tile that
@@ -44,11 +44,11 @@ pub(crate) struct TileFrame {
 pub(crate) struct TickFrames {
     pub seq: u64,
     /// Every changed cell, and the totals if they changed.
-    pub whole: Option<Utf8Bytes>,
+    pub whole: Option<Frame>,
     /// The changed cells, one frame per tile, without totals.
     pub tiles: Vec<TileFrame>,
     /// The totals alone, if they changed.
-    pub totals: Option<Utf8Bytes>,
+    pub totals: Option<Frame>,
     /// The heat was rebuilt (after a store reset): every viewer needs a fresh snapshot, not deltas.
     pub resync: bool,
 }
@@ -56,7 +56,7 @@ pub(crate) struct TickFrames {
 impl TickFrames {
     /// The frames a viewer whose box overlaps the tiles `view` should get: the whole frame if it sees every tile
     /// that changed, otherwise the frames of the tiles it sees and the totals (if they changed).
-    pub fn for_view<'a>(&'a self, view: &'a HashSet<Cell>) -> impl Iterator<Item = &'a Utf8Bytes> + 'a {
+    pub fn for_view<'a>(&'a self, view: &'a HashSet<Cell>) -> impl Iterator<Item = &'a Frame> + 'a {
         let sees_all = self.tiles.iter().all(|t| view.contains(&t.tile));
         let whole = self.whole.as_ref().filter(|_| sees_all);
         let parts = (!sees_all).then(|| {

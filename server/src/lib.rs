@@ -28,6 +28,7 @@ mod clock;
 mod demo;
 mod dispatch;
 mod engine;
+mod frame;
 mod history;
 mod hub;
 mod metrics;

@@ -250,10 +250,6 @@ impl Metrics {
         SubscriberGuard { gauge }
     }
 
-    pub fn sent(&self, kind: SocketKind, bytes: usize) {
-        self.sent_many(kind, 1, bytes);
-    }
-
     pub fn sent_many(&self, kind: SocketKind, frames: u64, bytes: usize) {
         if frames > 0 {
             self.frames_sent[kind as usize].inc_by(frames);

@@ -33,7 +33,7 @@ use std::{
     time::Duration,
 };
 
-use axum::extract::ws::Utf8Bytes;
+use crate::frame::Frame;
 use parking_lot::Mutex;
 use protocol::{
     driver::DriverServerMsg,
@@ -97,22 +97,22 @@ pub(crate) fn invalid_transition(current: OrderState, next: OrderState) -> Probl
     )
 }
 
-fn encode<T: serde::Serialize>(value: &T) -> Utf8Bytes {
-    Utf8Bytes::from(serde_json::to_string(value).expect("protocol types always serialise"))
+fn encode<T: serde::Serialize>(value: &T) -> Frame {
+    Frame::text(serde_json::to_string(value).expect("protocol types always serialise"))
 }
 
 /// A driver socket on this instance, as dispatch reaches it.
 struct Mailbox {
     /// Which socket of the driver (a reconnect replaces the older one).
     socket: u64,
-    tx: mpsc::Sender<Utf8Bytes>,
+    tx: mpsc::Sender<Frame>,
 }
 
 /// A driver socket's side of dispatch: its messages, and its identity among the driver's sockets.
 pub(crate) struct DriverLink {
     pub driver_id: String,
     pub socket: u64,
-    pub messages: mpsc::Receiver<Utf8Bytes>,
+    pub messages: mpsc::Receiver<Frame>,
 }
 
 /// The delivery loop of this instance, shared by the handlers, the sockets and the timers.
@@ -135,7 +135,7 @@ pub(crate) struct Dispatch {
     /// Driver sockets on this instance that take offers and job messages.
     drivers: Mutex<HashMap<String, Mailbox>>,
     /// Customers on this instance, per order.
-    watchers: Mutex<HashMap<String, broadcast::Sender<Utf8Bytes>>>,
+    watchers: Mutex<HashMap<String, broadcast::Sender<Frame>>>,
     /// Orders whose geofences this instance follows.
     watched_jobs: Mutex<HashSet<String>>,
     /// Orders being matched here now (one step at a time per order on an instance).
@@ -623,7 +623,7 @@ impl Dispatch {
     /// and its driver, when the order moved. Synchronous, right after the write: announcements leave in the order
     /// the writes landed (every message also carries the order's `version`, for what crosses instances).
     fn announce(&self, before: &Order, after: &Order, eta: Option<f64>) {
-        let mut texts: Vec<Utf8Bytes> = after.log[before.log.len().min(after.log.len())..]
+        let mut texts: Vec<Frame> = after.log[before.log.len().min(after.log.len())..]
             .iter()
             .filter_map(|entry| {
                 let kind = entry.alert?;
@@ -656,7 +656,7 @@ impl Dispatch {
 
     /// A customer watches an order: the order now, its alerts so far (all of them, every time: at least once),
     /// then every change. Call [`Dispatch::unwatch`] when the socket ends.
-    pub async fn watch(&self, order_id: &str) -> Result<(Vec<Utf8Bytes>, broadcast::Receiver<Utf8Bytes>), Problem> {
+    pub async fn watch(&self, order_id: &str) -> Result<(Vec<Frame>, broadcast::Receiver<Frame>), Problem> {
         let (updates, first) = {
             let mut watchers = self.watchers.lock();
             match watchers.get(order_id) {
@@ -689,8 +689,8 @@ impl Dispatch {
     }
 
     /// What a customer is sent on joining: every alert so far, then the order.
-    pub async fn opening(&self, order: &Order) -> Vec<Utf8Bytes> {
-        let mut texts: Vec<Utf8Bytes> = order
+    pub async fn opening(&self, order: &Order) -> Vec<Frame> {
+        let mut texts: Vec<Frame> = order
             .alerts()
             .filter_map(|entry| {
                 Some(encode(&OrderServerMsg::Alert(Alert {
@@ -744,7 +744,7 @@ impl Dispatch {
     }
 
     /// A message for a driver whose socket is known to be on `instance`.
-    fn mail_driver(&self, instance: &str, driver_id: &str, text: Utf8Bytes) {
+    fn mail_driver(&self, instance: &str, driver_id: &str, text: Frame) {
         if instance == self.orders.instance() {
             self.deliver_here(driver_id, &text);
         } else {
@@ -753,7 +753,7 @@ impl Dispatch {
     }
 
     /// Puts a message in the driver's mailbox here; `false` when its socket is not here.
-    fn deliver_here(&self, driver_id: &str, text: &Utf8Bytes) -> bool {
+    fn deliver_here(&self, driver_id: &str, text: &Frame) -> bool {
         match self.drivers.lock().get(driver_id) {
             Some(mailbox) => {
                 // A socket that lets 64 messages pile up is stalled: its offers lapse and move on.
@@ -769,11 +769,11 @@ impl Dispatch {
         while let Some(mail) = mail.recv().await {
             match mail {
                 Mail::Driver { driver_id, text } => {
-                    self.deliver_here(&driver_id, &Utf8Bytes::from(text));
+                    self.deliver_here(&driver_id, &Frame::text(text));
                 }
                 Mail::Order { order_id, text } => {
                     if let Some(tx) = self.watchers.lock().get(&order_id) {
-                        let _ = tx.send(Utf8Bytes::from(text));
+                        let _ = tx.send(Frame::text(text));
                     }
                 }
             }

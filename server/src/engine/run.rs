@@ -3,7 +3,7 @@
 
 use std::{collections::HashMap, sync::Arc, time::Instant};
 
-use axum::extract::ws::Utf8Bytes;
+use crate::frame::Frame;
 use protocol::{
     driver::Ping,
     geo::BBox,
@@ -62,8 +62,8 @@ pub(super) struct Engine {
     last_totals: Option<Totals>,
 }
 
-fn encode<T: serde::Serialize>(value: &T) -> Utf8Bytes {
-    Utf8Bytes::from(serde_json::to_string(value).expect("protocol types always serialise"))
+fn encode<T: serde::Serialize>(value: &T) -> Frame {
+    Frame::text(serde_json::to_string(value).expect("protocol types always serialise"))
 }
 
 impl Engine {

@@ -3,7 +3,7 @@
 
 use std::{collections::HashMap, sync::Arc};
 
-use axum::extract::ws::Utf8Bytes;
+use crate::frame::Frame;
 use futures::future::BoxFuture;
 use protocol::track::TrackMsg;
 use tokio::sync::broadcast;
@@ -17,7 +17,7 @@ const TRACK_BUFFER: usize = 32;
 /// slots holds a pointer), with what a tracker must know of it without reading the text.
 #[derive(Debug)]
 pub(crate) struct TrackFrame {
-    pub text: Utf8Bytes,
+    pub text: Frame,
     pub kind: FrameKind,
 }
 
@@ -42,7 +42,7 @@ impl TrackFrame {
             _ => FrameKind::Other,
         };
         let text = serde_json::to_string(msg).expect("protocol types always serialise");
-        Arc::new(TrackFrame { text: Utf8Bytes::from(text), kind })
+        Arc::new(TrackFrame { text: Frame::text(text), kind })
     }
 
     /// A message another instance serialised, kept as it came: only the fields a tracker needs are read (a
@@ -62,7 +62,7 @@ impl TrackFrame {
             ("fix" | "revoked", ..) => return None,
             _ => FrameKind::Other,
         };
-        Some(Arc::new(TrackFrame { text: Utf8Bytes::from(text), kind }))
+        Some(Arc::new(TrackFrame { text: Frame::text(text), kind }))
     }
 }
 

@@ -8,22 +8,14 @@
 use std::time::Duration;
 
 use crate::web::openapi::shared::Handshake;
-use axum::{
-    extract::{
-        ws::{rejection::WebSocketUpgradeRejection, Message, WebSocketUpgrade},
-        State,
-    },
-    http::HeaderMap,
-    response::Response,
-    Extension,
-};
+use axum::{extract::State, http::HeaderMap, response::Response, Extension};
 use protocol::{
     driver::{DriverClientMsg, DriverServerMsg},
     orders::Reason,
     problem::{ErrorBody, ErrorCode, Problem},
 };
 
-use super::{admit, open, Conn, Inbound};
+use super::{admit, open, wire::Message, Conn, Inbound};
 use crate::{
     auth::Role,
     clock::now_ms,
@@ -45,7 +37,7 @@ use crate::{
     security((), ("bearer" = []))
 )]
 pub(crate) async fn handshake(
-    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    upgrade: Result<super::upgrade::Upgrade, ApiError>,
     headers: HeaderMap,
     slot: Option<Extension<ConnectionSlot>>,
     State(state): State<AppState>,
@@ -105,7 +97,7 @@ async fn talk(conn: &mut Conn, state: &AppState, role: &mut Option<Role>, link: 
                 None => return,
             },
             Some(text) = or_pending(link.as_mut().map(|l| l.messages.recv())) => {
-                if conn.send(text).await.is_err() {
+                if conn.send(&text).await.is_err() {
                     return;
                 }
                 continue;
@@ -121,7 +113,6 @@ async fn talk(conn: &mut Conn, state: &AppState, role: &mut Option<Role>, link: 
                 }
                 continue;
             }
-            _ => continue,
         };
         if let Err(e) = inbound.admit(&metrics) {
             if conn.send_json(&refusal(None, e)).await.is_err() {

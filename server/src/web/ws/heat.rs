@@ -7,22 +7,14 @@
 use std::sync::Arc;
 
 use crate::web::openapi::shared::Handshake;
-use axum::{
-    extract::{
-        ws::{rejection::WebSocketUpgradeRejection, Message, WebSocketUpgrade},
-        State,
-    },
-    http::HeaderMap,
-    response::Response,
-    Extension,
-};
+use axum::{extract::State, http::HeaderMap, response::Response, Extension};
 use protocol::{
     heat::{HeatClientMsg, HeatServerMsg},
     problem::{ErrorCode, Problem},
 };
 use tokio::sync::broadcast::{self, error::RecvError};
 
-use super::{admit, open, Closed, Conn, Inbound};
+use super::{admit, open, wire::Message, Closed, Conn, Inbound};
 use crate::{
     hub::TickFrames,
     metrics::SocketKind,
@@ -41,7 +33,7 @@ use crate::{
     security(())
 )]
 pub(crate) async fn handshake(
-    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    upgrade: Result<super::upgrade::Upgrade, ApiError>,
     headers: HeaderMap,
     slot: Option<Extension<ConnectionSlot>>,
     State(state): State<AppState>,
@@ -69,7 +61,7 @@ async fn serve(mut conn: Conn, state: AppState) {
             message = inbound.next(&mut conn) => {
                 let text = match message {
                     Some(Message::Text(text)) => text,
-                    Some(_) => continue,
+                    Some(Message::Binary(_)) => continue,
                     None => return,
                 };
                 let outcome = inbound.admit(&metrics).and_then(|()| match serde_json::from_str::<HeatClientMsg>(&text) {

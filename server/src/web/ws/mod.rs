@@ -1,29 +1,35 @@
 //! The four WebSockets: drivers stream pings in and take jobs ([`driver`]); heat viewers ([`heat`]), trackers
-//! ([`track`]) and customers following an order ([`order`]) receive frames out. This module is what they share: the handshake ([`admit`], [`open`]), the socket with its
-//! counters and send deadline ([`Conn`]), and the client's side of it ([`Inbound`]: messages, keep-alive,
-//! shutdown).
+//! ([`track`]) and customers following an order ([`order`]) receive frames out. This module is what they share:
+//! the handshake ([`admit`], [`open`], [`upgrade`]), the socket with its counters and send deadline ([`Conn`]),
+//! and the client's side of it ([`Inbound`]: messages, keep-alive, shutdown; [`wire`] parses the frames).
 //!
 //! Each socket is one task, not split (a write takes no lock): a `select!` over the client's side and, for
-//! viewers and trackers, the engine's frames. Sends have a deadline, so a client that stops reading is closed
-//! instead of pinning a task, and every buffer in between is bounded (the hub's ring for heat, the engine's
-//! channel for trackers).
+//! viewers and trackers, the engine's frames. What a socket sends is already framed ([`Frame`], made once per
+//! message however many sockets send it) and goes straight to the connection: a viewer's frames for a tick in
+//! one write, nothing copied or buffered per socket. Sends have a deadline, so a client that stops reading is
+//! closed instead of pinning a task, and every buffer in between is bounded (the kernel's socket buffer, the
+//! hub's ring for heat, the engine's channel for trackers).
 
 pub(crate) mod driver;
 pub(crate) mod heat;
 pub(crate) mod order;
 pub(crate) mod track;
+pub(crate) mod upgrade;
+pub(crate) mod wire;
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{future::Future, io::IoSlice, sync::Arc, time::Duration};
 
 use axum::{
-    extract::ws::{rejection::WebSocketUpgradeRejection, CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade},
     http::{header, HeaderMap},
     response::Response,
     Extension,
 };
-use futures::SinkExt;
 use governor::DefaultDirectRateLimiter;
 use protocol::problem::{ErrorCode, Problem};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use upgrade::{Io, Upgrade};
+use wire::{Event, Message, Reader, WireError};
 
 use super::{
     error::ApiError,
@@ -31,13 +37,16 @@ use super::{
     AppState,
 };
 use crate::{
+    frame::Frame,
     ingest::quota,
     metrics::{Metrics, SocketKind, SubscriberGuard},
 };
 
-/// Close codes (RFC 6455): going away (server shutdown), protocol error, message too big.
+/// Close codes (RFC 6455): normal, going away (server shutdown), protocol error, text not UTF-8, message too big.
+const CLOSE_NORMAL: u16 = 1000;
 const CLOSE_GOING_AWAY: u16 = 1001;
 const CLOSE_PROTOCOL_ERROR: u16 = 1002;
+const CLOSE_NOT_UTF8: u16 = 1007;
 const CLOSE_TOO_BIG: u16 = 1009;
 /// Application close codes (4000-4999): the credential is missing, invalid or expired; or it may not do this
 /// (another driver's socket, a revoked share link); nothing came for `--ws-idle-secs` (like HTTP's 408).
@@ -55,19 +64,15 @@ fn auth_close_code(code: ErrorCode) -> u16 {
 
 /// The first half of every socket's handshake: refuses pages of other sites and requests that are not WebSocket
 /// handshakes. Checks of the credential come after it, then [`open`].
-fn admit(
-    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
-    headers: &HeaderMap,
-    state: &AppState,
-) -> Result<WebSocketUpgrade, ApiError> {
+fn admit(upgrade: Result<Upgrade, ApiError>, headers: &HeaderMap, state: &AppState) -> Result<Upgrade, ApiError> {
     check_origin(headers, state)?;
-    Ok(upgrade?)
+    upgrade
 }
 
 /// The second half: takes over the connection's slot (so the socket keeps counting against its address), bounds
 /// the socket, and runs `serve` on it.
 fn open<F, Fut>(
-    upgrade: WebSocketUpgrade,
+    upgrade: Upgrade,
     slot: Option<Extension<ConnectionSlot>>,
     state: &AppState,
     kind: SocketKind,
@@ -79,19 +84,13 @@ where
 {
     let slot = slot.and_then(|Extension(slot)| slot.take());
     let max = state.config.max_ws_message_bytes;
-    // Buffers start small (tungstenite's default read buffer is 128 KiB per socket, which made every idle socket
-    // cost that much); they grow for a large message and are capped by the limits.
-    let upgrade = upgrade
-        .max_message_size(max)
-        .max_frame_size(max)
-        .read_buffer_size(4 * 1024)
-        .write_buffer_size(8 * 1024)
-        .max_write_buffer_size(1024 * 1024);
     let (metrics, deadline) = (state.metrics.clone(), state.config.ws_send_timeout);
-    upgrade.on_upgrade(move |socket| {
+    upgrade.on_upgrade(move |io| {
         tracing::debug!(kind = kind.name(), "socket opened");
         let open = metrics.subscriber(kind);
-        serve(Conn { socket, kind, metrics, deadline, _slot: slot, _open: open })
+        // The read buffer grows for a large message (up to the limit) and starts small: an idle socket costs
+        // a few KiB.
+        serve(Conn { io, reader: Reader::new(max), kind, metrics, deadline, _slot: slot, _open: open })
     })
 }
 
@@ -130,8 +129,8 @@ enum AuthMessage {
 /// not; `None` when the socket went away first.
 async fn first_auth(conn: &mut Conn, state: &AppState) -> Option<Result<crate::auth::Role, Problem>> {
     let wait = state.config.ws_auth_wait;
-    Some(match tokio::time::timeout(wait, conn.socket.recv()).await {
-        Ok(Some(Ok(Message::Text(text)))) => match serde_json::from_str::<AuthMessage>(&text) {
+    Some(match tokio::time::timeout(wait, conn.recv()).await {
+        Ok(Some(Message::Text(text))) => match serde_json::from_str::<AuthMessage>(&text) {
             Ok(AuthMessage::Auth { token }) => {
                 state.auth.verify(&token, crate::clock::now_ms()).inspect_err(|e| state.metrics.auth_refused(e.code))
             }
@@ -176,7 +175,8 @@ pub(crate) struct Closed;
 /// An accepted socket: every write is counted and has a deadline; while it lives it holds its connection's slot
 /// and counts as an open socket of its kind.
 pub(crate) struct Conn {
-    socket: WebSocket,
+    io: Io,
+    reader: Reader,
     kind: SocketKind,
     metrics: Arc<Metrics>,
     /// A client that cannot take a frame within this time is closed (it is gone or stalled).
@@ -191,41 +191,35 @@ impl Drop for Conn {
     }
 }
 
-impl Conn {
-    /// Sends one text frame within the deadline, counting it.
-    async fn send(&mut self, text: Utf8Bytes) -> Result<(), Closed> {
-        let len = text.len();
-        match tokio::time::timeout(self.deadline, self.socket.send(Message::Text(text))).await {
-            Ok(Ok(())) => {
-                self.metrics.sent(self.kind, len);
-                Ok(())
-            }
-            Ok(Err(_)) => Err(Closed),
-            Err(_) => {
-                self.metrics.ws_stalled_closed.inc();
-                Err(Closed)
-            }
+/// Writes every part, in order, in as few calls as the kernel allows (one, unless its buffer fills).
+async fn write_parts(io: &mut Io, parts: &[&[u8]]) -> std::io::Result<()> {
+    if let [one] = parts {
+        return io.write_all(one).await;
+    }
+    let mut slices: Vec<IoSlice<'_>> = parts.iter().map(|p| IoSlice::new(p)).collect();
+    let mut rest = &mut slices[..];
+    while !rest.is_empty() {
+        match io.write_vectored(rest).await? {
+            0 => return Err(std::io::ErrorKind::WriteZero.into()),
+            n => IoSlice::advance_slices(&mut rest, n),
         }
     }
+    Ok(())
+}
 
-    async fn send_json<T: serde::Serialize>(&mut self, msg: &T) -> Result<(), Closed> {
-        let text = serde_json::to_string(msg).expect("protocol types always serialise");
-        self.send(Utf8Bytes::from(text)).await
-    }
-
-    /// Sends `frames` buffered and flushed once: one write for all of them.
-    async fn send_all<'a>(&mut self, frames: impl Iterator<Item = &'a Utf8Bytes>) -> Result<(), Closed> {
-        let socket = &mut self.socket;
-        let write = async {
-            let (mut count, mut bytes) = (0, 0);
-            for text in frames {
-                socket.feed(Message::Text(text.clone())).await?;
-                count += 1;
-                bytes += text.len();
+impl Conn {
+    /// Writes `frames` within the deadline, counting them (`payload` bytes of messages).
+    async fn write(&mut self, frames: &[&Frame], counted: bool) -> Result<(), Closed> {
+        let parts: Vec<&[u8]>;
+        let parts: &[&[u8]] = match frames {
+            [] => return Ok(()),
+            [one] => &[one.wire()],
+            many => {
+                parts = many.iter().map(|f| f.wire()).collect();
+                &parts
             }
-            socket.flush().await?;
-            Ok::<_, axum::Error>((count, bytes))
         };
+        let write = write_parts(&mut self.io, parts);
         // Most writes complete at once (the kernel buffer has room): only a write that has to wait gets a deadline,
         // which spares a timer per viewer per tick.
         let mut write = std::pin::pin!(write);
@@ -234,8 +228,11 @@ impl Conn {
             std::task::Poll::Pending => tokio::time::timeout(self.deadline, write).await,
         };
         match written {
-            Ok(Ok((count, bytes))) => {
-                self.metrics.sent_many(self.kind, count, bytes);
+            Ok(Ok(())) => {
+                if counted {
+                    let bytes = frames.iter().map(|f| f.payload_len()).sum();
+                    self.metrics.sent_many(self.kind, frames.len() as u64, bytes);
+                }
                 Ok(())
             }
             Ok(Err(_)) => Err(Closed),
@@ -246,9 +243,74 @@ impl Conn {
         }
     }
 
+    /// Sends one message, counting it.
+    async fn send(&mut self, frame: &Frame) -> Result<(), Closed> {
+        self.write(&[frame], true).await
+    }
+
+    async fn send_json<T: serde::Serialize>(&mut self, msg: &T) -> Result<(), Closed> {
+        let text = serde_json::to_string(msg).expect("protocol types always serialise");
+        self.send(&Frame::text(text)).await
+    }
+
+    /// Sends `frames` in one write.
+    async fn send_all<'a>(&mut self, frames: impl Iterator<Item = &'a Frame>) -> Result<(), Closed> {
+        let frames: Vec<&Frame> = frames.collect();
+        self.write(&frames, true).await
+    }
+
     async fn close(&mut self, code: u16, reason: &'static str) {
-        let frame = CloseFrame { code, reason: Utf8Bytes::from_static(reason) };
-        let _ = tokio::time::timeout(self.deadline, self.socket.send(Message::Close(Some(frame)))).await;
+        let _ = self.write(&[&Frame::close(code, reason)], false).await;
+        let _ = self.io.shutdown().await;
+    }
+
+    /// The client's next frame that means something (a whole message, a ping, a pong, its close); `None` when
+    /// the connection ended. Only reads, so it can be raced and cancelled: the bytes read stay in the reader's
+    /// buffer for the next call, and whatever must be written in answer is written by the caller.
+    async fn next_event(&mut self) -> Option<Result<Event, WireError>> {
+        loop {
+            match self.reader.next() {
+                Ok(Some(event)) => return Some(Ok(event)),
+                Ok(None) => {
+                    let wanted = self.reader.wanted();
+                    self.reader.buf.reserve(wanted);
+                    match self.io.read_buf(&mut self.reader.buf).await {
+                        Ok(0) | Err(_) => return None,
+                        Ok(_) => {}
+                    }
+                }
+                Err(e) => return Some(Err(e)),
+            }
+        }
+    }
+
+    /// Answers a ping or a close; `Ok(message)` for a message, `Err(Closed)` once the socket is done (closed by
+    /// the client, or closed here after a malformed frame).
+    async fn answer(&mut self, event: Option<Result<Event, WireError>>) -> Result<Option<Message>, Closed> {
+        match event {
+            None => Err(Closed),
+            Some(Err(e)) => {
+                self.close_after_read_error(e).await;
+                Err(Closed)
+            }
+            Some(Ok(Event::Message(message))) => Ok(Some(message)),
+            Some(Ok(Event::Ping(payload))) => self.write(&[&Frame::pong(&payload)], false).await.map(|()| None),
+            Some(Ok(Event::Pong)) => Ok(None),
+            Some(Ok(Event::Close(code))) => {
+                self.close(code.unwrap_or(CLOSE_NORMAL), "").await;
+                Err(Closed)
+            }
+        }
+    }
+
+    /// The client's next message, pings answered on the way; `None` once the socket is done.
+    async fn recv(&mut self) -> Option<Message> {
+        loop {
+            let event = self.next_event().await;
+            if let Some(message) = self.answer(event).await.ok()? {
+                return Some(message);
+            }
+        }
     }
 
     /// Tells the client its credential was refused (in the socket's own error message) and closes.
@@ -258,17 +320,21 @@ impl Conn {
         self.close(code, "credential refused").await;
     }
 
-    /// Closes a socket whose read failed: 1009 when the client sent more than the message limit, 1002 otherwise.
-    async fn close_after_read_error(&mut self, error: axum::Error) {
-        let too_big =
-            matches!(error.into_inner().downcast_ref::<tungstenite::Error>(), Some(tungstenite::Error::Capacity(_)));
-        if too_big {
-            if self.kind == SocketKind::Driver {
-                self.metrics.ping_rejected(ErrorCode::BodyTooLarge, 1);
+    /// Closes a socket that sent what it may not: 1009 when more than the message limit, 1007 for text that is
+    /// not UTF-8, 1002 for any other malformed frame.
+    async fn close_after_read_error(&mut self, error: WireError) {
+        match error {
+            WireError::TooBig => {
+                if self.kind == SocketKind::Driver {
+                    self.metrics.ping_rejected(ErrorCode::BodyTooLarge, 1);
+                }
+                self.close(CLOSE_TOO_BIG, "message larger than the limit").await;
             }
-            self.close(CLOSE_TOO_BIG, "message larger than the limit").await;
-        } else {
-            self.close(CLOSE_PROTOCOL_ERROR, "malformed WebSocket frame").await;
+            WireError::NotUtf8 => self.close(CLOSE_NOT_UTF8, "text that is not UTF-8").await,
+            WireError::Protocol(why) => {
+                tracing::debug!(why, "malformed WebSocket frame");
+                self.close(CLOSE_PROTOCOL_ERROR, "malformed WebSocket frame").await;
+            }
         }
     }
 }
@@ -364,21 +430,18 @@ impl Inbound {
                         conn.close(CLOSE_IDLE, "nothing came for too long").await;
                         return None;
                     }
-                    let ping = tokio::time::timeout(conn.deadline, conn.socket.send(Message::Ping(Default::default())));
-                    if !matches!(ping.await, Ok(Ok(()))) {
+                    if conn.write(&[&Frame::ping()], false).await.is_err() {
                         return None;
                     }
                 }
-                message = conn.socket.recv() => {
+                event = conn.next_event() => {
+                    // Anything at all (a pong too) says the client is there.
                     self.live.heard();
-                    return match message {
-                        Some(Ok(Message::Close(_))) | None => None,
-                        Some(Err(e)) => {
-                            conn.close_after_read_error(e).await;
-                            None
-                        }
-                        Some(Ok(message)) => Some(message),
-                    };
+                    match conn.answer(event).await {
+                        Ok(Some(message)) => return Some(message),
+                        Ok(None) => {}
+                        Err(Closed) => return None,
+                    }
                 }
             }
         }

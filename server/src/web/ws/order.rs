@@ -7,11 +7,7 @@ use std::{sync::Arc, time::Duration};
 
 use crate::web::openapi::shared::Handshake;
 use axum::{
-    extract::{
-        rejection::PathRejection,
-        ws::{rejection::WebSocketUpgradeRejection, WebSocketUpgrade},
-        Path, State,
-    },
+    extract::{rejection::PathRejection, Path, State},
     http::HeaderMap,
     response::Response,
     Extension,
@@ -46,7 +42,7 @@ use crate::{
     security((), ("bearer" = []))
 )]
 pub(crate) async fn handshake(
-    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    upgrade: Result<super::upgrade::Upgrade, ApiError>,
     headers: HeaderMap,
     slot: Option<Extension<ConnectionSlot>>,
     State(state): State<AppState>,
@@ -114,8 +110,8 @@ async fn follow(
     state: &AppState,
     order_id: &str,
     expiry: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
-    opening: Vec<axum::extract::ws::Utf8Bytes>,
-    updates: &mut broadcast::Receiver<axum::extract::ws::Utf8Bytes>,
+    opening: Vec<crate::frame::Frame>,
+    updates: &mut broadcast::Receiver<crate::frame::Frame>,
 ) {
     // The driver whose fixes are forwarded, and its stream.
     let mut driver: Option<String> = None;
@@ -127,7 +123,7 @@ async fn follow(
         // Every `order` message says who is on the way: follow that driver's fixes, stop when nobody is.
         for text in pending.drain(..) {
             // The order first, then (for a driver just assigned) where that driver is.
-            if conn.send(text.clone()).await.is_err() {
+            if conn.send(&text).await.is_err() {
                 return;
             }
             if let Some(on_the_way) = driver_on_the_way(&text) {
@@ -174,7 +170,7 @@ async fn follow(
                     // The fix message of the tracking stream is the order socket's `fix` as it is.
                     FrameKind::Fix { ts } if ts >= newest_ts => {
                         newest_ts = ts;
-                        if conn.send(frame.text.clone()).await.is_err() {
+                        if conn.send(&frame.text).await.is_err() {
                             return;
                         }
                     }

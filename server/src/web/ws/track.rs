@@ -7,11 +7,7 @@ use std::time::Duration;
 
 use crate::web::openapi::shared::Handshake;
 use axum::{
-    extract::{
-        rejection::PathRejection,
-        ws::{rejection::WebSocketUpgradeRejection, WebSocketUpgrade},
-        Path, State,
-    },
+    extract::{rejection::PathRejection, Path, State},
     http::HeaderMap,
     response::Response,
     Extension,
@@ -53,7 +49,7 @@ use crate::{
     security((), ("bearer" = []))
 )]
 pub(crate) async fn handshake(
-    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    upgrade: Result<super::upgrade::Upgrade, ApiError>,
     headers: HeaderMap,
     slot: Option<Extension<ConnectionSlot>>,
     State(state): State<AppState>,
@@ -124,7 +120,7 @@ async fn serve(mut conn: Conn, state: AppState, driver_id: String, role: Option<
                             // Remembered here too: the revocation may come from another instance.
                             state.auth.revoke(&driver_id, before_ms);
                             if matches!(role, Role::Viewer { issued_ms, .. } if issued_ms <= before_ms) {
-                                let _ = conn.send(frame.text.clone()).await;
+                                let _ = conn.send(&frame.text).await;
                                 conn.close(CLOSE_FORBIDDEN, "the driver stopped sharing").await;
                                 return;
                             }
@@ -133,9 +129,9 @@ async fn serve(mut conn: Conn, state: AppState, driver_id: String, role: Option<
                         FrameKind::Fix { ts } if ts < newest_ts => Ok(()),
                         FrameKind::Fix { ts } => {
                             newest_ts = ts;
-                            conn.send(frame.text.clone()).await
+                            conn.send(&frame.text).await
                         }
-                        FrameKind::Other => conn.send(frame.text.clone()).await,
+                        FrameKind::Other => conn.send(&frame.text).await,
                     },
                     Err(RecvError::Lagged(_)) => {
                         // Behind: what was missed is stale. Start over from the newest fix, and drop what is still
