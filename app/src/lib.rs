@@ -27,10 +27,6 @@ pub use home::{first_paint_subscription, FirstPaint, SharedFirstPaint};
 
 use leptos::prelude::*;
 use leptos_meta::{provide_meta_context, MetaTags};
-use leptos_router::{
-    components::{Route, Router, Routes},
-    ParamSegment, StaticSegment,
-};
 use protocol::settings::{SiteSettings, SETTINGS_ELEMENT_ID};
 
 /// The document around every page: head (styles, Leaflet, settings, hydration scripts) and body.
@@ -83,22 +79,62 @@ fn first_fix_script() -> impl IntoView {
     script.map(|script| view! { <script inner_html=script></script> })
 }
 
-/// The routes: one per page.
+/// The pages, one per path. The server renders them through the router (leptos_axum serves each route it
+/// lists); the browser hydrates the page the server rendered, chosen from the path without the router
+/// ([`page_for`]). The router erases every page into an `AnyView`, and an `AnyView` keeps its view's
+/// asynchronous hydration code reachable, which the browser never runs; the router also brings client-side
+/// navigation, which these pages do not use (every link loads its page). Without it the wasm is lighter by both.
 #[component]
 pub fn App() -> impl IntoView {
     provide_meta_context();
+    #[cfg(feature = "hydrate")]
+    let app = page_for(&browser::path());
+    #[cfg(not(feature = "hydrate"))]
+    let app = routed();
+    app
+}
+
+/// The router's pages: what the server renders, and the routes it serves.
+#[cfg(not(feature = "hydrate"))]
+fn routed() -> impl IntoView {
+    use leptos_router::{
+        components::{Route, Router, Routes},
+        hooks::use_params_map,
+        ParamSegment, StaticSegment,
+    };
+    let id = || use_params_map().read_untracked().get("id").unwrap_or_default();
     view! {
         <Router>
             <Routes fallback=NotFound>
                 <Route path=StaticSegment("") view=home::HomePage/>
                 <Route path=StaticSegment("driver") view=driver::DriverPage/>
                 <Route path=StaticSegment("track") view=track::TrackPicker/>
-                <Route path=(StaticSegment("track"), ParamSegment("id")) view=track::TrackPage/>
+                <Route path=(StaticSegment("track"), ParamSegment("id")) view=move || view! { <track::TrackPage id=id()/> }/>
                 <Route path=StaticSegment("order") view=order::PlaceOrderPage/>
-                <Route path=(StaticSegment("order"), ParamSegment("id")) view=order::OrderPage/>
+                <Route path=(StaticSegment("order"), ParamSegment("id")) view=move || view! { <order::OrderPage id=id()/> }/>
                 <Route path=StaticSegment("replay") view=replay::ReplayPage/>
             </Routes>
         </Router>
+    }
+}
+
+/// The page the router would have chosen for `path` (the same routes; a trailing slash is dropped, as the
+/// router does).
+#[cfg(feature = "hydrate")]
+fn page_for(path: &str) -> impl IntoView {
+    use leptos::either::EitherOf8 as Page;
+    let path = path.trim_end_matches('/');
+    let segments: Vec<&str> = path.strip_prefix('/').unwrap_or(path).split('/').collect();
+    let id = |raw: &str| browser::decode_component(raw);
+    match segments.as_slice() {
+        [""] => Page::A(view! { <home::HomePage/> }),
+        ["driver"] => Page::B(view! { <driver::DriverPage/> }),
+        ["track"] => Page::C(view! { <track::TrackPicker/> }),
+        ["track", raw] if !raw.is_empty() => Page::D(view! { <track::TrackPage id=id(raw)/> }),
+        ["order"] => Page::E(view! { <order::PlaceOrderPage/> }),
+        ["order", raw] if !raw.is_empty() => Page::F(view! { <order::OrderPage id=id(raw)/> }),
+        ["replay"] => Page::G(view! { <replay::ReplayPage/> }),
+        _ => Page::H(view! { <NotFound/> }),
     }
 }
 

@@ -53,6 +53,16 @@ pub fn ws_url(path: &str) -> String {
     format!("{scheme}://{}{path}", location.host().unwrap_or_default())
 }
 
+/// The page's path (`/track/drv-1`).
+pub fn path() -> String {
+    window().location().pathname().unwrap_or_else(|_| "/".into())
+}
+
+/// A percent-encoded piece of a URL, decoded (as it is when it cannot be).
+pub fn decode_component(raw: &str) -> String {
+    js_sys::decode_uri_component(raw).ok().and_then(|t| t.as_string()).unwrap_or_else(|| raw.to_string())
+}
+
 /// A value in the page's fragment (`#name=value&...`): where links carry their tokens, which browsers never send
 /// to a server.
 pub fn fragment_param(name: &str) -> Option<String> {
@@ -61,7 +71,7 @@ pub fn fragment_param(name: &str) -> Option<String> {
     hash.trim_start_matches('#')
         .split('&')
         .find_map(|kv| kv.strip_prefix(prefix.as_str()))
-        .map(|t| js_sys::decode_uri_component(t).ok().and_then(|t| t.as_string()).unwrap_or_else(|| t.to_string()))
+        .map(decode_component)
         .filter(|t| !t.is_empty())
 }
 

@@ -9,7 +9,6 @@ mod signals;
 
 use leptos::prelude::*;
 use leptos_meta::Title;
-use leptos_router::hooks::use_params_map;
 
 pub use signals::{state_label, OrderSignals, PlaceSignals};
 
@@ -63,9 +62,11 @@ pub fn PlaceOrderPage() -> impl IntoView {
 }
 
 #[component]
-pub fn OrderPage() -> impl IntoView {
-    let params = use_params_map();
-    let order_id = params.read_untracked().get("id").unwrap_or_default();
+pub fn OrderPage(
+    /// The path's id: from the router on the server, from the path itself in the browser (see [`crate::App`]).
+    id: String,
+) -> impl IntoView {
+    let order_id = id;
     let s = OrderSignals::new();
     let map_ref = NodeRef::<leptos::html::Div>::new();
     #[cfg(feature = "hydrate")]

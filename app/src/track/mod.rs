@@ -13,7 +13,6 @@ mod signals;
 
 use leptos::prelude::*;
 use leptos_meta::Title;
-use leptos_router::hooks::use_params_map;
 use protocol::track::NearDriver;
 
 #[cfg(feature = "hydrate")]
@@ -50,9 +49,11 @@ pub fn first_fix_script() -> Option<String> {
 }
 
 #[component]
-pub fn TrackPage() -> impl IntoView {
-    let params = use_params_map();
-    let driver_id = params.read_untracked().get("id").unwrap_or_default();
+pub fn TrackPage(
+    /// The path's id: from the router on the server, from the path itself in the browser (see [`crate::App`]).
+    id: String,
+) -> impl IntoView {
+    let driver_id = id;
     let s = TrackSignals::new();
     let map_ref = NodeRef::<leptos::html::Div>::new();
     #[cfg(feature = "hydrate")]

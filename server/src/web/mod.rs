@@ -106,10 +106,13 @@ pub(crate) fn router(state: AppState) -> Router {
             move |uri: Uri, state: State<AppState>, request: Request| {
                 let files = files.clone();
                 async move {
-                    match api_not_found(uri.path()) {
-                        Some(error) => error.into_response(),
-                        None => files(uri, state, request).await,
+                    if let Some(error) = api_not_found(uri.path()) {
+                        return error.into_response();
                     }
+                    if let Some(to) = without_trailing_slash(&uri) {
+                        return axum::response::Redirect::permanent(&to).into_response();
+                    }
+                    files(uri, state, request).await
                 }
             }
         })
@@ -172,6 +175,17 @@ async fn server_fn_errors(request: Request, next: axum::middleware::Next) -> axu
 /// A path that exists, asked with another method.
 async fn method_not_allowed(method: Method) -> ApiError {
     ApiError::new(ErrorCode::MethodNotAllowed, format!("{method} is not allowed here"))
+}
+
+/// A page's path with a trailing slash (`/driver/`) goes to the page (`/driver`), query kept: one URL per page.
+/// Never to a path that starts `//`, which a browser reads as another site.
+pub(crate) fn without_trailing_slash(uri: &Uri) -> Option<String> {
+    let path = uri.path();
+    let trimmed = path.trim_end_matches('/');
+    (path.len() > 1 && trimmed.len() < path.len() && !trimmed.starts_with("//")).then(|| {
+        let trimmed = if trimmed.is_empty() { "/" } else { trimmed };
+        uri.query().map_or_else(|| trimmed.to_string(), |q| format!("{trimmed}?{q}"))
+    })
 }
 
 /// Unknown API paths answer with the error body; anything else is a file of the built site, or the page that

@@ -155,3 +155,15 @@ async fn the_document_describes_every_route() {
     assert!(page.contains("/vendor/swagger-ui/swagger-ui-bundle.js") && page.contains("/api/openapi.json"));
     assert!(!page.contains("https://"), "the docs page loads nothing from another host");
 }
+
+#[test]
+fn a_trailing_slash_goes_to_the_page_and_never_off_the_site() {
+    let to = |uri: &str| super::without_trailing_slash(&uri.parse().unwrap());
+    assert_eq!(to("/driver/").as_deref(), Some("/driver"));
+    assert_eq!(to("/replay/?from=1&to=2").as_deref(), Some("/replay?from=1&to=2"));
+    assert_eq!(to("/track/drv-1//").as_deref(), Some("/track/drv-1"));
+    assert_eq!(to("//").as_deref(), Some("/"));
+    assert_eq!(to("/"), None);
+    assert_eq!(to("/driver"), None);
+    assert_eq!(to("//evil.example/"), None, "a protocol-relative target would leave the site");
+}
