@@ -1,7 +1,8 @@
 // Time to the homepage's first heat frame in headless chromium: N fresh browser profiles (nothing cached) load `/`
 // of a server running the built-in demo fleet; each reports `performance.now()` at the moment its heat layer first
 // drew cells (`window.pulsemapFirstHeatMs`, set by the page). Prints each load, the median and the worst, as JSON,
-// and the medians of two steps before it: the document parsed (DOMContentLoaded ended) and the wasm downloaded.
+// and the medians of the steps before it: the document's first byte and last byte, the document parsed
+// (DOMContentLoaded ended) and the wasm downloaded.
 // Not a test (no timing is asserted anywhere): a measurement, run on a release build.
 //
 //   PULSEMAP_BIN=$CARGO_TARGET_DIR/release/pulsemap node end2end/measure/first-heat.mjs [loads=10]
@@ -11,7 +12,7 @@ import { hydrated, openPage, startBrowser, startServer } from '../harness.mjs';
 const loads = Number(process.argv[2] ?? 10);
 const server = await startServer(['--demo']);
 const times = [];
-const steps = { parsed_ms: [], wasm_downloaded_ms: [] };
+const steps = { first_byte_ms: [], document_ms: [], parsed_ms: [], wasm_downloaded_ms: [] };
 try {
   // One load first, not counted: the demo fleet fills the map and the server's files are read once.
   for (let i = 0; i <= loads; i++) {
@@ -24,6 +25,8 @@ try {
       if (i > 0) {
         times.push(await ms.jsonValue());
         const step = await page.evaluate(() => ({
+          first_byte_ms: performance.getEntriesByType('navigation')[0].responseStart,
+          document_ms: performance.getEntriesByType('navigation')[0].responseEnd,
           parsed_ms: performance.getEntriesByType('navigation')[0].domContentLoadedEventEnd,
           wasm_downloaded_ms: performance.getEntriesByType('resource').find((r) => r.name.endsWith('.wasm'))?.responseEnd,
         }));
