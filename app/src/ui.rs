@@ -57,6 +57,19 @@ pub fn request_path() -> Option<String> {
     Some(path.split(['?', '#']).next().unwrap_or("/").to_string())
 }
 
+/// A page's view, type-erased on the server only: there its whole type is too deep for the compiler to lay
+/// out; in the browser it is kept whole, since an erased view (`AnyView`) keeps its view's asynchronous hydration
+/// code, which the browser never runs, in the wasm.
+#[cfg(feature = "ssr")]
+pub fn erased_on_server(view: impl IntoView + 'static) -> AnyView {
+    view.into_any()
+}
+
+#[cfg(not(feature = "ssr"))]
+pub fn erased_on_server<V: IntoView>(view: V) -> V {
+    view
+}
+
 /// The connection badge: live, reconnecting, offline.
 #[component]
 pub fn Badge(state: RwSignal<ConnState>) -> impl IntoView {

@@ -75,7 +75,7 @@ pub fn DriverPage() -> impl IntoView {
 /// phone's screen.
 #[component]
 fn SharePanel(s: DriverSignals) -> impl IntoView {
-    view! {
+    crate::ui::erased_on_server(view! {
         <div class="share">
             <h2>"Tracking link"</h2>
             <Show
@@ -90,9 +90,7 @@ fn SharePanel(s: DriverSignals) -> impl IntoView {
                 <div id="share-qr" class="qr" inner_html=move || s.share_qr.get()></div>
             </Show>
         </div>
-    }
-    // Erased, so the page's view type stays within what the compiler can lay out.
-    .into_any()
+    })
 }
 
 fn copy_link(s: DriverSignals) {

@@ -122,7 +122,7 @@ pub fn HomePage() -> impl IntoView {
 /// Type-erased: nested in the homepage's view, its type would be too deep for the compiler.
 #[component]
 fn LiveDeliveries(deliveries: RwSignal<Vec<protocol::orders::DemoOrder>>) -> impl IntoView {
-    view! {
+    crate::ui::erased_on_server(view! {
         <Show when=move || !deliveries.get().is_empty()>
             <div class="deliveries" id="live-deliveries">
                 <h2>"Watch a live delivery"</h2>
@@ -136,6 +136,5 @@ fn LiveDeliveries(deliveries: RwSignal<Vec<protocol::orders::DemoOrder>>) -> imp
                 </ul>
             </div>
         </Show>
-    }
-    .into_any()
+    })
 }

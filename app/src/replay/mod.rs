@@ -125,7 +125,7 @@ pub fn ReplayPage() -> impl IntoView {
 /// One driver's trail over the range (the fleet key reads any driver's history).
 #[component]
 fn TrailForm(s: ReplaySignals) -> impl IntoView {
-    view! {
+    crate::ui::erased_on_server(view! {
         <form
             class="trail"
             on:submit=move |ev| {
@@ -153,6 +153,5 @@ fn TrailForm(s: ReplaySignals) -> impl IntoView {
             <p class="muted" id="trail-status" role="status">{move || s.trail_status.get()}</p>
             <p id="trail-at">{move || s.marker_at.get()}</p>
         </form>
-    }
-    .into_any()
+    })
 }
