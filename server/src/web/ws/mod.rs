@@ -272,6 +272,7 @@ impl Conn {
             match self.reader.next() {
                 Ok(Some(event)) => return Some(Ok(event)),
                 Ok(None) => {
+                    self.reader.shrink_when_idle();
                     let wanted = self.reader.wanted();
                     self.reader.buf.reserve(wanted);
                     match self.io.read_buf(&mut self.reader.buf).await {

@@ -44,6 +44,9 @@ const CLOSE: u8 = 0x8;
 const PING: u8 = 0x9;
 const PONG: u8 = 0xA;
 
+/// The read buffer's unit of growth, and what an idle socket holds.
+const CHUNK: usize = 4 * 1024;
+
 /// Reads a client's frames out of the bytes received so far.
 pub(crate) struct Reader {
     /// Received, not yet parsed.
@@ -58,15 +61,25 @@ impl Reader {
         Reader { buf: BytesMut::new(), partial: None, max_message }
     }
 
-    /// Bytes the next read should make room for: the rest of the frame being received when its header says
-    /// (a large message is read in one growth of the buffer), else a small chunk.
+    /// Bytes the next read should make room for: a small chunk, or for a large frame as much again as has
+    /// arrived of it (the buffer doubles, so a large message costs a few reads), never more than the rest of the
+    /// frame. Room follows what arrived, not what a header claims: a header announcing a megabyte costs nothing
+    /// until the megabyte comes.
     pub fn wanted(&self) -> usize {
-        const CHUNK: usize = 4 * 1024;
         match header(&self.buf) {
             Some(Ok(h)) if (h.len as usize) <= self.max_message => {
-                (h.start + h.len as usize).saturating_sub(self.buf.len()).clamp(CHUNK, self.max_message + 14)
+                let rest = (h.start + h.len as usize).saturating_sub(self.buf.len());
+                rest.min(self.buf.len().max(CHUNK)).max(CHUNK)
             }
             _ => CHUNK,
+        }
+    }
+
+    /// Gives back a buffer that grew for a large message once it is empty again: an idle socket keeps a small
+    /// one.
+    pub fn shrink_when_idle(&mut self) {
+        if self.buf.is_empty() && self.partial.is_none() && self.buf.capacity() > 16 * CHUNK {
+            self.buf = BytesMut::new();
         }
     }
 
@@ -279,9 +292,17 @@ mod tests {
     }
 
     #[test]
-    fn the_read_size_follows_the_frame_being_received() {
-        let r = reader(&frame(0x81, &[b'a'; 100_000])[..20]);
-        assert_eq!(r.wanted(), 100_000 + 14 - 20);
-        assert_eq!(reader(&[]).wanted(), 4 * 1024);
+    fn the_read_size_follows_what_arrived_not_what_the_header_claims() {
+        let big = frame(0x81, &[b'a'; 100_000]);
+        assert_eq!(reader(&big[..20]).wanted(), CHUNK, "a header alone gets a chunk");
+        assert_eq!(reader(&big[..50_000]).wanted(), 50_000, "half the frame: as much again");
+        assert_eq!(reader(&big[..90_000]).wanted(), 100_014 - 90_000, "never past the frame's end");
+        assert_eq!(reader(&big[..100_010]).wanted(), CHUNK, "at least a chunk");
+        assert_eq!(reader(&[]).wanted(), CHUNK);
+        let mut r = reader(&big);
+        assert_eq!(r.next().unwrap(), Some(text(&"a".repeat(100_000))));
+        r.buf.reserve(1 << 20);
+        r.shrink_when_idle();
+        assert!(r.buf.capacity() < CHUNK, "an idle socket gives the large buffer back");
     }
 }
