@@ -191,12 +191,12 @@ impl Drop for Conn {
     }
 }
 
-/// Writes every part, in order, in as few calls as the kernel allows (one, unless its buffer fills).
-async fn write_parts(io: &mut Io, parts: &[&[u8]]) -> std::io::Result<()> {
-    if let [one] = parts {
-        return io.write_all(one).await;
+/// Writes every frame, in order, in as few calls as the kernel allows (one, unless its buffer fills).
+async fn write_frames(io: &mut Io, frames: &[&Frame]) -> std::io::Result<()> {
+    if let [one] = frames {
+        return io.write_all(one.wire()).await;
     }
-    let mut slices: Vec<IoSlice<'_>> = parts.iter().map(|p| IoSlice::new(p)).collect();
+    let mut slices: Vec<IoSlice<'_>> = frames.iter().map(|f| IoSlice::new(f.wire())).collect();
     let mut rest = &mut slices[..];
     while !rest.is_empty() {
         match io.write_vectored(rest).await? {
@@ -210,16 +210,10 @@ async fn write_parts(io: &mut Io, parts: &[&[u8]]) -> std::io::Result<()> {
 impl Conn {
     /// Writes `frames` within the deadline, counting them (`payload` bytes of messages).
     async fn write(&mut self, frames: &[&Frame], counted: bool) -> Result<(), Closed> {
-        let parts: Vec<&[u8]>;
-        let parts: &[&[u8]] = match frames {
-            [] => return Ok(()),
-            [one] => &[one.wire()],
-            many => {
-                parts = many.iter().map(|f| f.wire()).collect();
-                &parts
-            }
-        };
-        let write = write_parts(&mut self.io, parts);
+        if frames.is_empty() {
+            return Ok(());
+        }
+        let write = write_frames(&mut self.io, frames);
         // Most writes complete at once (the kernel buffer has room): only a write that has to wait gets a deadline,
         // which spares a timer per viewer per tick.
         let mut write = std::pin::pin!(write);
@@ -253,15 +247,21 @@ impl Conn {
         self.send(&Frame::text(text)).await
     }
 
-    /// Sends `frames` in one write.
-    async fn send_all<'a>(&mut self, frames: impl Iterator<Item = &'a Frame>) -> Result<(), Closed> {
-        let frames: Vec<&Frame> = frames.collect();
-        self.write(&frames, true).await
+    /// Sends `frames` in one write (a viewer's frames for a tick: most often one, which takes no allocation).
+    async fn send_all<'a>(&mut self, mut frames: impl Iterator<Item = &'a Frame>) -> Result<(), Closed> {
+        match (frames.next(), frames.next()) {
+            (None, _) => Ok(()),
+            (Some(one), None) => self.write(&[one], true).await,
+            (Some(first), Some(second)) => {
+                let all: Vec<&Frame> = [first, second].into_iter().chain(frames).collect();
+                self.write(&all, true).await
+            }
+        }
     }
 
     async fn close(&mut self, code: u16, reason: &'static str) {
         let _ = self.write(&[&Frame::close(code, reason)], false).await;
-        let _ = self.io.shutdown().await;
+        let _ = tokio::time::timeout(self.deadline, self.io.shutdown()).await;
     }
 
     /// The client's next frame that means something (a whole message, a ping, a pong, its close); `None` when
