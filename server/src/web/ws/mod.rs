@@ -272,7 +272,6 @@ impl Conn {
             match self.reader.next() {
                 Ok(Some(event)) => return Some(Ok(event)),
                 Ok(None) => {
-                    self.reader.shrink_when_idle();
                     let wanted = self.reader.wanted();
                     self.reader.buf.reserve(wanted);
                     match self.io.read_buf(&mut self.reader.buf).await {
@@ -426,6 +425,10 @@ impl Inbound {
                     return None;
                 }
                 alive = self.live.due() => {
+                    // Each keep-alive tick gives back a grown buffer that is empty: an idle socket holds a small
+                    // one within `--ws-ping-secs`, a busy one regrows it at most once a tick (regrowing it after
+                    // every large message cost ingest about 8%, in the allocator).
+                    conn.reader.shrink_when_idle();
                     if !alive {
                         conn.metrics.ws_idle_closed.inc();
                         conn.close(CLOSE_IDLE, "nothing came for too long").await;

@@ -75,8 +75,8 @@ impl Reader {
         }
     }
 
-    /// Gives back a buffer that grew for a large message once it is empty again: an idle socket keeps a small
-    /// one.
+    /// Gives back a buffer that grew for a large message, if it is empty: called when the socket has been quiet
+    /// for a while, so an idle socket holds a small one.
     pub fn shrink_when_idle(&mut self) {
         if self.buf.is_empty() && self.partial.is_none() && self.buf.capacity() > 16 * CHUNK {
             self.buf = BytesMut::new();
