@@ -5,11 +5,16 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-/// Opcodes of the frames the server sends.
-const TEXT: u8 = 0x1;
-const CLOSE: u8 = 0x8;
-const PING: u8 = 0x9;
-const PONG: u8 = 0xA;
+/// RFC 6455 opcodes, for the frames the server sends and the reader of the client's (`web::ws::wire`).
+pub(crate) mod opcode {
+    pub const CONTINUATION: u8 = 0x0;
+    pub const TEXT: u8 = 0x1;
+    pub const BINARY: u8 = 0x2;
+    pub const CLOSE: u8 = 0x8;
+    pub const PING: u8 = 0x9;
+    pub const PONG: u8 = 0xA;
+}
+use opcode::{CLOSE, PING, PONG, TEXT};
 /// The final fragment of a message: the server never fragments.
 const FIN: u8 = 0x80;
 

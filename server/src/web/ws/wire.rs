@@ -8,6 +8,8 @@
 
 use bytes::{Buf, Bytes, BytesMut};
 
+use crate::frame::opcode::{BINARY, CLOSE, CONTINUATION, PING, PONG, TEXT};
+
 /// A message from the client, whole.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Message {
@@ -36,13 +38,6 @@ pub(crate) enum WireError {
     /// A text message that is not UTF-8.
     NotUtf8,
 }
-
-const CONTINUATION: u8 = 0x0;
-const TEXT: u8 = 0x1;
-const BINARY: u8 = 0x2;
-const CLOSE: u8 = 0x8;
-const PING: u8 = 0x9;
-const PONG: u8 = 0xA;
 
 /// The read buffer's unit of growth, and what an idle socket holds.
 const CHUNK: usize = 4 * 1024;
